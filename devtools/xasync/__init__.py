@@ -1,0 +1,1 @@
+"""Developer tooling of ximilar-async: reading template.yaml, and (later) the local stack and CLI."""

@@ -1,0 +1,136 @@
+"""pynamodb models of the two tables, and the factory that binds them to real table names.
+
+The schema classes below are never used directly: `bind_tables` subclasses them with a `Meta`
+naming the deployed tables (pynamodb evaluates `Meta` at import time, and the names come from the
+environment). The attribute and index names here are the ones users query; README.md lists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pynamodb.attributes import (
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
+from pynamodb.models import Model
+from pynamodb.attributes import TTLAttribute
+
+
+class ByRequestIndex(GlobalSecondaryIndex["ImageItem"]):
+    """All images of one Ximilar request (sparse: only images that have a `request_id`)."""
+
+    class Meta:
+        index_name = "by_request"
+        projection = IncludeProjection(["status", "status_reason", "updated_at"])
+
+    request_id = UnicodeAttribute(hash_key=True)
+    image_uri = UnicodeAttribute(range_key=True)
+
+
+class ByStatusIndex(GlobalSecondaryIndex["ImageItem"]):
+    """Images by status and time; `status_shard` is `<STATUS>#<nn>`, write-sharded."""
+
+    class Meta:
+        index_name = "by_status"
+        projection = IncludeProjection(["status", "status_reason", "request_id"])
+
+    status_shard = UnicodeAttribute(hash_key=True)
+    updated_at = UTCDateTimeAttribute(range_key=True)
+
+
+class DueIndex(GlobalSecondaryIndex["RequestItem"]):
+    """Requests whose next check is due: sparse, an item leaves it when it reaches a terminal status."""
+
+    class Meta:
+        index_name = "due"
+        projection = AllProjection()
+
+    due_shard = UnicodeAttribute(hash_key=True)
+    next_check_at = NumberAttribute(range_key=True)
+
+
+class ImageItem(Model):
+    """One uploaded object (the latest upload of its key) and its result."""
+
+    class Meta:
+        table_name = "unbound-images"  # replaced by bind_tables
+
+    image_uri = UnicodeAttribute(hash_key=True)
+    bucket = UnicodeAttribute()
+    key = UnicodeAttribute()
+    version = UnicodeAttribute()  # S3 version id, or ETag when the bucket is unversioned
+    size_bytes = NumberAttribute(null=True)
+    record_id = UnicodeAttribute()
+    status = UnicodeAttribute()
+    status_reason = UnicodeAttribute(null=True)
+    status_shard = UnicodeAttribute()
+    request_type = UnicodeAttribute(null=True)
+    endpoint = UnicodeAttribute(null=True)
+    submission_id = UnicodeAttribute(null=True)
+    request_id = UnicodeAttribute(null=True)
+    result = MapAttribute[str, Any](null=True)  # the record as Ximilar answered it
+    result_s3_uri = UnicodeAttribute(null=True)  # where the record is when too large for an item
+    attempts = NumberAttribute(default=0)
+    created_at = UTCDateTimeAttribute()
+    updated_at = UTCDateTimeAttribute()
+    expires_at = TTLAttribute(null=True)
+
+    by_request = ByRequestIndex()
+    by_status = ByStatusIndex()
+
+
+class RequestItem(Model):
+    """One Ximilar request as the pipeline sees it, keyed by the pipeline's own submission id.
+
+    The item exists before the POST (status SUBMITTING), so a crash between the POST and the
+    write still leaves a record of what was sent.
+    """
+
+    class Meta:
+        table_name = "unbound-requests"  # replaced by bind_tables
+
+    submission_id = UnicodeAttribute(hash_key=True)
+    request_id = UnicodeAttribute(null=True)  # Ximilar's id, once it answered
+    request_type = UnicodeAttribute()
+    endpoint = UnicodeAttribute()
+    status = UnicodeAttribute()
+    ximilar_status = UnicodeAttribute(null=True)  # verbatim, may be a state the reference does not list
+    status_reason = UnicodeAttribute(null=True)
+    images = MapAttribute[str, Any]()  # record `_id` -> image URI
+    checks = NumberAttribute(default=0)
+    submit_attempts = NumberAttribute(default=0)
+    due_shard = UnicodeAttribute(null=True)
+    next_check_at = NumberAttribute(null=True)  # epoch seconds
+    created_at = UTCDateTimeAttribute()
+    updated_at = UTCDateTimeAttribute()
+    expires_at = TTLAttribute(null=True)
+
+    due = DueIndex()
+
+
+@dataclass(frozen=True)
+class Tables:
+    images: type[ImageItem]
+    requests: type[RequestItem]
+
+
+def bind_tables(
+    images_table: str, requests_table: str, *, host: str | None = None, region: str | None = None
+) -> Tables:
+    """Models bound to the named tables. `host` points pynamodb at another endpoint (moto);
+    left None, botocore's own configuration applies (`AWS_ENDPOINT_URL` included)."""
+
+    def meta(table_name: str) -> type:
+        attributes: dict[str, Any] = {"table_name": table_name, "host": host}
+        if region is not None:
+            attributes["region"] = region
+        return type("Meta", (), attributes)
+
+    images = type("BoundImageItem", (ImageItem,), {"Meta": meta(images_table), "__module__": __name__})
+    requests = type("BoundRequestItem", (RequestItem,), {"Meta": meta(requests_table), "__module__": __name__})
+    return Tables(images=images, requests=requests)

@@ -1,0 +1,99 @@
+"""Settings of every function, read from the environment in this one module.
+
+Each function loads its own class at cold start; a missing or malformed variable fails there with
+its name. The variable names are the field aliases, so the template tests can read them from here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Self
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from ximilar_async.request_types import RequestType, parse_request_type, records_per_request
+from ximilar_async.routing import Route, parse_routes
+
+
+class SettingsError(RuntimeError):
+    """The environment does not hold valid settings; the message names each variable at fault."""
+
+
+def _parse_limits(text: str) -> dict[RequestType, int]:
+    """`type=n,type=n` overrides of the records-per-request table (may be empty)."""
+    overrides: dict[RequestType, int] = {}
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, number = entry.partition("=")
+        if not sep or not number.strip().isdigit():
+            raise ValueError(f"{entry!r} is not of the form type=number")
+        overrides[parse_request_type(name.strip())] = int(number)
+    return records_per_request(overrides)
+
+
+def _http_url(text: str) -> str:
+    if not text.startswith(("https://", "http://")):
+        raise ValueError(f"expected an http(s) URL, got {text!r}")
+    return text.rstrip("/")
+
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+Routes = Annotated[tuple[Route, ...], BeforeValidator(parse_routes)]
+Limits = Annotated[dict[RequestType, int], BeforeValidator(_parse_limits)]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore", validate_by_alias=True, validate_by_name=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        source = dict(os.environ if environ is None else environ)
+        try:
+            return cls.model_validate(source)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in issue['loc'])}: "
+                + ("missing" if issue["type"] == "missing" else issue["msg"])
+                for issue in error.errors()
+            )
+            raise SettingsError(f"invalid environment for {cls.__name__}: {problems}") from None
+
+    @classmethod
+    def variable_names(cls) -> frozenset[str]:
+        """The environment variables this class reads."""
+        return frozenset(field.alias or name for name, field in cls.model_fields.items())
+
+
+class CommonSettings(_Settings):
+    images_table: NonEmpty = Field(alias="IMAGES_TABLE")
+    requests_table: NonEmpty = Field(alias="REQUESTS_TABLE")
+    index_shards: int = Field(alias="INDEX_SHARDS", ge=1, le=100)
+    ximilar_api_url: HttpUrl = Field(alias="XIMILAR_API_URL")
+    ximilar_token_parameter: NonEmpty = Field(alias="XIMILAR_TOKEN_PARAMETER")
+    ximilar_read_timeout_seconds: float = Field(alias="XIMILAR_READ_TIMEOUT_SECONDS", gt=0, le=60)
+    records_per_request: Limits = Field(alias="RECORDS_PER_REQUEST")
+    request_retention_days: int = Field(alias="REQUEST_RETENTION_DAYS", ge=1)
+
+
+class SubmitSettings(CommonSettings):
+    webhook_url: HttpUrl = Field(alias="WEBHOOK_URL")
+    webhook_secret_arn: NonEmpty = Field(alias="WEBHOOK_SECRET_ARN")
+    routes: Routes = Field(alias="ROUTES")
+    max_image_bytes: int = Field(alias="MAX_IMAGE_BYTES", ge=1)
+    inline_base64_max_bytes: int = Field(alias="INLINE_BASE64_MAX_BYTES", ge=0)
+    presigned_url_expiry_seconds: int = Field(alias="PRESIGNED_URL_EXPIRY_SECONDS", ge=60, le=604800)
+
+
+class WebhookSettings(CommonSettings):
+    webhook_secret_arn: NonEmpty = Field(alias="WEBHOOK_SECRET_ARN")
+    results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
+    max_webhook_body_bytes: int = Field(alias="MAX_WEBHOOK_BODY_BYTES", ge=1024)
+    verify_with_source: bool = Field(alias="VERIFY_WITH_SOURCE")
+
+
+class SweeperSettings(SubmitSettings):
+    results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
+    max_request_age_seconds: int = Field(alias="MAX_REQUEST_AGE_SECONDS", ge=60)
+    submitting_timeout_seconds: int = Field(alias="SUBMITTING_TIMEOUT_SECONDS", ge=30)
+    max_api_calls_per_run: int = Field(alias="MAX_API_CALLS_PER_RUN", ge=1)
