@@ -24,7 +24,8 @@ def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     template, problems = decode(str(path))
     if problems or template is None:
         raise ValueError(f"cannot read {path}: {problems}")
-    return _plain(template)
+    plain: dict[str, Any] = _plain(template)
+    return plain
 
 
 def _plain(value: Any) -> Any:
@@ -95,7 +96,7 @@ class Resolver:
             return value
         if len(value) != 1:
             return {key: self.resolve(item) for key, item in value.items()}
-        (name, argument), = value.items()
+        ((name, argument),) = value.items()
         if name == "Ref":
             return self.ref(argument)
         if name == "Fn::GetAtt":

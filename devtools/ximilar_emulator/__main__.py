@@ -6,6 +6,7 @@ Prints `ximilar-emulator listening on <url>` once it accepts connections (tests 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--token", required=True, help="the API token clients must send")
     parser.add_argument("--public-url", help="base URL of upscaled images and `next` links (default: the bound one)")
     parser.add_argument("--seed", type=int, help="seed of the webhook drop/duplicate/jitter dice")
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request to stderr")
     defaults = Knobs()
     for knob in fields(Knobs):
         flag = "--" + knob.name.replace("_", "-")
@@ -35,8 +37,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.INFO if args.access_log else logging.WARNING)
     knobs = Knobs(**{knob.name: getattr(args, knob.name) for knob in fields(Knobs)})
-    server = EmulatorServer(args.token, knobs, host=args.host, port=args.port, public_url=args.public_url, seed=args.seed)
+    server = EmulatorServer(
+        args.token, knobs, host=args.host, port=args.port, public_url=args.public_url, seed=args.seed
+    )
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())

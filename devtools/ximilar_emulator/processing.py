@@ -79,9 +79,7 @@ def card_grader_result(data: bytes, image: Image.Image, endpoint: str | None) ->
     condition = "Mint" if final >= 9 else "Near Mint" if final >= 8 else "Excellent" if final >= 6.5 else "Good"
     width, height = image.size
     return {
-        "_objects": [
-            {"name": "Card", "id": 0, "bound_box": [0, 0, width, height], "prob": 0.9 + digits[5] % 10 / 100}
-        ],
+        "_objects": [{"name": "Card", "id": 0, "bound_box": [0, 0, width, height], "prob": 0.9 + digits[5] % 10 / 100}],
         "grades": {**grades, "final": final, "condition": condition},
         "card": [{"side": "front", "endpoint": endpoint or "grade"}],
     }

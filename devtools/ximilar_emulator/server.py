@@ -28,7 +28,15 @@ DOCUMENTED_ENDPOINTS: dict[str, set[str]] = {
     "upscaler": {"upscale_2x", "upscale_4x", "upscale_8x"},
     "card-grader": {"grade", "condition", "centering", "localize", "crop_level"},
     "collectibles-recognition": {
-        "process", "analyze", "tcg_id", "sport_id", "comics_id", "card_ocr_id", "slab_id", "detect", "slab_grade",
+        "process",
+        "analyze",
+        "tcg_id",
+        "sport_id",
+        "comics_id",
+        "card_ocr_id",
+        "slab_id",
+        "detect",
+        "slab_grade",
     },
 }
 
@@ -156,7 +164,8 @@ class EmulatorServer:
                 return
             copies = 2 if self.random.random() < knobs.webhook_duplicate_rate else 1
             delays = [
-                knobs.webhook_delay_seconds + self.random.uniform(0, knobs.webhook_jitter_seconds) for _ in range(copies)
+                knobs.webhook_delay_seconds + self.random.uniform(0, knobs.webhook_jitter_seconds)
+                for _ in range(copies)
             ]
         for delay in delays:
             self.scheduler.at(delay, lambda: self._deliver(stored, 1))
@@ -177,6 +186,8 @@ class EmulatorServer:
         if failed and attempt < knobs.webhook_max_attempts:
             backoff = knobs.webhook_retry_backoff_seconds * 2 ** (attempt - 1)
             self.scheduler.at(backoff, lambda: self._deliver(stored, attempt + 1))
+        elif failed:
+            self.store.log_webhook(stored.id, attempt, "gave up")
 
 
 def _error(status: int, body: Any, retry_after: float | None = None) -> Response:
@@ -198,7 +209,11 @@ def _validate_submission(body: Any, enforce_type_limits: bool) -> dict[str, list
     endpoint = body.get("endpoint")
     if endpoint is not None and not isinstance(endpoint, str):
         errors["endpoint"] = ["Not a valid string."]
-    elif isinstance(request_type, str) and endpoint and endpoint not in DOCUMENTED_ENDPOINTS.get(request_type, {endpoint}):
+    elif (
+        isinstance(request_type, str)
+        and endpoint
+        and endpoint not in DOCUMENTED_ENDPOINTS.get(request_type, {endpoint})
+    ):
         errors["endpoint"] = [f'"{endpoint}" is not a valid endpoint for {request_type}.']
     records = body.get("records")
     if not isinstance(records, list) or not records:

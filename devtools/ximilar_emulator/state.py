@@ -73,7 +73,13 @@ class StoredRequest:
         return body
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "status": self.status, "type": self.type, "created": self.created, "workspace": WORKSPACE}
+        return {
+            "id": self.id,
+            "status": self.status,
+            "type": self.type,
+            "created": self.created,
+            "workspace": WORKSPACE,
+        }
 
     def details(self) -> dict[str, Any]:
         answer: dict[str, Any] = {

@@ -13,12 +13,12 @@ from typing import Any
 from pynamodb.attributes import (
     MapAttribute,
     NumberAttribute,
+    TTLAttribute,
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
 from pynamodb.models import Model
-from pynamodb.attributes import TTLAttribute
 
 
 class ByRequestIndex(GlobalSecondaryIndex["ImageItem"]):

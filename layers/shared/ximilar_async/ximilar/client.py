@@ -167,7 +167,7 @@ class XimilarClient:
         except requests.exceptions.RetryError as error:  # only when urllib3 raises instead of returning
             raise XimilarTransientError(f"{method} {_path_of(url)}: retries exhausted: {error}") from None
         except (requests.ConnectionError, requests.Timeout) as error:
-            raise XimilarTransientError(f"{method} {_path_of(url)}: {type(error).__name__}") from None
+            raise XimilarTransientError(f"{method} {_path_of(url)}: {_cause(error)}") from None
         code = response.status_code
         if 200 <= code < 300:
             return _json_object(response)
@@ -186,6 +186,14 @@ class XimilarClient:
 def _path_of(url: str) -> str:
     """The URL without its query: never log query strings (they can carry signatures)."""
     return url.split("?", 1)[0]
+
+
+def _cause(error: Exception) -> str:
+    """The root cause's name (requests wraps a read timeout after retries in a ConnectionError)."""
+    reason = getattr(error.args[0], "reason", None) if error.args else None
+    if reason is not None:
+        return f"{type(error).__name__} ({type(reason).__name__})"
+    return type(error).__name__
 
 
 def _json_object(response: requests.Response) -> JsonObject:

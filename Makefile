@@ -1,0 +1,51 @@
+# The verbs a user types. Each target sets up what it needs (the venvs are built from the requirement files).
+PYTHON ?= python3
+VENV := .venv
+SAM_VENV := .venv-sam
+PY := $(VENV)/bin/python
+SAM := $(SAM_VENV)/bin/sam
+# SAM builds the python3.13 layer with pyenv's 3.13 next to the machine's 3.11.
+export PYENV_VERSION ?= 3.11.7:3.13.0
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: venv sam-venv test lint validate build deploy emulator clean
+
+$(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+$(SAM_VENV)/.installed: requirements-sam.txt
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-sam.txt
+	touch $@
+
+venv: $(VENV)/.installed
+sam-venv: $(SAM_VENV)/.installed
+
+test: venv  ## the whole test suite: it starts moto and the emulator itself
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/cfn-lint template.yaml
+
+validate: sam-venv
+	$(SAM) validate --lint --region us-east-1
+
+build: sam-venv
+	$(SAM) build
+
+deploy: build
+	$(SAM) deploy --guided
+
+emulator: venv  ## the Ximilar emulator in the foreground: make emulator ARGS="--port 8900"
+	$(PY) -m ximilar_emulator --token $${XIMILAR_TOKEN:-local-token} --access-log $(ARGS)
+
+clean:
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

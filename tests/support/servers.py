@@ -1,0 +1,99 @@
+"""Real server processes for the tests: moto in server mode and the Ximilar emulator.
+
+Each starts on a free port of 127.0.0.1 and is stopped by its own process id.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import IO, TypeVar
+
+import requests
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Poll `condition` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto in server mode in its own process; yields its endpoint URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with {process.returncode}")
+        try:
+            return requests.get(f"{url}/moto-api/", timeout=1).ok
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, timeout=30, what="moto server")
+        yield url
+    finally:
+        _stop(process)
+
+
+def _read_line(stream: IO[str], prefix: str, process: subprocess.Popen[str]) -> str:
+    for line in stream:
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    raise RuntimeError(f"process exited ({process.poll()}) before printing {prefix!r}")
+
+
+@contextmanager
+def emulator_process(token: str, *flags: str) -> Iterator[str]:
+    """The Ximilar emulator as a user starts it (`python -m ximilar_emulator`); yields its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ximilar_emulator", "--port", "0", "--token", token, *flags],
+        stdout=subprocess.PIPE,
+        stderr=None,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        url = _read_line(process.stdout, "ximilar-emulator listening on ", process)
+        yield url
+    finally:
+        _stop(process)
