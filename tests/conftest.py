@@ -10,9 +10,10 @@ from typing import Any
 
 import boto3
 import pytest
+from xasync.servers import emulator_process, moto_server
+from xasync.stack import AwsStack, create_stack, create_table_from_template
 from xasync.template import load_template
 
-from tests.support.servers import emulator_process, moto_server
 from ximilar_async.dal.models import Tables, bind_tables
 from ximilar_emulator import EmulatorControl
 
@@ -66,33 +67,15 @@ def emulator(_emulator_session: RunningEmulator) -> RunningEmulator:
     return _emulator_session
 
 
-def create_table_from_template(dynamodb: Any, template: dict[str, Any], logical_id: str, table_name: str) -> None:
-    """Create a table exactly as template.yaml declares it (keys, indexes, encryption, PITR, TTL)."""
-    properties = template["Resources"][logical_id]["Properties"]
-    dynamodb.create_table(
-        TableName=table_name,
-        **{
-            name: properties[name]
-            for name in ("BillingMode", "AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes")
-            if name in properties
-        },
-        SSESpecification={"Enabled": properties["SSESpecification"]["SSEEnabled"]},
-    )
-    dynamodb.get_waiter("table_exists").wait(TableName=table_name)
-    if properties.get("PointInTimeRecoverySpecification", {}).get("PointInTimeRecoveryEnabled"):
-        dynamodb.update_continuous_backups(
-            TableName=table_name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
-        )
-    ttl = properties.get("TimeToLiveSpecification")
-    if ttl:
-        dynamodb.update_time_to_live(
-            TableName=table_name, TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True}
-        )
-
-
 @pytest.fixture
 def dynamodb(aws_endpoint: str) -> Any:
     return boto3.client("dynamodb", endpoint_url=aws_endpoint)
+
+
+@pytest.fixture
+def aws_stack(aws_endpoint: str, template: dict[str, Any]) -> AwsStack:
+    """Input bucket notifying a queue, tables, token and signing key: fresh names per test."""
+    return create_stack(aws_endpoint, template, EMULATOR_TOKEN)
 
 
 @pytest.fixture

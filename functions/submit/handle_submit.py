@@ -1,23 +1,99 @@
 """Entry point of the submit function: S3 upload notifications to Ximilar requests.
 
-Thin by design: settings and clients are built once per cold start; the work is done by the
-shared package in the layer. The behaviour itself lands with issue #4; until then every
-invocation fails loudly, so no event is taken as handled.
+Takes SQS batches of S3 notifications (the deployed trigger) and plain S3 events (what
+`sam local invoke SubmitFunction -e events/s3-put.json` sends). Messages that must be tried again
+are reported as batch item failures; after the queue's maxReceiveCount they move to the DLQ.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes import SQSEvent
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
 
+from ximilar_async import runtime
 from ximilar_async.settings import SubmitSettings
+from ximilar_async.submission import SubmitOutcome, Submitter
+from ximilar_async.uploads import NotAnS3Notification, Upload, uploads_from_notification
 
 settings = SubmitSettings.from_env()
 logger = Logger()
+# The shared package logs through stdlib logging; give it the same JSON output and correlation keys.
+copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
+repository = runtime.repository(settings)
+ximilar = runtime.ximilar_client(settings)
+
+
+class RetryLater(Exception):
+    """Raised for a message SQS should deliver again."""
+
+
+def submitter() -> Submitter:
+    ximilar.set_token(runtime.api_token(settings))
+    return Submitter(repository, ximilar, s3, runtime.signing_key(settings.webhook_secret_arn), settings)
+
+
+def record_metrics(outcome: SubmitOutcome) -> None:
+    metrics.add_metric(name="RequestsSubmitted", unit=MetricUnit.Count, value=outcome.requests_submitted)
+    metrics.add_metric(name="ImagesSubmitted", unit=MetricUnit.Count, value=outcome.images_submitted)
+    metrics.add_metric(name="DuplicateNotifications", unit=MetricUnit.Count, value=outcome.duplicates)
+    metrics.add_metric(name="ImagesRetried", unit=MetricUnit.Count, value=len(outcome.retry))
+    for reason, count in outcome.images_failed.items():
+        metrics.add_metric(name=f"ImagesFailed.{reason}", unit=MetricUnit.Count, value=count)
+
+
+def handle_sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    uploads: list[Upload] = []
+    failures: dict[str, str] = {}
+    for record in SQSEvent(event).records:
+        try:
+            uploads.extend(uploads_from_notification(record.message_id, record.body))
+        except NotAnS3Notification as error:
+            # Not ours to drop: retried, then kept in the DLQ for someone to look at.
+            logger.error("message is not an S3 notification", extra={"message_id": record.message_id})
+            failures[record.message_id] = str(error)
+    outcome = submitter().submit_uploads(uploads)
+    record_metrics(outcome)
+    failures.update(outcome.retry)
+
+    def report(record: SQSRecord) -> None:
+        if record.message_id in failures:
+            raise RetryLater(failures[record.message_id])
+
+    return dict(process_partial_response(event=event, record_handler=report, processor=processor, context=context))
+
+
+def handle_s3_event(event: dict[str, Any]) -> dict[str, Any]:
+    uploads = list(uploads_from_notification("s3-event", event))
+    outcome = submitter().submit_uploads(uploads)
+    record_metrics(outcome)
+    if outcome.retry:
+        raise RetryLater(f"not submitted yet, S3 will invoke again: {sorted(set(outcome.retry.values()))}")
+    return {
+        "requests_submitted": outcome.requests_submitted,
+        "images_submitted": outcome.images_submitted,
+        "images_failed": dict(outcome.images_failed),
+        "duplicates": outcome.duplicates,
+    }
 
 
 @logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    raise NotImplementedError("the submit function is not implemented yet (issue #4)")
+    records = event.get("Records") or []
+    if records and records[0].get("eventSource") == "aws:s3":
+        return handle_s3_event(event)
+    return handle_sqs_batch(event, context)

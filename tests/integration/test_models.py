@@ -21,6 +21,7 @@ def make_image(tables: Tables, key: str, status: Status, at: datetime, request_i
         bucket="input",
         key=key,
         version="etag-1",
+        sequencer="0" * 64,
         record_id=keys.record_id("input", key, "etag-1"),
         status=status.value,
         status_shard=keys.status_shard(status, uri, SHARDS),

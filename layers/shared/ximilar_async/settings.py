@@ -83,6 +83,7 @@ class SubmitSettings(CommonSettings):
     max_image_bytes: int = Field(alias="MAX_IMAGE_BYTES", ge=1)
     inline_base64_max_bytes: int = Field(alias="INLINE_BASE64_MAX_BYTES", ge=0)
     presigned_url_expiry_seconds: int = Field(alias="PRESIGNED_URL_EXPIRY_SECONDS", ge=60, le=604800)
+    submitting_timeout_seconds: int = Field(alias="SUBMITTING_TIMEOUT_SECONDS", ge=30)
 
 
 class WebhookSettings(CommonSettings):
@@ -95,5 +96,4 @@ class WebhookSettings(CommonSettings):
 class SweeperSettings(SubmitSettings):
     results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
     max_request_age_seconds: int = Field(alias="MAX_REQUEST_AGE_SECONDS", ge=60)
-    submitting_timeout_seconds: int = Field(alias="SUBMITTING_TIMEOUT_SECONDS", ge=30)
     max_api_calls_per_run: int = Field(alias="MAX_API_CALLS_PER_RUN", ge=1)

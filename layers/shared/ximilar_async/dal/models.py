@@ -64,6 +64,7 @@ class ImageItem(Model):
     bucket = UnicodeAttribute()
     key = UnicodeAttribute()
     version = UnicodeAttribute()  # S3 version id, or ETag when the bucket is unversioned
+    sequencer = UnicodeAttribute()  # S3's event sequencer, right-padded: orders uploads of one key
     size_bytes = NumberAttribute(null=True)
     record_id = UnicodeAttribute()
     status = UnicodeAttribute()
@@ -75,7 +76,8 @@ class ImageItem(Model):
     request_id = UnicodeAttribute(null=True)
     result = MapAttribute[str, Any](null=True)  # the record as Ximilar answered it
     result_s3_uri = UnicodeAttribute(null=True)  # where the record is when too large for an item
-    attempts = NumberAttribute(default=0)
+    attempts = NumberAttribute(default=0)  # submissions of this version to Ximilar
+    lease_until = NumberAttribute(null=True)  # epoch seconds: a SUBMITTING claim is held until then
     created_at = UTCDateTimeAttribute()
     updated_at = UTCDateTimeAttribute()
     expires_at = TTLAttribute(null=True)

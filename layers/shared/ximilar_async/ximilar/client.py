@@ -113,6 +113,10 @@ class XimilarClient:
         self.timeout = timeout
         self.records_per_request = records_per_request
 
+    def set_token(self, token: str) -> None:
+        """Use `token` from now on (the token is cached from SSM and may rotate)."""
+        self.session.headers["Authorization"] = f"Token {token}"
+
     def submit(
         self,
         request_type: RequestType | str,

@@ -51,7 +51,7 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def moto_server() -> Iterator[str]:
     """moto in server mode in its own process; yields its endpoint URL."""
     port = free_port()
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -84,7 +84,7 @@ def _read_line(stream: IO[str], prefix: str, process: subprocess.Popen[str]) -> 
 @contextmanager
 def emulator_process(token: str, *flags: str) -> Iterator[str]:
     """The Ximilar emulator as a user starts it (`python -m ximilar_emulator`); yields its URL."""
-    process = subprocess.Popen(
+    process = subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter
         [sys.executable, "-m", "ximilar_emulator", "--port", "0", "--token", token, *flags],
         stdout=subprocess.PIPE,
         stderr=None,

@@ -1,0 +1,226 @@
+"""The operations on the two tables, each one conditional write that keeps the state machine honest.
+
+An image moves SUBMITTING -> CREATED -> (PROCESSING) -> DONE | ERROR, or ends FAILED; a write never
+moves a finished image back, never lets an older upload of a key replace a newer one, and never
+lets two submitters hold the same upload at once (the SUBMITTING claim carries a lease).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pynamodb.exceptions import PutError, UpdateError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+
+from ximilar_async.dal import keys
+from ximilar_async.dal.models import ImageItem, Tables
+from ximilar_async.statuses import Status
+from ximilar_async.uploads import Upload
+
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+def _lost_race(error: PutError | UpdateError) -> bool:
+    if error.cause_response_code == CONDITION_FAILED:
+        return True
+    raise error
+
+
+def epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+@dataclass(frozen=True)
+class Repository:
+    tables: Tables
+    shards: int
+    request_retention: timedelta
+
+    # --- images -------------------------------------------------------------------------------------
+    def _new_image_condition(self, upload: Upload) -> Condition:
+        images = self.tables.images
+        newer_upload = (images.record_id != upload.record_id) & (images.sequencer < upload.sequencer)
+        condition: Condition = images.image_uri.does_not_exist() | newer_upload
+        return condition
+
+    def _image(self, upload: Upload, status: Status, now: datetime) -> ImageItem:
+        return self.tables.images(
+            upload.uri,
+            bucket=upload.bucket,
+            key=upload.key,
+            version=upload.version,
+            sequencer=upload.sequencer,
+            size_bytes=upload.size,
+            record_id=upload.record_id,
+            status=status.value,
+            status_shard=keys.status_shard(status, upload.uri, self.shards),
+            created_at=now,
+            updated_at=now,
+        )
+
+    def claim_image(
+        self, upload: Upload, request_type: str, endpoint: str, submission_id: str, now: datetime, lease: timedelta
+    ) -> bool:
+        """Write the image SUBMITTING for `submission_id`; False when it is a duplicate or stale upload.
+
+        Taken: a new key, a newer upload of a key, or this upload when its earlier claim was released
+        or its lease ran out (the submitter that held it failed or died).
+        """
+        images = self.tables.images
+        image = self._image(upload, Status.SUBMITTING, now)
+        image.request_type, image.endpoint, image.submission_id = request_type, endpoint, submission_id
+        image.attempts = 1
+        image.lease_until = epoch(now + lease)
+        reclaimable = (
+            (images.record_id == upload.record_id)
+            & (images.status == Status.SUBMITTING.value)
+            & (images.lease_until < epoch(now))
+        )
+        try:
+            image.save(condition=self._new_image_condition(upload) | reclaimable)
+        except PutError as error:
+            return not _lost_race(error)
+        return True
+
+    def reject_image(self, upload: Upload, reason: str, now: datetime) -> bool:
+        """Record an upload that is not submitted as FAILED with `reason`; False for a duplicate."""
+        image = self._image(upload, Status.FAILED, now)
+        image.status_reason = reason
+        try:
+            image.save(condition=self._new_image_condition(upload))
+        except PutError as error:
+            return not _lost_race(error)
+        return True
+
+    def _update_claimed(self, submission_id: str, uris: Iterable[str], actions: list[Action]) -> int:
+        """Apply `actions` to the images this submission still holds in SUBMITTING; returns how many."""
+        images = self.tables.images
+        changed = 0
+        for uri in uris:
+            try:
+                images(uri).update(
+                    actions=actions,
+                    condition=(images.submission_id == submission_id) & (images.status == Status.SUBMITTING.value),
+                )
+                changed += 1
+            except UpdateError as error:
+                _lost_race(error)  # a webhook was faster, or a newer upload took the key
+        return changed
+
+    def mark_images_created(self, submission_id: str, request_id: str, uris: Iterable[str], now: datetime) -> int:
+        images = self.tables.images
+        return self._update_claimed(
+            submission_id,
+            uris,
+            [
+                images.status.set(Status.CREATED.value),
+                images.request_id.set(request_id),
+                images.updated_at.set(now),
+                images.lease_until.remove(),
+            ],
+        )
+
+    def release_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int:
+        """Let the next delivery (or the sweeper) take these images again at once."""
+        images = self.tables.images
+        return self._update_claimed(
+            submission_id,
+            uris,
+            [images.lease_until.set(0), images.status_reason.set(reason), images.updated_at.set(now)],
+        )
+
+    def fail_claimed_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int:
+        images = self.tables.images
+        failed = 0
+        for uri in uris:
+            failed += self._update_claimed(
+                submission_id,
+                [uri],
+                [
+                    images.status.set(Status.FAILED.value),
+                    images.status_shard.set(keys.status_shard(Status.FAILED, uri, self.shards)),
+                    images.status_reason.set(reason),
+                    images.updated_at.set(now),
+                    images.lease_until.remove(),
+                ],
+            )
+        return failed
+
+    # --- requests -----------------------------------------------------------------------------------
+    def open_request(
+        self,
+        submission_id: str,
+        request_type: str,
+        endpoint: str,
+        images: Mapping[str, str],
+        now: datetime,
+        check_at: datetime,
+    ) -> None:
+        """The request item, SUBMITTING and due for the sweeper at `check_at` should nothing follow."""
+        self.tables.requests(
+            submission_id,
+            request_type=request_type,
+            endpoint=endpoint,
+            status=Status.SUBMITTING.value,
+            images=dict(images),
+            submit_attempts=1,
+            due_shard=keys.due_shard(submission_id, self.shards),
+            next_check_at=epoch(check_at),
+            created_at=now,
+            updated_at=now,
+        ).save(condition=self.tables.requests.submission_id.does_not_exist())
+
+    def set_request_images(self, submission_id: str, images: Mapping[str, str], now: datetime) -> None:
+        requests = self.tables.requests
+        requests(submission_id).update(actions=[requests.images.set(dict(images)), requests.updated_at.set(now)])
+
+    def forget_request(self, submission_id: str) -> None:
+        """Delete a request item that never led to a POST (every upload in it was a duplicate)."""
+        requests = self.tables.requests
+        requests(submission_id).delete(condition=requests.status == Status.SUBMITTING.value)
+
+    def mark_request_created(self, submission_id: str, request_id: str, now: datetime, check_at: datetime) -> bool:
+        requests = self.tables.requests
+        try:
+            requests(submission_id).update(
+                actions=[
+                    requests.request_id.set(request_id),
+                    requests.status.set(Status.CREATED.value),
+                    requests.ximilar_status.set(Status.CREATED.value),
+                    requests.status_reason.remove(),
+                    requests.next_check_at.set(epoch(check_at)),
+                    requests.updated_at.set(now),
+                ],
+                condition=requests.status == Status.SUBMITTING.value,
+            )
+        except UpdateError as error:
+            return not _lost_race(error)
+        return True
+
+    def defer_request(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> None:
+        """Ximilar did not take it this time: keep it SUBMITTING, due for the sweeper at `check_at`."""
+        requests = self.tables.requests
+        requests(submission_id).update(
+            actions=[
+                requests.status_reason.set(reason),
+                requests.next_check_at.set(epoch(check_at)),
+                requests.updated_at.set(now),
+            ],
+            condition=requests.status == Status.SUBMITTING.value,
+        )
+
+    def fail_request(self, submission_id: str, reason: str, now: datetime) -> None:
+        requests = self.tables.requests
+        requests(submission_id).update(
+            actions=[
+                requests.status.set(Status.FAILED.value),
+                requests.status_reason.set(reason),
+                requests.due_shard.remove(),
+                requests.next_check_at.remove(),
+                requests.updated_at.set(now),
+                requests.expires_at.set(now + self.request_retention),
+            ]
+        )

@@ -1,0 +1,195 @@
+"""Submit: turn uploads into Ximilar requests, grouped, limited per type, and submitted once.
+
+For each group of uploads with the same (type, endpoint), in chunks of the type's records limit:
+1. the request item is written SUBMITTING (so nothing sent is ever unrecorded);
+2. each image is claimed SUBMITTING for it (duplicates and stale uploads are skipped);
+3. one POST to Ximilar, with a webhook whose headers authenticate this one request;
+4. on success the request and its images become CREATED with Ximilar's request id; on a transient
+   failure the claims are released and the messages retried; on a 4xx the images end FAILED.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from ximilar_async import schedule
+from ximilar_async.dal.repository import Repository
+from ximilar_async.request_types import RequestType
+from ximilar_async.settings import SubmitSettings
+from ximilar_async.uploads import Rejection, Upload, rejection_of, route_for
+from ximilar_async.webhook_token import webhook_config
+from ximilar_async.ximilar import InvalidRequest, XimilarClient, XimilarRequestError, XimilarTransientError
+
+logger = logging.getLogger(__name__)
+
+# A claim outlives the submit function's timeout (60 s) so a live submitter is never overtaken,
+# and ends before SQS shows the message again (visibility timeout 360 s).
+CLAIM_LEASE = timedelta(seconds=120)
+
+
+def chunks(items: Sequence[Upload], size: int) -> Iterable[Sequence[Upload]]:
+    """`itertools.batched`, which needs Python 3.12 (the code runs on 3.11 too)."""
+    return (items[start : start + size] for start in range(0, len(items), size))
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ObjectGone(Exception):
+    """The object was deleted (or overwritten) before it could be read."""
+
+
+@dataclass
+class SubmitOutcome:
+    """What one invocation did; `retry` names the SQS messages to report as batch item failures."""
+
+    retry: dict[str, str] = field(default_factory=dict)  # message id -> reason
+    requests_submitted: int = 0
+    images_submitted: int = 0
+    duplicates: int = 0
+    images_failed: Counter[str] = field(default_factory=Counter)  # rejection code -> images
+
+    def merge(self, other: SubmitOutcome) -> None:
+        self.retry.update(other.retry)
+        self.requests_submitted += other.requests_submitted
+        self.images_submitted += other.images_submitted
+        self.duplicates += other.duplicates
+        self.images_failed.update(other.images_failed)
+
+
+@dataclass
+class Submitter:
+    repository: Repository
+    ximilar: XimilarClient
+    s3: Any  # a boto3 S3 client: presigns URLs, reads objects sent inline
+    signing_key: bytes
+    settings: SubmitSettings
+    clock: Callable[[], datetime] = utc_now
+
+    def submit_uploads(self, uploads: Iterable[Upload]) -> SubmitOutcome:
+        outcome = SubmitOutcome()
+        groups: dict[tuple[RequestType, str], list[Upload]] = {}
+        for upload in uploads:
+            route = route_for(upload.key, self.settings.routes)
+            rejection = rejection_of(upload, route, self.settings.max_image_bytes)
+            if rejection is not None or route is None:
+                self._reject(upload, rejection or Rejection("no-route", "no route matches the key"), outcome)
+                continue
+            groups.setdefault((route.request_type, route.endpoint), []).append(upload)
+        for (request_type, endpoint), members in groups.items():
+            for chunk in chunks(members, self.settings.records_per_request[request_type]):
+                try:
+                    outcome.merge(self.submit_batch(request_type, endpoint, chunk))
+                except Exception as error:
+                    logger.exception("submitting a batch failed", extra={"keys": [u.key for u in chunk]})
+                    outcome.retry.update({u.message_id: f"{type(error).__name__}" for u in chunk})
+        return outcome
+
+    def _reject(self, upload: Upload, rejection: Rejection, outcome: SubmitOutcome) -> None:
+        if self.repository.reject_image(upload, rejection.text, self.clock()):
+            outcome.images_failed[rejection.code] += 1
+            logger.info("upload not submitted", extra={"key": upload.key, "reason": rejection.text})
+        else:
+            outcome.duplicates += 1
+
+    def submit_batch(self, request_type: RequestType, endpoint: str, uploads: Sequence[Upload]) -> SubmitOutcome:
+        """One Ximilar request for `uploads` (at most the type's limit), recorded before and after."""
+        outcome = SubmitOutcome()
+        now = self.clock()
+        submission_id = str(uuid.uuid4())
+        give_up_at = now + timedelta(seconds=self.settings.submitting_timeout_seconds)
+        intended = {upload.record_id: upload.uri for upload in uploads}
+        self.repository.open_request(submission_id, request_type.value, endpoint, intended, now, give_up_at)
+
+        claimed: list[Upload] = []
+        for upload in uploads:
+            if upload.record_id in {c.record_id for c in claimed}:
+                outcome.duplicates += 1  # the same notification twice in one batch
+            elif self.repository.claim_image(upload, request_type.value, endpoint, submission_id, now, CLAIM_LEASE):
+                claimed.append(upload)
+            else:
+                outcome.duplicates += 1
+        if not claimed:
+            self.repository.forget_request(submission_id)
+            return outcome
+
+        records, gone = self._records(claimed)
+        for upload in gone:
+            self.repository.fail_claimed_images(submission_id, [upload.uri], "the object no longer exists", now)
+            outcome.images_failed["object-gone"] += 1
+        sent = [upload for upload in claimed if upload not in gone]
+        if len(sent) != len(intended):
+            self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in sent}, now)
+        if not sent:
+            self.repository.fail_request(submission_id, "no object could be read", now)
+            return outcome
+
+        uris = [upload.uri for upload in sent]
+        record_ids = [record["_id"] for record in records]
+        webhook = webhook_config(self.settings.webhook_url, self.signing_key, submission_id, record_ids)
+        log_context = {"submission_id": submission_id, "keys": [upload.key for upload in sent]}
+        try:
+            answer = self.ximilar.submit(request_type, endpoint, records, webhook)
+        except XimilarTransientError as error:
+            reason = f"not accepted yet: {error}"
+            logger.warning("Ximilar did not take the request; it will be retried", extra=log_context)
+            self.repository.release_images(submission_id, uris, reason, now)
+            self.repository.defer_request(submission_id, reason, now, give_up_at)
+            outcome.retry.update({upload.message_id: reason for upload in sent})
+            return outcome
+        except (XimilarRequestError, InvalidRequest) as error:
+            reason = f"Ximilar refused the request: {error}"
+            logger.warning("Ximilar refused the request", extra={**log_context, "reason": reason})
+            self.repository.fail_claimed_images(submission_id, uris, reason, now)
+            self.repository.fail_request(submission_id, reason, now)
+            outcome.images_failed["refused"] += len(sent)
+            return outcome
+
+        request_id = str(answer["id"])
+        accepted_at = self.clock()
+        self.repository.mark_request_created(
+            submission_id, request_id, accepted_at, accepted_at + schedule.FIRST_CHECK_DELAY
+        )
+        self.repository.mark_images_created(submission_id, request_id, uris, accepted_at)
+        logger.info("request submitted", extra={**log_context, "request_id": request_id})
+        outcome.requests_submitted += 1
+        outcome.images_submitted += len(sent)
+        return outcome
+
+    def _records(self, uploads: Sequence[Upload]) -> tuple[list[dict[str, str]], list[Upload]]:
+        """Ximilar records (`_id` and `_url` or `_base64`) and the uploads whose object is gone."""
+        records: list[dict[str, str]] = []
+        gone: list[Upload] = []
+        for upload in uploads:
+            try:
+                records.append({"_id": upload.record_id, **self._image_source(upload)})
+            except ObjectGone:
+                gone.append(upload)
+        return records, gone
+
+    def _image_source(self, upload: Upload) -> dict[str, str]:
+        location: dict[str, str] = {"Bucket": upload.bucket, "Key": upload.key}
+        if upload.version_id:
+            location["VersionId"] = upload.version_id
+        if upload.size <= self.settings.inline_base64_max_bytes:
+            try:
+                body = self.s3.get_object(**location)["Body"].read()
+            except ClientError as error:
+                if error.response["Error"]["Code"] in ("NoSuchKey", "NoSuchVersion", "404"):
+                    raise ObjectGone(upload.key) from None
+                raise
+            return {"_base64": base64.b64encode(body).decode()}
+        url = self.s3.generate_presigned_url(
+            "get_object", Params=location, ExpiresIn=self.settings.presigned_url_expiry_seconds
+        )
+        return {"_url": str(url)}

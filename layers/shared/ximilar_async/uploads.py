@@ -1,0 +1,109 @@
+"""Uploads: what an S3 ObjectCreated notification says about one new object, and the checks before submitting."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePosixPath
+from typing import Any
+from urllib.parse import unquote_plus
+
+from aws_lambda_powertools.utilities.data_classes import S3Event
+
+from ximilar_async.dal import keys
+from ximilar_async.routing import Route, route_for
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+SEQUENCER_WIDTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One uploaded object version, as its notification describes it (`key` decoded)."""
+
+    message_id: str  # the SQS message that carried it: the unit SQS retries
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None
+    sequencer: str  # right-padded with zeros, so that later uploads of a key sort after earlier ones
+
+    @property
+    def version(self) -> str:
+        return self.version_id or self.etag
+
+    @property
+    def uri(self) -> str:
+        return keys.image_uri(self.bucket, self.key)
+
+    @property
+    def record_id(self) -> str:
+        return keys.record_id(self.bucket, self.key, self.version)
+
+
+def normalize_sequencer(sequencer: str) -> str:
+    """S3's rule: right-pad the shorter sequencer with zeros, then compare as strings."""
+    return sequencer.upper().ljust(SEQUENCER_WIDTH, "0")
+
+
+def _sequencer_from_time(event_time: str) -> str:
+    """S3 always sends a sequencer for PUTs; emulators may not: order by event time, in hex, then."""
+    moment = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
+    return f"{int(moment.timestamp() * 1_000_000):016X}"
+
+
+class NotAnS3Notification(ValueError):
+    """The message body is neither an S3 event notification nor S3's test event."""
+
+
+def uploads_from_notification(message_id: str, body: str | dict[str, Any]) -> Iterator[Upload]:
+    """The ObjectCreated uploads of one S3 notification; nothing for S3's `s3:TestEvent`."""
+    try:
+        notification = json.loads(body) if isinstance(body, str) else body
+    except json.JSONDecodeError as error:
+        raise NotAnS3Notification(f"message body is not JSON: {error.msg}") from None
+    if not isinstance(notification, dict):
+        raise NotAnS3Notification("message body is not a JSON object")
+    if notification.get("Event") == "s3:TestEvent":
+        return
+    if not isinstance(notification.get("Records"), list):
+        raise NotAnS3Notification("message body has no S3 Records")
+    for record in S3Event(notification).records:
+        if record.event_source != "aws:s3" or not record.event_name.startswith("ObjectCreated:"):
+            continue
+        s3_object = record.s3.get_object
+        yield Upload(
+            message_id=message_id,
+            bucket=record.s3.bucket.name,
+            key=unquote_plus(s3_object.key),  # S3 sends keys URL-encoded, '+' for a space
+            size=s3_object.size,
+            etag=s3_object.etag.strip('"'),
+            version_id=s3_object.version_id,
+            sequencer=normalize_sequencer(s3_object.get("sequencer") or _sequencer_from_time(record.event_time)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    code: str  # short, for metrics: no-route, not-an-image, empty, too-large, object-gone, refused
+    text: str  # for people: stored as the image's status_reason
+
+
+def rejection_of(upload: Upload, route: Route | None, max_image_bytes: int) -> Rejection | None:
+    """Why this upload is not submitted, or None when it is."""
+    if route is None:
+        return Rejection("no-route", "no route matches the key")
+    extension = PurePosixPath(upload.key).suffix.lower()
+    if extension not in IMAGE_EXTENSIONS:
+        return Rejection("not-an-image", f"not an image extension: {extension or '(none)'}")
+    if upload.size == 0:
+        return Rejection("empty", "the object is empty")
+    if upload.size > max_image_bytes:
+        return Rejection("too-large", f"the object is {upload.size} bytes, over the maximum of {max_image_bytes}")
+    return None
+
+
+__all__ = ["Rejection", "Upload", "normalize_sequencer", "rejection_of", "route_for", "uploads_from_notification"]

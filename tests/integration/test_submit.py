@@ -1,0 +1,343 @@
+"""The submit function, end to end on moto server and the emulator: S3 -> SQS -> handler -> Ximilar."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import requests
+from xasync.servers import wait_for
+from xasync.stack import AwsStack, FakeLambdaContext, is_test_event, load_handler, sqs_event
+
+from tests.conftest import RunningEmulator
+from tests.support.images import png_bytes
+from tests.support.receiver import Receiver, webhook_receiver
+from ximilar_async.dal import keys
+from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, verify
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+ROUTES = "incoming/=upscaler:upscale_2x;incoming/cards/=card-grader:grade;incoming/flows/=flows:my-flow"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with webhook_receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def submit_handler(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator, receiver: Receiver
+) -> Callable[..., ModuleType]:
+    """Cold-start the submit handler with the template's environment pointed at this test's stack."""
+
+    def cold_start(**parameters: str) -> ModuleType:
+        environment = aws_stack.environment(
+            "SubmitFunction",
+            XimilarApiUrl=emulator.url,
+            XimilarTokenParameterName=aws_stack.token_parameter,
+            Routes=ROUTES,
+            **parameters,
+        )
+        environment["WEBHOOK_URL"] = receiver.url  # the webhook function is not under test here
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)  # undone after the test
+        return load_handler(environment, "handle_submit")
+
+    return cold_start
+
+
+def upload_all(stack: AwsStack, keys_: list[str], body: bytes | None = None) -> list[dict[str, Any]]:
+    """Put objects as `aws s3 cp` would and return the notifications S3 sent, TestEvent first."""
+    for key in keys_:
+        stack.put(key, png_bytes() if body is None else body)
+    return stack.receive(len(keys_) + 1)
+
+
+def invoke(handler: ModuleType, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return dict(handler.lambda_handler(sqs_event(records), FakeLambdaContext()))
+
+
+def posts(emulator: RunningEmulator) -> list[dict[str, Any]]:
+    return [call for call in emulator.control.calls() if call["method"] == "POST"]
+
+
+def ximilar_request(emulator: RunningEmulator, request_id: str) -> dict[str, Any]:
+    answer = requests.get(
+        f"{emulator.url}/account/v2/request/{request_id}",
+        headers={"Authorization": f"Token {emulator.token}"},
+        timeout=5,
+    )
+    return dict(answer.json())
+
+
+def image(stack: AwsStack, key: str) -> Any:
+    return stack.tables.images.get(keys.image_uri(stack.bucket, key))
+
+
+def test_23_objects_of_a_10_record_type_become_requests_of_10_10_and_3(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    records = upload_all(aws_stack, [f"incoming/cards/card-{n:02d}.png" for n in range(23)])
+    assert is_test_event(records[0])
+
+    assert invoke(handler, records) == {"batchItemFailures": []}
+
+    request_ids = {image(aws_stack, f"incoming/cards/card-{n:02d}.png").request_id for n in range(23)}
+    sizes = sorted(len(ximilar_request(emulator, rid)["request"]["records"]) for rid in request_ids)
+    assert sizes == [3, 10, 10]
+    assert len(posts(emulator)) == 3
+    assert {image(aws_stack, f"incoming/cards/card-{n:02d}.png").status for n in range(23)} == {"CREATED"}
+
+
+def test_upscaler_objects_are_one_request_each_and_two_routes_make_two_requests(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    keys_ = ["incoming/a.png", "incoming/b.png", "incoming/flows/c.png", "incoming/flows/d.png"]
+    invoke(handler, upload_all(aws_stack, keys_))
+    items = {key: image(aws_stack, key) for key in keys_}
+    assert len({items["incoming/a.png"].request_id, items["incoming/b.png"].request_id}) == 2
+    assert items["incoming/flows/c.png"].request_id == items["incoming/flows/d.png"].request_id
+    assert len(posts(emulator)) == 3
+    flows = ximilar_request(emulator, items["incoming/flows/c.png"].request_id)
+    assert (flows["type"], flows["request"]["endpoint"]) == ("flows", "my-flow")
+
+
+@pytest.mark.parametrize("key", ["incoming/with space.png", "incoming/a+b=c&d.png", "incoming/ünïcödé/日本.png"])
+def test_keys_that_need_decoding_are_stored_decoded_and_really_fetched(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator, key: str
+) -> None:
+    handler = submit_handler()
+    records = upload_all(aws_stack, [key], png_bytes(37, 19))
+    assert key not in records[1]["body"]  # S3 sent it URL-encoded
+    invoke(handler, records)
+    stored = image(aws_stack, key)
+    assert (stored.key, stored.status) == (key, "CREATED")
+    assert stored.record_id == keys.record_id(aws_stack.bucket, key, stored.version)
+
+    def fetched() -> dict[str, Any] | None:
+        details = ximilar_request(emulator, stored.request_id)
+        return details if details["status"] == "DONE" else None
+
+    record = wait_for(fetched, what="the emulator to process the presigned URL")["response"]["records"][0]
+    assert record["_status"]["code"] == 200, record["_status"]
+    assert (record["_width"], record["_height"], record["_id"]) == (37, 19, stored.record_id)
+
+
+def test_the_test_event_alone_does_nothing(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    aws_stack.put("incoming/x.png", png_bytes())
+    test_event = next(record for record in aws_stack.receive(2) if is_test_event(record))
+    assert invoke(handler, [test_event]) == {"batchItemFailures": []}
+    assert emulator.control.calls() == []
+
+
+def test_a_duplicate_notification_makes_no_second_request(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    records = upload_all(aws_stack, ["incoming/flows/once.png"])
+    invoke(handler, records)
+    first = image(aws_stack, "incoming/flows/once.png")
+    invoke(handler, records)  # delivered again
+    invoke(handler, records + records)  # and twice in one batch
+    assert len(posts(emulator)) == 1
+    assert image(aws_stack, "incoming/flows/once.png").request_id == first.request_id
+
+
+def test_a_new_upload_of_the_same_key_is_a_new_submission(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    first_records = upload_all(aws_stack, ["incoming/flows/again.png"], png_bytes(10, 10))
+    invoke(handler, first_records)
+    first = image(aws_stack, "incoming/flows/again.png")
+    aws_stack.put("incoming/flows/again.png", png_bytes(20, 20))
+    invoke(handler, aws_stack.receive(1))
+    second = image(aws_stack, "incoming/flows/again.png")
+    assert second.record_id != first.record_id
+    assert second.request_id != first.request_id
+    # The older notification arriving late changes nothing.
+    invoke(handler, first_records[1:])
+    assert image(aws_stack, "incoming/flows/again.png").record_id == second.record_id
+    assert len(posts(emulator)) == 2
+
+
+def test_429_then_success_submits_once(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    records = upload_all(aws_stack, ["incoming/flows/busy.png"])
+    emulator.control.fail_next(1, status=429, retry_after=1)
+    assert invoke(handler, records) == {"batchItemFailures": []}
+    assert [call["status"] for call in posts(emulator)] == [429, 201]
+    assert image(aws_stack, "incoming/flows/busy.png").status == "CREATED"
+
+
+def test_a_500_storm_reports_exactly_the_affected_messages_and_the_retry_submits_them(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    keys_ = [f"incoming/flows/storm-{n:02d}.png" for n in range(12)]
+    records = upload_all(aws_stack, keys_)[1:]
+    emulator.control.fail_next(1, status=500)  # the first request (10 images) fails, the second (2) passes
+    answer = invoke(handler, records)
+    failed = {failure["itemIdentifier"] for failure in answer["batchItemFailures"]}
+    assert failed == {record["messageId"] for record in records[:10]}
+    assert [image(aws_stack, key).status for key in keys_] == ["SUBMITTING"] * 10 + ["CREATED"] * 2
+
+    retried = [record for record in records if record["messageId"] in failed]
+    assert invoke(handler, retried) == {"batchItemFailures": []}
+    assert {image(aws_stack, key).status for key in keys_} == {"CREATED"}
+    assert [call["status"] for call in posts(emulator)] == [500, 201, 201]
+
+
+def test_a_400_marks_the_images_failed_with_ximilars_message_and_is_not_retried(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler(RecordsPerRequest="upscaler=2")  # beyond what the service accepts
+    keys_ = ["incoming/one.png", "incoming/two.png"]
+    assert invoke(handler, upload_all(aws_stack, keys_)) == {"batchItemFailures": []}
+    for key in keys_:
+        stored = image(aws_stack, key)
+        assert stored.status == "FAILED"
+        assert "400" in stored.status_reason and "no more than 1" in stored.status_reason
+    request = aws_stack.tables.requests.get(stored.submission_id)
+    assert request.status == "FAILED"
+    assert request.due_shard is None  # off the sweeper's index
+
+
+def test_bad_inputs_end_failed_with_a_reason_and_no_request(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler(MaxImageBytes="1000")
+    aws_stack.put("incoming/notes.txt", b"not an image")
+    aws_stack.put("incoming/empty.png", b"")
+    aws_stack.put("incoming/huge.png", png_bytes(400, 400) + b"\0" * 1000)
+    invoke(handler, aws_stack.receive(4))
+    reasons = {key: image(aws_stack, key) for key in ("incoming/notes.txt", "incoming/empty.png", "incoming/huge.png")}
+    assert {key: item.status for key, item in reasons.items()} == dict.fromkeys(reasons, "FAILED")
+    assert "not an image extension: .txt" in reasons["incoming/notes.txt"].status_reason
+    assert reasons["incoming/empty.png"].status_reason == "the object is empty"
+    assert "over the maximum of 1000" in reasons["incoming/huge.png"].status_reason
+    assert emulator.control.calls() == []
+
+
+def test_a_non_image_with_an_image_name_is_answered_with_a_non_200_status(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    invoke(handler, upload_all(aws_stack, ["incoming/flows/fake.jpg"], b"this is text, not a jpeg"))
+    stored = image(aws_stack, "incoming/flows/fake.jpg")
+
+    def done() -> dict[str, Any] | None:
+        details = ximilar_request(emulator, stored.request_id)
+        return details if details["status"] == "DONE" else None
+
+    status = wait_for(done, what="DONE")["response"]["records"][0]["_status"]
+    assert status["code"] != 200
+    assert "not a supported image format" in status["text"]
+
+
+def test_small_objects_can_go_inline_as_base64(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler(InlineBase64MaxBytes="100000")
+    invoke(handler, upload_all(aws_stack, ["incoming/flows/inline.png"], png_bytes(13, 7)))
+    stored = image(aws_stack, "incoming/flows/inline.png")
+    sent = ximilar_request(emulator, stored.request_id)["request"]["records"][0]
+    assert "_base64" in sent and "_url" not in sent
+
+
+def test_the_webhook_headers_authenticate_this_request_only(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator, receiver: Receiver
+) -> None:
+    handler = submit_handler()
+    invoke(handler, upload_all(aws_stack, ["incoming/flows/w1.png", "incoming/w2.png"]))
+    wait_for(lambda: len(receiver.deliveries) == 2, what="two webhooks")
+    for delivery in receiver.deliveries:
+        record_ids = [record["_id"] for record in delivery.body["response"]["records"]]
+        submission_id, token = delivery.headers[SUBMISSION_HEADER], delivery.headers[TOKEN_HEADER]
+        assert verify(aws_stack.signing_key, submission_id, record_ids, token)
+        assert aws_stack.signing_key.decode() not in json.dumps(delivery.headers)
+    first, second = receiver.deliveries
+    other_ids = [record["_id"] for record in second.body["response"]["records"]]
+    assert not verify(aws_stack.signing_key, first.headers[SUBMISSION_HEADER], other_ids, first.headers[TOKEN_HEADER])
+
+
+def test_request_items_record_what_was_sent(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    invoke(handler, upload_all(aws_stack, ["incoming/flows/r1.png", "incoming/flows/r2.png"]))
+    stored = image(aws_stack, "incoming/flows/r1.png")
+    request = aws_stack.tables.requests.get(stored.submission_id)
+    assert (request.status, request.request_id, request.request_type) == ("CREATED", stored.request_id, "flows")
+    assert sorted(request.images.as_dict().values()) == sorted(
+        keys.image_uri(aws_stack.bucket, k) for k in ("incoming/flows/r1.png", "incoming/flows/r2.png")
+    )
+    assert request.due_shard is not None and request.next_check_at is not None
+
+
+def test_logs_carry_no_token_key_or_url_signature(
+    submit_handler: Callable[..., ModuleType],
+    aws_stack: AwsStack,
+    emulator: RunningEmulator,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    handler = submit_handler(LogLevel="DEBUG")
+    emulator.control.fail_next(1, status=500)
+    invoke(handler, upload_all(aws_stack, ["incoming/flows/log1.png", "incoming/flows/log2.png"]))
+    output = capsys.readouterr()
+    logged = output.out + output.err
+    assert "incoming/flows/log1.png" in logged  # the logs do say what happened
+    for secret in (emulator.token, aws_stack.signing_key.decode(), "X-Amz-Signature", "Signature="):
+        assert secret not in logged
+
+
+def test_a_plain_s3_event_works_as_sam_local_invoke_sends_it(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    event = json.loads((EVENTS / "s3-put.json").read_text())
+    record = event["Records"][0]["s3"]
+    record["bucket"]["name"] = aws_stack.bucket
+    aws_stack.put("incoming/holiday photos/café terrace.jpg", png_bytes())
+    answer = handler.lambda_handler(event, FakeLambdaContext())
+    assert answer["images_submitted"] == 1
+    assert image(aws_stack, "incoming/holiday photos/café terrace.jpg").status == "CREATED"
+
+
+def test_the_sqs_event_file_is_handled_test_event_route_and_rejection_included(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    handler = submit_handler()
+    event = json.loads((EVENTS / "sqs-s3-put.json").read_text())
+    for record in event["Records"]:
+        body = json.loads(record["body"])
+        for s3_record in body.get("Records", []):
+            s3_record["s3"]["bucket"]["name"] = aws_stack.bucket
+        record["body"] = json.dumps(body)
+    aws_stack.put("incoming/cards/pikachu (1999).png", png_bytes())
+    assert invoke(handler, event["Records"]) == {"batchItemFailures": []}
+    assert image(aws_stack, "incoming/cards/pikachu (1999).png").status == "CREATED"
+    assert image(aws_stack, "incoming/notes.txt").status == "FAILED"
+
+
+def test_a_message_that_is_not_a_notification_is_retried_not_dropped(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack
+) -> None:
+    handler = submit_handler()
+    records = upload_all(aws_stack, ["incoming/flows/good.png"])
+    broken = {**records[1], "messageId": "broken-1", "body": "{not json"}
+    answer = invoke(handler, [*records, broken])
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "broken-1"}]}
+    assert image(aws_stack, "incoming/flows/good.png").status == "CREATED"
