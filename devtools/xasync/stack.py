@@ -190,8 +190,16 @@ def create_stack(endpoint: str, template: dict[str, Any], token: str) -> AwsStac
     )
 
 
-def load_handler(environment: dict[str, str], module_name: str) -> ModuleType:
-    """Import a handler module afresh under `environment` (set in os.environ): a cold start."""
+def load_function(template: dict[str, Any], logical_id: str, environment: dict[str, str]) -> ModuleType:
+    """Import a function's handler module afresh under `environment` (set in os.environ): a cold start.
+
+    The module comes from the function's CodeUri, as Lambda finds it; the layer's package is already
+    importable in this venv.
+    """
+    spec = functions(template)[logical_id]
+    module_name = spec.handler_module
+    if str(spec.code_uri) not in sys.path:
+        sys.path.insert(0, str(spec.code_uri))
     os.environ.update(environment)
     # A new process would have no Powertools logger yet: forget the one an earlier cold start made,
     # whose handler writes to that test's captured stdout.

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 from xasync.servers import wait_for
-from xasync.stack import AwsStack, FakeLambdaContext, is_test_event, load_handler, sqs_event
+from xasync.stack import AwsStack, FakeLambdaContext, is_test_event, load_function, sqs_event
 
 from tests.conftest import RunningEmulator
 from tests.support.images import png_bytes
@@ -46,7 +46,7 @@ def submit_handler(
         environment["WEBHOOK_URL"] = receiver.url  # the webhook function is not under test here
         for name, value in environment.items():
             monkeypatch.setenv(name, value)  # undone after the test
-        return load_handler(environment, "handle_submit")
+        return load_function(aws_stack.template, "SubmitFunction", environment)
 
     return cold_start
 

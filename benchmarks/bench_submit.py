@@ -1,0 +1,135 @@
+"""Submit benchmark: Ximilar and DynamoDB calls per image for N uploads, and the handler's cold import time.
+
+Runs the real handler against moto in server mode and the emulator, as the tests do, feeding it the
+notifications S3 really sent, in batches of the template's SubmitBatchSize. Counts, not seconds, are
+the result: wall times on this machine are printed for orientation only.
+
+    .venv/bin/python benchmarks/bench_submit.py --images 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+from PIL import Image
+from xasync.servers import emulator_process, moto_server
+from xasync.stack import AwsStack, FakeLambdaContext, create_stack, load_function
+from xasync.template import PROJECT_ROOT, load_template
+
+from ximilar_emulator import EmulatorControl
+
+TOKEN = "bench-token"
+ROUTES = "incoming/=upscaler:upscale_2x;incoming/cards/=card-grader:grade"
+
+
+def png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def count_dynamodb_calls(handler: Any, counter: Counter[str]) -> None:
+    """Count every DynamoDB operation the handler's pynamodb connections send."""
+    for model in (handler.repository.tables.images, handler.repository.tables.requests):
+        client = model._get_connection().connection.client
+        client.meta.events.register(
+            "before-call.dynamodb", lambda model, **_: counter.update([model.name]), unique_id="bench-counter"
+        )
+
+
+def run_batches(stack: AwsStack, handler: Any, images: int, batch_size: int) -> tuple[int, float]:
+    """Deliver every notification (TestEvent included) in batches; returns (failed messages, seconds)."""
+    pending = stack.receive(images + 1, timeout=120)
+    failed, started = 0, time.perf_counter()
+    for start in range(0, len(pending), batch_size):
+        answer = handler.lambda_handler({"Records": pending[start : start + batch_size]}, FakeLambdaContext())
+        failed += len(answer["batchItemFailures"])
+    return failed, time.perf_counter() - started
+
+
+def bench(endpoint: str, emulator_url: str, prefix: str, images: int, batch_size: int) -> dict[str, Any]:
+    control = EmulatorControl(emulator_url)
+    control.reset()
+    control.set_knobs(webhook_drop_rate=1.0)  # webhooks are the webhook function's business
+    stack = create_stack(endpoint, load_template(), TOKEN)
+    environment = stack.environment(
+        "SubmitFunction", XimilarApiUrl=emulator_url, XimilarTokenParameterName=stack.token_parameter, Routes=ROUTES
+    )
+    handler = load_function(stack.template, "SubmitFunction", environment)
+    counter: Counter[str] = Counter()
+    count_dynamodb_calls(handler, counter)
+    body = png()
+    for n in range(images):
+        stack.put(f"{prefix}img-{n:05d}.png", body)
+    failed, seconds = run_batches(stack, handler, images, batch_size)
+    ximilar_calls = len(control.calls())
+    return {
+        "images": images,
+        "failed_messages": failed,
+        "ximilar_calls": ximilar_calls,
+        "dynamodb_calls": sum(counter.values()),
+        "dynamodb_by_operation": dict(counter),
+        "seconds": seconds,
+    }
+
+
+def cold_import_seconds(environment: dict[str, str], runs: int = 7) -> list[float]:
+    """Import the handler in a fresh interpreter, as a cold start does (no network: clients are lazy)."""
+    code = "import time; t = time.perf_counter(); import handle_submit; print(time.perf_counter() - t)"
+    path = os.pathsep.join([str(PROJECT_ROOT / "functions" / "submit"), str(PROJECT_ROOT / "layers" / "shared")])
+    timings = []
+    for _ in range(runs):
+        result = subprocess.run(  # noqa: S603 - this interpreter, fixed code
+            [sys.executable, "-c", code],
+            env={**os.environ, **environment, "PYTHONPATH": path},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        timings.append(float(result.stdout.strip()))
+    return timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    args = parser.parse_args()
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
+    template = load_template()
+    batch_size = int(template["Parameters"]["SubmitBatchSize"]["Default"])
+    fast = ["--created-delay-seconds", "0.01", "--processing-delay-seconds", "0.01"]
+    with moto_server() as endpoint, emulator_process(TOKEN, *fast) as emulator_url:
+        results = [
+            ("card-grader (10 per request)", bench(endpoint, emulator_url, "incoming/cards/", args.images, batch_size)),
+            ("upscaler (1 per request)", bench(endpoint, emulator_url, "incoming/", args.images, batch_size)),
+        ]
+        environment = create_stack(endpoint, template, TOKEN).environment("SubmitFunction")
+    print(f"submit benchmark: {args.images} images per run, SQS batches of {batch_size}")
+    print(f"{'route':<30} {'requests':>8} {'failed':>6} {'ximilar/img':>11} {'dynamodb/img':>12}  dynamodb calls")
+    for name, result in results:
+        per_image = result["images"]
+        print(
+            f"{name:<30} {result['ximilar_calls']:>8} {result['failed_messages']:>6} "
+            f"{result['ximilar_calls'] / per_image:>11.3f} {result['dynamodb_calls'] / per_image:>12.3f}  "
+            f"{result['dynamodb_by_operation']}  ({result['seconds']:.1f} s wall here)"
+        )
+    timings = cold_import_seconds(environment)
+    print(
+        f"cold import of handle_submit (python {sys.version_info.major}.{sys.version_info.minor}, this machine): "
+        f"median {statistics.median(timings) * 1000:.0f} ms, min {min(timings) * 1000:.0f} ms over {len(timings)} runs"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
