@@ -26,7 +26,7 @@ from xasync.template import PROJECT_ROOT, load_template
 
 from ximilar_emulator import EmulatorControl
 
-TOKEN = "bench-token"
+TOKEN = "bench-token"  # noqa: S105 - the local emulator's token
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/cards/=card-grader:grade"
 
 
