@@ -142,7 +142,11 @@ def create_table_from_template(dynamodb: Any, template: dict[str, Any], logical_
         )
 
 
-def create_stack(endpoint: str, template: dict[str, Any], token: str) -> AwsStack:
+# The signing key of local stacks: events/webhook-done.json carries a token made with it.
+LOCAL_SIGNING_KEY = "local-webhook-signing-key"
+
+
+def create_stack(endpoint: str, template: dict[str, Any], token: str, signing_key: str | None = None) -> AwsStack:
     suffix = uuid.uuid4().hex[:10]
     s3 = boto3.client("s3", endpoint_url=endpoint)
     sqs = boto3.client("sqs", endpoint_url=endpoint)
@@ -170,7 +174,7 @@ def create_stack(endpoint: str, template: dict[str, Any], token: str) -> AwsStac
     create_table_from_template(dynamodb, template, "RequestsTable", requests_)
     parameter = f"/ximilar-async-{suffix}/api-token"
     boto3.client("ssm", endpoint_url=endpoint).put_parameter(Name=parameter, Value=token, Type="SecureString")
-    signing_key = uuid.uuid4().hex + uuid.uuid4().hex
+    signing_key = signing_key or uuid.uuid4().hex + uuid.uuid4().hex
     secret_arn = boto3.client("secretsmanager", endpoint_url=endpoint).create_secret(
         Name=f"webhook-key-{suffix}", SecretString=signing_key
     )["ARN"]

@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from pynamodb.exceptions import PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
 from ximilar_async.dal import keys
-from ximilar_async.dal.models import ImageItem, Tables
+from ximilar_async.dal.models import ImageItem, RequestItem, Tables
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
 
@@ -224,3 +225,101 @@ class Repository:
                 requests.expires_at.set(now + self.request_retention),
             ]
         )
+
+    # --- results (the webhook and the sweeper) ---------------------------------------------------------
+    def images_of(self, request: RequestItem) -> dict[str, str]:
+        """A request's images: record `_id` -> image URI."""
+        return {str(record_id): str(uri) for record_id, uri in request.images.as_dict().items()}  # type: ignore[no-untyped-call]
+
+    def get_request(self, submission_id: str) -> RequestItem | None:
+        try:
+            return self.tables.requests.get(submission_id, consistent_read=True)
+        except self.tables.requests.DoesNotExist:
+            return None
+
+    def record_image_result(self, result: ImageResult, now: datetime) -> bool:
+        """Finish one image DONE or ERROR; False when it is already finished or was uploaded again since."""
+        images = self.tables.images
+        actions: list[Action] = [
+            images.status.set(result.status.value),
+            images.status_shard.set(keys.status_shard(result.status, result.uri, self.shards)),
+            images.request_id.set(result.request_id),
+            images.updated_at.set(now),
+            images.lease_until.remove(),
+        ]
+        actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
+        if result.record is not None:
+            actions += [images.result.set(result.record), images.result_s3_uri.remove()]
+        elif result.result_s3_uri is not None:
+            actions += [images.result_s3_uri.set(result.result_s3_uri), images.result.remove()]
+        unfinished = [Status.SUBMITTING.value, Status.CREATED.value, Status.PROCESSING.value, Status.FAILED.value]
+        try:
+            images(result.uri).update(
+                actions=actions,
+                condition=(images.record_id == result.record_id) & images.status.is_in(*unfinished),
+            )
+        except UpdateError as error:
+            return not _lost_race(error)
+        return True
+
+    def fail_unfinished_images(self, record_ids_to_uris: Mapping[str, str], reason: str, now: datetime) -> int:
+        """FAILED with `reason` for every image of a request that has not finished (any holder)."""
+        images = self.tables.images
+        pending = [Status.SUBMITTING.value, Status.CREATED.value, Status.PROCESSING.value]
+        failed = 0
+        for record_id, uri in record_ids_to_uris.items():
+            try:
+                images(uri).update(
+                    actions=[
+                        images.status.set(Status.FAILED.value),
+                        images.status_shard.set(keys.status_shard(Status.FAILED, uri, self.shards)),
+                        images.status_reason.set(reason),
+                        images.updated_at.set(now),
+                        images.lease_until.remove(),
+                    ],
+                    condition=(images.record_id == record_id) & images.status.is_in(*pending),
+                )
+                failed += 1
+            except UpdateError as error:
+                _lost_race(error)
+        return failed
+
+    def finish_request(
+        self,
+        submission_id: str,
+        status: Status,
+        ximilar_status: str,
+        request_id: str,
+        reason: str | None,
+        now: datetime,
+    ) -> None:
+        """DONE or FAILED: off the due index, kept for the retention period. DONE is never undone."""
+        requests = self.tables.requests
+        actions: list[Action] = [
+            requests.status.set(status.value),
+            requests.ximilar_status.set(ximilar_status),
+            requests.request_id.set(request_id),
+            requests.due_shard.remove(),
+            requests.next_check_at.remove(),
+            requests.updated_at.set(now),
+            requests.expires_at.set(now + self.request_retention),
+        ]
+        actions.append(requests.status_reason.set(reason) if reason else requests.status_reason.remove())
+        condition = None if status is Status.DONE else requests.status != Status.DONE.value
+        try:
+            requests(submission_id).update(actions=actions, condition=condition)
+        except UpdateError as error:
+            _lost_race(error)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What one record of a finished request says about one image."""
+
+    uri: str
+    record_id: str
+    request_id: str
+    status: Status  # DONE or ERROR
+    reason: str | None
+    record: dict[str, Any] | None  # the record, when it fits in the item
+    result_s3_uri: str | None = None  # else where it is stored

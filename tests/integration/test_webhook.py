@@ -1,0 +1,330 @@
+"""The webhook function: the full round trip submit -> emulator -> HTTP API -> webhook -> DynamoDB,
+and every way a webhook can be wrong."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import requests
+from xasync.http_api import LocalHttpApi, Route
+from xasync.servers import wait_for
+from xasync.stack import LOCAL_SIGNING_KEY, AwsStack, FakeLambdaContext, create_stack, load_function
+from xasync.template import functions
+
+from tests.conftest import RunningEmulator
+from tests.support.images import png_bytes
+from ximilar_async.dal import keys
+from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, sign
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+ROUTES = "incoming/=upscaler:upscale_2x;incoming/flows/=flows:my-flow"
+
+
+@dataclass
+class Pipeline:
+    stack: AwsStack
+    emulator: RunningEmulator
+    submit: ModuleType
+    webhook: ModuleType
+    api: LocalHttpApi
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.api.url}/webhook"
+
+    def upload(self, *keys_: str, body: bytes | None = None) -> None:
+        for key in keys_:
+            self.stack.put(key, png_bytes(12, 8) if body is None else body)
+        records = [r for r in self.stack.receive(len(keys_) + 1) if json.loads(r["body"]).get("Records")]
+        self.submit.lambda_handler({"Records": records}, FakeLambdaContext())
+
+    def image(self, key: str) -> Any:
+        return self.stack.tables.images.get(keys.image_uri(self.stack.bucket, key))
+
+    def wait_status(self, key: str, *statuses: str) -> Any:
+        return wait_for(lambda: (item := self.image(key)).status in statuses and item, timeout=15, what=f"{key} in {statuses}")
+
+    def details(self, request_id: str) -> dict[str, Any]:
+        answer = requests.get(
+            f"{self.emulator.url}/account/v2/request/{request_id}",
+            headers={"Authorization": f"Token {self.emulator.token}"},
+            timeout=5,
+        )
+        return dict(answer.json())
+
+    def done_details(self, request_id: str) -> dict[str, Any]:
+        return wait_for(lambda: (d := self.details(request_id))["status"] == "DONE" and d, what="DONE at Ximilar")
+
+    def post(self, payload: Any, headers: dict[str, str]) -> requests.Response:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return requests.post(self.webhook_url, data=data, headers=headers, timeout=10)
+
+    def signed_headers(self, submission_id: str, payload: dict[str, Any]) -> dict[str, str]:
+        record_ids = [record["_id"] for record in payload["response"]["records"]]
+        return {
+            "Content-Type": "application/json",
+            SUBMISSION_HEADER: submission_id,
+            TOKEN_HEADER: sign(self.stack.signing_key, submission_id, record_ids),
+        }
+
+
+def start_pipeline(
+    monkeypatch: pytest.MonkeyPatch, stack: AwsStack, emulator: RunningEmulator, **parameters: str
+) -> Iterator[Pipeline]:
+    parameters = {
+        "XimilarApiUrl": emulator.url,
+        "XimilarTokenParameterName": stack.token_parameter,
+        "Routes": ROUTES,
+        **parameters,
+    }
+    webhook_environment = stack.environment("WebhookFunction", **parameters)
+    for name, value in webhook_environment.items():
+        monkeypatch.setenv(name, value)
+    webhook = load_function(stack.template, "WebhookFunction", webhook_environment)
+    (event,) = functions(stack.template)["WebhookFunction"].events.values()
+    route = Route(event["Properties"]["Method"], event["Properties"]["Path"], webhook.lambda_handler, FakeLambdaContext)
+    api = LocalHttpApi([route]).start()
+    try:
+        submit_environment = {**stack.environment("SubmitFunction", **parameters), "WEBHOOK_URL": f"{api.url}/webhook"}
+        for name, value in submit_environment.items():
+            monkeypatch.setenv(name, value)
+        submit = load_function(stack.template, "SubmitFunction", submit_environment)
+        yield Pipeline(stack, emulator, submit, webhook, api)
+    finally:
+        api.stop()
+
+
+@pytest.fixture
+def pipeline(monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator) -> Iterator[Pipeline]:
+    yield from start_pipeline(monkeypatch, aws_stack, emulator)
+
+
+@pytest.fixture
+def quiet_pipeline(pipeline: Pipeline) -> Pipeline:
+    """Webhooks dropped by the emulator: the test posts them itself."""
+    pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
+    return pipeline
+
+
+def test_an_upload_ends_done_with_its_result_through_the_webhook(pipeline: Pipeline) -> None:
+    pipeline.upload("incoming/photo.png", "incoming/flows/a.png", "incoming/flows/b.png")
+    photo = pipeline.wait_status("incoming/photo.png", "DONE")
+    assert (photo.result["_upscaled_width"], photo.result["_upscaled_height"]) == (24, 16)
+    assert photo.result["_status"]["code"] == 200
+    assert photo.status_shard.startswith("DONE#")
+    flows = [pipeline.wait_status(key, "DONE") for key in ("incoming/flows/a.png", "incoming/flows/b.png")]
+    assert all(item.result["_tags"] for item in flows)
+    request = pipeline.stack.tables.requests.get(photo.submission_id)
+    assert (request.status, request.ximilar_status, request.request_id) == ("DONE", "DONE", photo.request_id)
+    assert request.due_shard is None and request.next_check_at is None and request.expires_at is not None
+
+
+def test_duplicate_and_reordered_deliveries_leave_the_same_state(pipeline: Pipeline) -> None:
+    pipeline.emulator.control.set_knobs(webhook_duplicate_rate=1.0, webhook_jitter_seconds=0.5)
+    keys_ = [f"incoming/flows/dup-{n}.png" for n in range(12)] + ["incoming/one.png", "incoming/two.png"]
+    pipeline.upload(*keys_)
+    finished = {key: pipeline.wait_status(key, "DONE") for key in keys_}
+    wait_for(lambda: sum(w["outcome"] == "HTTP 200" for w in pipeline.emulator.control.webhooks()) == 8, what="8")
+    for key, item in finished.items():
+        again = pipeline.image(key)
+        assert (again.status, again.updated_at, again.result.as_dict()) == (
+            "DONE",
+            item.updated_at,
+            item.result.as_dict(),
+        )
+
+
+def test_a_record_with_a_non_200_status_ends_error_with_code_and_text(pipeline: Pipeline) -> None:
+    pipeline.upload("incoming/flows/fake.jpg", body=b"plain text in disguise")
+    item = pipeline.wait_status("incoming/flows/fake.jpg", "ERROR", "DONE")
+    assert item.status == "ERROR"
+    assert item.status_reason.startswith("400: Unable to load image")
+    assert item.result["_status"]["code"] == 400
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(lambda token, other: token[:-1] + ("0" if token[-1] != "0" else "1"), id="one-character-off"),
+        pytest.param(lambda token, other: token + "00", id="different-length"),
+        pytest.param(lambda token, other: token[:10], id="shorter"),
+        pytest.param(lambda token, other: "", id="empty"),
+        pytest.param(lambda token, other: other, id="another-requests-valid-token"),
+    ],
+)
+def test_wrong_tokens_get_401_and_write_nothing(quiet_pipeline: Pipeline, forge: Callable[[str, str], str]) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/t1.png", "incoming/t2.png")
+    first, second = pipeline.image("incoming/flows/t1.png"), pipeline.image("incoming/t2.png")
+    payload = pipeline.done_details(first.request_id)
+    headers = pipeline.signed_headers(first.submission_id, payload)
+    other_headers = pipeline.signed_headers(second.submission_id, pipeline.done_details(second.request_id))
+    headers[TOKEN_HEADER] = forge(headers[TOKEN_HEADER], other_headers[TOKEN_HEADER])
+    answer = pipeline.post(payload, headers)
+    assert answer.status_code == 401
+    assert pipeline.image("incoming/flows/t1.png").status == "CREATED"
+
+
+def test_a_valid_token_replayed_with_another_requests_payload_gets_401(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/r1.png", "incoming/r2.png")
+    first, second = pipeline.image("incoming/flows/r1.png"), pipeline.image("incoming/r2.png")
+    headers = pipeline.signed_headers(first.submission_id, pipeline.done_details(first.request_id))
+    answer = pipeline.post(pipeline.done_details(second.request_id), headers)
+    assert answer.status_code == 401
+    assert pipeline.image("incoming/r2.png").status == "CREATED"
+
+
+def test_missing_token_headers_get_401(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/m.png")
+    payload = pipeline.done_details(pipeline.image("incoming/flows/m.png").request_id)
+    assert pipeline.post(payload, {"Content-Type": "application/json"}).status_code == 401
+    assert pipeline.image("incoming/flows/m.png").status == "CREATED"
+
+
+def test_malformed_not_a_payload_and_oversized_bodies_are_refused(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, MaxWebhookBodyBytes="2048"):
+        headers = {SUBMISSION_HEADER: "s", TOKEN_HEADER: "t", "Content-Type": "application/json"}
+        malformed = pipeline.post(b'{"status": "DONE", "response": ', headers)
+        assert (malformed.status_code, malformed.json()["message"]) == (400, "the body is not JSON")
+        not_a_payload = pipeline.post({"status": "DONE", "id": "x"}, headers)
+        assert not_a_payload.status_code == 422
+        assert "response.records" in not_a_payload.json()["message"]
+        no_ids = pipeline.post({"status": "DONE", "id": "x", "response": {"records": [{"_url": "u"}]}}, headers)
+        assert (no_ids.status_code, "_id" in no_ids.json()["message"]) == (422, True)
+        oversized = pipeline.post(b"{" + b" " * 4096 + b"}", headers)
+        assert oversized.status_code == 413
+
+
+def test_a_signed_payload_missing_required_fields_gets_422(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/f.png")
+    item = pipeline.image("incoming/flows/f.png")
+    payload = pipeline.done_details(item.request_id)
+    del payload["response"]["records"][0]["_status"]
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    assert answer.status_code == 422
+    assert "_status" in answer.json()["message"]
+    assert pipeline.image("incoming/flows/f.png").status == "CREATED"
+
+
+def test_a_payload_lands_when_its_request_id_never_reached_dynamodb(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/crash.png")
+    item = pipeline.image("incoming/flows/crash.png")
+    payload = pipeline.done_details(item.request_id)
+    # The state a crash right after the POST leaves: nothing of Ximilar's answer was written.
+    requests_table, images = pipeline.stack.tables.requests, pipeline.stack.tables.images
+    requests_table(item.submission_id).update(
+        actions=[requests_table.status.set("SUBMITTING"), requests_table.request_id.remove()]
+    )
+    images(item.image_uri).update(actions=[images.status.set("SUBMITTING"), images.request_id.remove()])
+
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    assert answer.status_code == 200, answer.text
+    landed = pipeline.image("incoming/flows/crash.png")
+    assert (landed.status, landed.request_id) == ("DONE", payload["id"])
+    assert pipeline.stack.tables.requests.get(item.submission_id).request_id == payload["id"]
+
+
+def test_a_payload_that_names_nothing_known_is_stored_and_answered_2xx(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    payload = {
+        "status": "DONE",
+        "id": "unknown-request",
+        "type": "flows",
+        "response": {"records": [{"_id": "nobody", "_status": {"code": 200, "text": "OK"}}]},
+    }
+    answer = pipeline.post(payload, pipeline.signed_headers("no-such-submission", payload))
+    assert answer.status_code == 202
+    location = answer.json()["stored"]
+    bucket, key = location.removeprefix("s3://").split("/", 1)
+    assert bucket == pipeline.stack.results_bucket
+    stored = pipeline.stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert json.loads(stored) == payload
+
+
+def test_a_late_or_out_of_order_webhook_never_moves_a_done_image_back(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/late.png")
+    item = pipeline.image("incoming/flows/late.png")
+    payload = pipeline.done_details(item.request_id)
+    headers = pipeline.signed_headers(item.submission_id, payload)
+    assert pipeline.post(payload, headers).json() == {"recorded": 1, "duplicates": 0, "unmatched": 0}
+    late = json.loads(json.dumps(payload))
+    late["response"]["records"][0]["_status"] = {"code": 500, "text": "late failure"}
+    assert pipeline.post(late, headers).json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
+    final = pipeline.image("incoming/flows/late.png")
+    assert (final.status, final.result["_status"]["code"]) == ("DONE", 200)
+
+
+def test_a_result_too_large_for_an_item_lands_in_s3_with_a_pointer(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/big.png")
+    item = pipeline.image("incoming/flows/big.png")
+    payload = pipeline.done_details(item.request_id)
+    payload["response"]["records"][0]["_objects"] = [{"name": "x" * 1000, "n": n} for n in range(450)]
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    assert answer.status_code == 200, answer.text
+    landed = pipeline.image("incoming/flows/big.png")
+    assert (landed.status, landed.result) == ("DONE", None)
+    bucket, key = landed.result_s3_uri.removeprefix("s3://").split("/", 1)
+    stored = json.loads(pipeline.stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert stored == payload["response"]["records"][0]
+    assert bucket != pipeline.stack.bucket  # never the input bucket: it cannot trigger submit
+
+
+def test_verification_mode_records_the_source_not_a_forged_body(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, VerifyWithSource="true"):
+        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
+        pipeline.upload("incoming/flows/v.png")
+        item = pipeline.image("incoming/flows/v.png")
+        real = pipeline.done_details(item.request_id)
+        forged = json.loads(json.dumps(real))
+        forged["response"]["records"][0]["_tags"] = {"Category": [{"name": "Forged", "prob": 1.0}]}
+        answer = pipeline.post(forged, pipeline.signed_headers(item.submission_id, forged))
+        assert answer.status_code == 200, answer.text
+        recorded = pipeline.image("incoming/flows/v.png").result.as_dict()
+        assert recorded["_tags"] == real["response"]["records"][0]["_tags"]
+
+
+def test_other_paths_and_methods_are_not_found(pipeline: Pipeline) -> None:
+    assert requests.get(pipeline.webhook_url, timeout=5).status_code == 404  # the HTTP API routes POST only
+    assert requests.post(f"{pipeline.api.url}/other", timeout=5).status_code == 404
+    event = json.loads((EVENTS / "webhook-done.json").read_text())
+    event["requestContext"]["http"]["method"] = "GET"
+    event["routeKey"] = "GET /webhook"
+    answer = pipeline.webhook.lambda_handler(event, FakeLambdaContext())
+    assert (answer["statusCode"], answer["headers"]["Allow"]) == (405, "POST")
+
+
+@pytest.mark.parametrize(
+    ("event_file", "status_code"),
+    [("webhook-done.json", 202), ("webhook-wrong-token.json", 401), ("webhook-malformed.json", 400)],
+)
+def test_the_event_files_get_their_answers_with_the_local_signing_key(
+    monkeypatch: pytest.MonkeyPatch,
+    aws_endpoint: str,
+    template: dict[str, Any],
+    emulator: RunningEmulator,
+    event_file: str,
+    status_code: int,
+) -> None:
+    stack = create_stack(aws_endpoint, template, emulator.token, signing_key=LOCAL_SIGNING_KEY)
+    environment = stack.environment("WebhookFunction")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    webhook = load_function(template, "WebhookFunction", environment)
+    answer = webhook.lambda_handler(json.loads((EVENTS / event_file).read_text()), FakeLambdaContext())
+    assert answer["statusCode"] == status_code, answer["body"]
