@@ -48,7 +48,9 @@ class Pipeline:
         return self.stack.tables.images.get(keys.image_uri(self.stack.bucket, key))
 
     def wait_status(self, key: str, *statuses: str) -> Any:
-        return wait_for(lambda: (item := self.image(key)).status in statuses and item, timeout=15, what=f"{key} in {statuses}")
+        return wait_for(
+            lambda: (item := self.image(key)).status in statuses and item, timeout=15, what=f"{key} in {statuses}"
+        )
 
     def details(self, request_id: str) -> dict[str, Any]:
         answer = requests.get(
