@@ -77,6 +77,17 @@ class AwsStack:
     def put(self, key: str, body: bytes) -> None:
         self.client("s3").put_object(Bucket=self.bucket, Key=key, Body=body)
 
+    def receive_uploads(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """`count` upload notifications, with any TestEvent that came along left out."""
+        received: list[dict[str, Any]] = []
+
+        def enough() -> bool:
+            received.extend(record for record in self.receive(0) if not is_test_event(record))
+            return len(received) >= count
+
+        wait_for(enough, timeout=timeout, what=f"{count} upload notifications")
+        return received
+
     def receive(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
         """`count` messages from the queue, shaped as Lambda's SQS event records (TestEvents included)."""
         sqs = self.client("sqs")

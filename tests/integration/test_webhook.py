@@ -41,7 +41,7 @@ class Pipeline:
     def upload(self, *keys_: str, body: bytes | None = None) -> None:
         for key in keys_:
             self.stack.put(key, png_bytes(12, 8) if body is None else body)
-        records = [r for r in self.stack.receive(len(keys_) + 1) if json.loads(r["body"]).get("Records")]
+        records = self.stack.receive_uploads(len(keys_))
         self.submit.lambda_handler({"Records": records}, FakeLambdaContext())
 
     def image(self, key: str) -> Any:
@@ -330,3 +330,35 @@ def test_the_event_files_get_their_answers_with_the_local_signing_key(
     webhook = load_function(template, "WebhookFunction", environment)
     answer = webhook.lambda_handler(json.loads((EVENTS / event_file).read_text()), FakeLambdaContext())
     assert answer["statusCode"] == status_code, answer["body"]
+
+
+def test_an_older_uploads_result_never_replaces_a_newer_uploads_state(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/again.png")
+    old = pipeline.image("incoming/flows/again.png")
+    old_payload = pipeline.done_details(old.request_id)
+    pipeline.upload("incoming/flows/again.png", body=png_bytes(30, 30))  # a new version of the key
+    new = pipeline.image("incoming/flows/again.png")
+    assert new.record_id != old.record_id
+
+    answer = pipeline.post(old_payload, pipeline.signed_headers(old.submission_id, old_payload))
+    assert answer.json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
+    current = pipeline.image("incoming/flows/again.png")
+    assert (current.record_id, current.status, current.result) == (new.record_id, "CREATED", None)
+
+
+def test_a_finished_image_stays_finished_when_its_request_was_not_marked_done(quiet_pipeline: Pipeline) -> None:
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/half.png")
+    item = pipeline.image("incoming/flows/half.png")
+    payload = pipeline.done_details(item.request_id)
+    headers = pipeline.signed_headers(item.submission_id, payload)
+    pipeline.post(payload, headers)
+    # As if the first delivery died after the image writes, before the request's.
+    requests_table = pipeline.stack.tables.requests
+    requests_table(item.submission_id).update(actions=[requests_table.status.set("CREATED")])
+    late = json.loads(json.dumps(payload))
+    late["response"]["records"][0]["_status"] = {"code": 500, "text": "late failure"}
+    assert pipeline.post(late, headers).json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
+    assert pipeline.image("incoming/flows/half.png").status == "DONE"
+    assert requests_table.get(item.submission_id).status == "DONE"

@@ -57,6 +57,9 @@ class ResultRecorder:
             return RecordingOutcome(
                 request_known=False, unmatched=len(outcome.response.records if outcome.response else [])
             )
+        if request.status == Status.DONE.value:
+            # Every record was written before the request became DONE: a repeat changes nothing.
+            return RecordingOutcome(duplicates=len(outcome.response.records if outcome.response else []))
         images = self.repository.images_of(request)
         now = self.clock()
         kind = classify_ximilar_state(outcome.status)

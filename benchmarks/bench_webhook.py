@@ -1,0 +1,130 @@
+"""Webhook benchmark: DynamoDB calls per webhook and warm handler latency, on moto server and the emulator.
+
+Submits N requests of 10 records through the real submit handler, lets the emulator finish them
+(its own webhooks dropped), then delivers each DONE payload to the warm webhook handler as the HTTP
+API would (payload 2.0, signed headers), twice: the first delivery and a duplicate.
+
+    .venv/bin/python benchmarks/bench_webhook.py --requests 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import requests
+from bench_submit import TOKEN, count_dynamodb_calls, png
+from xasync.servers import emulator_process, moto_server, wait_for
+from xasync.stack import FakeLambdaContext, create_stack, is_test_event, load_function
+from xasync.template import load_template
+
+from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, sign
+from ximilar_emulator import EmulatorControl
+
+
+def webhook_event(payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "version": "2.0",
+        "routeKey": "POST /webhook",
+        "rawPath": "/webhook",
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json", **{k.lower(): v for k, v in headers.items()}},
+        "requestContext": {
+            "http": {"method": "POST", "path": "/webhook", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1"},
+            "requestId": "bench",
+            "routeKey": "POST /webhook",
+            "stage": "$default",
+        },
+        "body": payload.decode(),
+        "isBase64Encoded": False,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=50)
+    args = parser.parse_args()
+    os.environ.update(
+        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    )
+    template = load_template()
+    fast = ["--created-delay-seconds", "0.01", "--processing-delay-seconds", "0.01", "--webhook-drop-rate", "1"]
+    with moto_server() as endpoint, emulator_process(TOKEN, *fast) as emulator_url:
+        stack = create_stack(endpoint, template, TOKEN)
+        parameters = {
+            "XimilarApiUrl": emulator_url,
+            "XimilarTokenParameterName": stack.token_parameter,
+            "Routes": "incoming/=flows:bench-flow",
+        }
+        submit_env = stack.environment("SubmitFunction", **parameters)
+        submit = load_function(template, "SubmitFunction", submit_env)
+        images = args.requests * 10
+        for n in range(images):
+            stack.put(f"incoming/img-{n:05d}.png", png())
+        notifications = [n for n in stack.receive(images + 1, timeout=120) if not is_test_event(n)]
+        for start in range(0, len(notifications), 100):  # full 10-record requests
+            submit.lambda_handler({"Records": notifications[start : start + 100]}, FakeLambdaContext())
+        submissions = {item.request_id: item.submission_id for item in stack.tables.images.scan()}
+
+        webhook = load_function(template, "WebhookFunction", stack.environment("WebhookFunction", **parameters))
+        counter: Counter[str] = Counter()
+        count_dynamodb_calls(webhook.recorder, counter)
+        auth = {"Authorization": f"Token {TOKEN}"}
+
+        def details(request_id: str) -> bytes | None:
+            answer = requests.get(f"{emulator_url}/account/v2/request/{request_id}", headers=auth, timeout=5)
+            return answer.content if answer.json()["status"] == "DONE" else None
+
+        events = []
+        for request_id, submission_id in submissions.items():
+            body = wait_for(lambda rid=request_id: details(rid), timeout=60, what="DONE")
+            record_ids = [
+                r["_id"]
+                for r in requests.get(
+                    f"{emulator_url}/account/v2/request/{request_id}", headers=auth, timeout=5
+                ).json()["response"]["records"]
+            ]
+            headers = {
+                SUBMISSION_HEADER: submission_id,
+                TOKEN_HEADER: sign(stack.signing_key, submission_id, record_ids),
+            }
+            events.append(webhook_event(body, headers))
+
+        webhook.lambda_handler(events[0], FakeLambdaContext())  # cold start and first secret fetch
+        counter.clear()
+        first, duplicate = [], []
+        for latencies, label in ((first, "first"), (duplicate, "duplicate")):
+            calls_before = sum(counter.values())
+            for event in events[1:]:
+                started = time.perf_counter()
+                answer = webhook.lambda_handler(event, FakeLambdaContext())
+                latencies.append(time.perf_counter() - started)
+                assert answer["statusCode"] == 200, answer
+            calls = sum(counter.values()) - calls_before
+            print(
+                f"{label} deliveries: {len(events) - 1} webhooks of 10 records, {calls} DynamoDB calls "
+                f"({calls / (len(events) - 1):.1f} per webhook, {calls / ((len(events) - 1) * 10):.2f} per image)"
+            )
+        print(f"DynamoDB calls by operation: {dict(counter)}")
+        for label, latencies in (("first", first), ("duplicate", duplicate)):
+            ordered = sorted(latencies)
+            print(
+                f"warm handler latency, {label} delivery (moto server on loopback): "
+                f"median {statistics.median(ordered) * 1000:.1f} ms, "
+                f"p95 {ordered[int(len(ordered) * 0.95) - 1] * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms"
+            )
+        control = EmulatorControl(emulator_url)
+        print(
+            f"Ximilar calls made by the webhook: {sum(c['path'].count('/status') for c in control.calls())} status, "
+            f"0 expected (verification mode off)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
