@@ -10,7 +10,6 @@ the result: wall times on this machine are printed for orientation only.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import subprocess
@@ -19,30 +18,14 @@ import time
 from collections import Counter
 from typing import Any
 
-from PIL import Image
+from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server
-from xasync.stack import AwsStack, FakeLambdaContext, create_stack, load_function
+from xasync.stack import AwsStack, FakeLambdaContext, count_dynamodb_calls, create_stack, load_function
 from xasync.template import PROJECT_ROOT, load_template
-
 from ximilar_emulator import EmulatorControl
 
 TOKEN = "bench-token"  # noqa: S105 - the local emulator's token
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/cards/=card-grader:grade"
-
-
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), (10, 20, 30)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def count_dynamodb_calls(handler: Any, counter: Counter[str]) -> None:
-    """Count every DynamoDB operation the handler's pynamodb connections send."""
-    for model in (handler.repository.tables.images, handler.repository.tables.requests):
-        client = model._get_connection().connection.client
-        client.meta.events.register(
-            "before-call.dynamodb", lambda model, **_: counter.update([model.name]), unique_id="bench-counter"
-        )
 
 
 def run_batches(stack: AwsStack, handler: Any, images: int, batch_size: int) -> tuple[int, float]:
@@ -65,8 +48,8 @@ def bench(endpoint: str, emulator_url: str, prefix: str, images: int, batch_size
     )
     handler = load_function(stack.template, "SubmitFunction", environment)
     counter: Counter[str] = Counter()
-    count_dynamodb_calls(handler, counter)
-    body = png()
+    count_dynamodb_calls(handler.repository, counter)
+    body = png_bytes(8, 8)
     for n in range(images):
         stack.put(f"{prefix}img-{n:05d}.png", body)
     failed, seconds = run_batches(stack, handler, images, batch_size)

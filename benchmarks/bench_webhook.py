@@ -18,13 +18,15 @@ from collections import Counter
 from typing import Any
 
 import requests
-from bench_submit import TOKEN, count_dynamodb_calls, png
-from xasync.servers import emulator_process, moto_server, wait_for
-from xasync.stack import FakeLambdaContext, create_stack, is_test_event, load_function
-from xasync.template import load_template
 
+from xasync.sample_images import png_bytes
+from xasync.servers import emulator_process, moto_server, wait_for
+from xasync.stack import FakeLambdaContext, count_dynamodb_calls, create_stack, is_test_event, load_function
+from xasync.template import load_template
 from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, sign
 from ximilar_emulator import EmulatorControl
+
+TOKEN = "bench-token"  # noqa: S105 - the local emulator's token
 
 
 def webhook_event(payload: bytes, headers: dict[str, str]) -> dict[str, Any]:
@@ -65,7 +67,7 @@ def main() -> int:
         submit = load_function(template, "SubmitFunction", submit_env)
         images = args.requests * 10
         for n in range(images):
-            stack.put(f"incoming/img-{n:05d}.png", png())
+            stack.put(f"incoming/img-{n:05d}.png", png_bytes(8, 8))
         notifications = [n for n in stack.receive(images + 1, timeout=120) if not is_test_event(n)]
         for start in range(0, len(notifications), 100):  # full 10-record requests
             submit.lambda_handler({"Records": notifications[start : start + 100]}, FakeLambdaContext())
@@ -82,7 +84,7 @@ def main() -> int:
 
         events = []
         for request_id, submission_id in submissions.items():
-            body = wait_for(lambda rid=request_id: details(rid), timeout=60, what="DONE")
+            body = wait_for(lambda: details(request_id), timeout=60, what="DONE")  # noqa: B023 - called at once
             record_ids = [
                 r["_id"]
                 for r in requests.get(
@@ -97,7 +99,8 @@ def main() -> int:
 
         webhook.lambda_handler(events[0], FakeLambdaContext())  # cold start and first secret fetch
         counter.clear()
-        first, duplicate = [], []
+        first: list[float] = []
+        duplicate: list[float] = []
         for latencies, label in ((first, "first"), (duplicate, "duplicate")):
             calls_before = sum(counter.values())
             for event in events[1:]:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from cfnlint.api import lint_all
-from xasync.template import PROJECT_ROOT, TEMPLATE_PATH, Resolver, functions, resources_of_type
 
+from xasync.template import PROJECT_ROOT, TEMPLATE_PATH, Resolver, functions, resources_of_type
 from ximilar_async.dal.models import ImageItem, RequestItem, bind_tables
 from ximilar_async.settings import CommonSettings, SettingsError, SubmitSettings, SweeperSettings, WebhookSettings
 

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -119,6 +120,15 @@ class AwsStack:
             "eventSourceARN": self.queue_arn,
             "awsRegion": "us-east-1",
         }
+
+
+def count_dynamodb_calls(repository: Any, counter: Counter[str]) -> None:
+    """Count every DynamoDB operation sent through a repository's pynamodb connections, by name."""
+    for model in (repository.tables.images, repository.tables.requests):
+        client = model._get_connection().connection.client
+        client.meta.events.register(
+            "before-call.dynamodb", lambda model, **_: counter.update([model.name]), unique_id="xasync-counter"
+        )
 
 
 def is_test_event(record: dict[str, Any]) -> bool:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import requests
 from PIL import Image
-from xasync.servers import emulator_process, free_port, wait_for
 
 from tests.conftest import RunningEmulator
-from tests.support.images import png_base64, png_bytes
 from tests.support.receiver import Receiver, webhook_receiver
+from xasync.sample_images import png_base64, png_bytes
+from xasync.servers import emulator_process, free_port, wait_for
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "ximilar-async-requests-api.txt"
 STATUSES = {"CREATED", "PROCESSING", "DONE"}

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 import requests
-from xasync.servers import wait_for
-from xasync.stack import AwsStack, FakeLambdaContext, is_test_event, load_function, sqs_event
 
 from tests.conftest import RunningEmulator
-from tests.support.images import png_bytes
 from tests.support.receiver import Receiver, webhook_receiver
+from xasync.sample_images import png_bytes
+from xasync.servers import wait_for
+from xasync.stack import AwsStack, FakeLambdaContext, is_test_event, load_function, sqs_event
 from ximilar_async.dal import keys
 from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, verify
 

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 import requests
+
+from tests.conftest import RunningEmulator
 from xasync.http_api import LocalHttpApi, Route
+from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.stack import LOCAL_SIGNING_KEY, AwsStack, FakeLambdaContext, create_stack, load_function
 from xasync.template import functions
-
-from tests.conftest import RunningEmulator
-from tests.support.images import png_bytes
 from ximilar_async.dal import keys
 from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, sign
 

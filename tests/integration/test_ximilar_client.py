@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from xasync.servers import free_port, wait_for
 
 from tests.conftest import RunningEmulator
-from tests.support.images import png_base64
+from xasync.sample_images import png_base64
+from xasync.servers import free_port, wait_for
 from ximilar_async.ximilar import (
     InvalidRequest,
     XimilarAuthError,

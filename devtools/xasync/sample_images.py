@@ -1,4 +1,4 @@
-"""Small real images made on the fly (Pillow), so tests need no binary fixtures."""
+"""Small real images made on the fly (Pillow), so tests and benchmarks need no binary fixtures."""
 
 from __future__ import annotations
 
