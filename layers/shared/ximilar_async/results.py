@@ -13,7 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from ximilar_async.dal.repository import ImageResult, Repository
@@ -24,6 +24,14 @@ logger = logging.getLogger(__name__)
 
 # DynamoDB items stop at 400 KB; leave room for the item's other attributes.
 INLINE_RESULT_MAX_BYTES: Final = 300_000
+# A record that failed for a passing reason (its URL expired, the download failed) is tried again.
+RETRY_ERRORS_AFTER: Final = timedelta(minutes=1)
+
+
+def is_transient_record_error(code: int, text: str) -> bool:
+    """Worth another submission with a fresh URL: download failures, throttling, server errors."""
+    lowered = text.lower()
+    return code in (408, 429) or code >= 500 or any(word in lowered for word in ("download", "expired", "timeout"))
 
 
 @dataclass
@@ -72,6 +80,7 @@ class ResultRecorder:
             return RecordingOutcome(unmatched=0)  # nothing final to record yet
 
         result = RecordingOutcome()
+        retry: list[str] = []
         for record in outcome.response.records:
             uri = images.get(record.record_id)
             if uri is None:
@@ -84,9 +93,15 @@ class ResultRecorder:
                 result.stored_in_s3.append(image_result.result_s3_uri)
             if self.repository.record_image_result(image_result, now):
                 result.recorded += 1
+                if image_result.status is Status.ERROR and is_transient_record_error(
+                    record.status.code, record.status.text
+                ):
+                    retry.append(record.record_id)
             else:
                 result.duplicates += 1
-        self.repository.finish_request(submission_id, Status.DONE, outcome.status, outcome.id, None, now)
+        self.repository.finish_request(
+            submission_id, Status.DONE, outcome.status, outcome.id, None, now, retry=(retry, now + RETRY_ERRORS_AFTER)
+        )
         logger.info(
             "results recorded",
             extra={

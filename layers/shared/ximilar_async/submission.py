@@ -14,17 +14,19 @@ import base64
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
 from ximilar_async import schedule
+from ximilar_async.dal.models import ImageItem
 from ximilar_async.dal.repository import Repository
 from ximilar_async.request_types import RequestType
 from ximilar_async.settings import SubmitSettings
+from ximilar_async.statuses import Status
 from ximilar_async.uploads import Rejection, Upload, rejection_of, route_for
 from ximilar_async.webhook_token import webhook_config
 from ximilar_async.ximilar import InvalidRequest, XimilarClient, XimilarRequestError, XimilarTransientError
@@ -36,7 +38,10 @@ logger = logging.getLogger(__name__)
 CLAIM_LEASE = timedelta(seconds=120)
 
 
-def chunks(items: Sequence[Upload], size: int) -> Iterable[Sequence[Upload]]:
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     """`itertools.batched`, which needs Python 3.12 (the code runs on 3.11 too)."""
     return (items[start : start + size] for start in range(0, len(items), size))
 
@@ -102,23 +107,46 @@ class Submitter:
         else:
             outcome.duplicates += 1
 
-    def submit_batch(self, request_type: RequestType, endpoint: str, uploads: Sequence[Upload]) -> SubmitOutcome:
-        """One Ximilar request for `uploads` (at most the type's limit), recorded before and after."""
+    def submit_batch(
+        self,
+        request_type: RequestType,
+        endpoint: str,
+        uploads: Sequence[Upload],
+        *,
+        submission_id: str | None = None,
+        previous: Mapping[str, ImageItem] | None = None,
+    ) -> SubmitOutcome:
+        """One Ximilar request for `uploads` (at most the type's limit), recorded before and after.
+
+        The sweeper passes `submission_id` to submit a stuck request again, and `previous` (image
+        items by URI, as it read them) to submit images again that had an earlier request.
+        """
         outcome = SubmitOutcome()
         now = self.clock()
-        submission_id = str(uuid.uuid4())
         give_up_at = now + timedelta(seconds=self.settings.submitting_timeout_seconds)
         intended = {upload.record_id: upload.uri for upload in uploads}
-        self.repository.open_request(submission_id, request_type.value, endpoint, intended, now, give_up_at)
+        existing = submission_id is not None
+        if submission_id is None:
+            submission_id = str(uuid.uuid4())
+            self.repository.open_request(submission_id, request_type.value, endpoint, intended, now, give_up_at)
+        else:
+            self.repository.restart_request(submission_id, now, give_up_at)
 
         claimed: list[Upload] = []
         for upload in uploads:
+            retry_of = (previous or {}).get(upload.uri)
             if upload.record_id in {c.record_id for c in claimed}:
                 outcome.duplicates += 1  # the same notification twice in one batch
-            elif self.repository.claim_image(upload, request_type.value, endpoint, submission_id, now, CLAIM_LEASE):
+            elif self.repository.claim_image(
+                upload, request_type.value, endpoint, submission_id, now, CLAIM_LEASE, retry_of=retry_of
+            ):
                 claimed.append(upload)
             else:
                 outcome.duplicates += 1
+        if not claimed and existing:
+            reason = "superseded: its images were submitted in other requests"
+            self.repository.finish_request(submission_id, Status.FAILED, Status.FAILED.value, None, reason, now)
+            return outcome
         if not claimed:
             self.repository.forget_request(submission_id)
             return outcome

@@ -13,6 +13,7 @@ from urllib.parse import unquote_plus
 from aws_lambda_powertools.utilities.data_classes import S3Event
 
 from ximilar_async.dal import keys
+from ximilar_async.dal.models import ImageItem
 from ximilar_async.routing import Route, route_for
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -30,6 +31,19 @@ class Upload:
     etag: str
     version_id: str | None
     sequencer: str  # right-padded with zeros, so that later uploads of a key sort after earlier ones
+
+    @classmethod
+    def of_image(cls, image: ImageItem) -> Upload:
+        """The upload an image item records (to submit it again, with a fresh URL)."""
+        return cls(
+            message_id="",
+            bucket=image.bucket,
+            key=image.key,
+            size=int(image.size_bytes or 0),
+            etag="" if image.version_id else image.version,
+            version_id=image.version_id,
+            sequencer=image.sequencer,
+        )
 
     @property
     def version(self) -> str:

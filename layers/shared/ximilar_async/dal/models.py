@@ -15,6 +15,7 @@ from pynamodb.attributes import (
     NumberAttribute,
     TTLAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
@@ -64,6 +65,7 @@ class ImageItem(Model):
     bucket = UnicodeAttribute()
     key = UnicodeAttribute()
     version = UnicodeAttribute()  # S3 version id, or ETag when the bucket is unversioned
+    version_id = UnicodeAttribute(null=True)  # S3 version id in a versioned bucket
     sequencer = UnicodeAttribute()  # S3's event sequencer, right-padded: orders uploads of one key
     size_bytes = NumberAttribute(null=True)
     record_id = UnicodeAttribute()
@@ -106,6 +108,7 @@ class RequestItem(Model):
     images = MapAttribute[str, Any]()  # record `_id` -> image URI
     checks = NumberAttribute(default=0)
     submit_attempts = NumberAttribute(default=0)
+    retry_record_ids = UnicodeSetAttribute(null=True)  # images whose ERROR is worth another try
     due_shard = UnicodeAttribute(null=True)
     next_check_at = NumberAttribute(null=True)  # epoch seconds
     created_at = UTCDateTimeAttribute()

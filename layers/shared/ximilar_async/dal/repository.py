@@ -7,7 +7,7 @@ lets two submitters hold the same upload at once (the SUBMITTING claim carries a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -53,6 +53,7 @@ class Repository:
             bucket=upload.bucket,
             key=upload.key,
             version=upload.version,
+            version_id=upload.version_id,
             sequencer=upload.sequencer,
             size_bytes=upload.size,
             record_id=upload.record_id,
@@ -63,25 +64,42 @@ class Repository:
         )
 
     def claim_image(
-        self, upload: Upload, request_type: str, endpoint: str, submission_id: str, now: datetime, lease: timedelta
+        self,
+        upload: Upload,
+        request_type: str,
+        endpoint: str,
+        submission_id: str,
+        now: datetime,
+        lease: timedelta,
+        retry_of: ImageItem | None = None,
     ) -> bool:
         """Write the image SUBMITTING for `submission_id`; False when it is a duplicate or stale upload.
 
         Taken: a new key, a newer upload of a key, or this upload when its earlier claim was released
-        or its lease ran out (the submitter that held it failed or died).
+        or its lease ran out (the submitter that held it failed or died). With `retry_of` (the sweeper
+        submitting an image again), only if the image is still exactly as it was read.
         """
         images = self.tables.images
         image = self._image(upload, Status.SUBMITTING, now)
         image.request_type, image.endpoint, image.submission_id = request_type, endpoint, submission_id
-        image.attempts = 1
+        image.attempts = 1 if retry_of is None else int(retry_of.attempts) + 1
         image.lease_until = epoch(now + lease)
-        reclaimable = (
-            (images.record_id == upload.record_id)
-            & (images.status == Status.SUBMITTING.value)
-            & (images.lease_until < epoch(now))
-        )
+        if retry_of is None:
+            reclaimable = (
+                (images.record_id == upload.record_id)
+                & (images.status == Status.SUBMITTING.value)
+                & (images.lease_until < epoch(now))
+            )
+            condition = self._new_image_condition(upload) | reclaimable
+        else:
+            image.created_at = retry_of.created_at
+            condition = (
+                (images.record_id == upload.record_id)
+                & (images.status == retry_of.status)
+                & (images.updated_at == retry_of.updated_at)
+            )
         try:
-            image.save(condition=self._new_image_condition(upload) | reclaimable)
+            image.save(condition=condition)
         except PutError as error:
             return not _lost_race(error)
         return True
@@ -262,10 +280,16 @@ class Repository:
             return not _lost_race(error)
         return True
 
-    def fail_unfinished_images(self, record_ids_to_uris: Mapping[str, str], reason: str, now: datetime) -> int:
-        """FAILED with `reason` for every image of a request that has not finished (any holder)."""
+    def fail_unfinished_images(
+        self,
+        record_ids_to_uris: Mapping[str, str],
+        reason: str,
+        now: datetime,
+        from_statuses: tuple[Status, ...] = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING),
+    ) -> int:
+        """FAILED with `reason` for every image of a request still in one of `from_statuses` (any holder)."""
         images = self.tables.images
-        pending = [Status.SUBMITTING.value, Status.CREATED.value, Status.PROCESSING.value]
+        pending = [status.value for status in from_statuses]
         failed = 0
         for record_id, uri in record_ids_to_uris.items():
             try:
@@ -289,27 +313,102 @@ class Repository:
         submission_id: str,
         status: Status,
         ximilar_status: str,
-        request_id: str,
+        request_id: str | None,
         reason: str | None,
         now: datetime,
+        retry: tuple[Iterable[str], datetime] | None = None,
     ) -> None:
-        """DONE or FAILED: off the due index, kept for the retention period. DONE is never undone."""
+        """DONE or FAILED: off the due index, kept for the retention period. DONE is never undone.
+
+        `retry` (record ids, when) keeps a DONE request due, for the sweeper to submit those images again.
+        """
         requests = self.tables.requests
         actions: list[Action] = [
             requests.status.set(status.value),
             requests.ximilar_status.set(ximilar_status),
-            requests.request_id.set(request_id),
-            requests.due_shard.remove(),
-            requests.next_check_at.remove(),
             requests.updated_at.set(now),
             requests.expires_at.set(now + self.request_retention),
         ]
+        if request_id:
+            actions.append(requests.request_id.set(request_id))
+        retry_ids = set(retry[0]) if retry else set()
+        if retry and retry_ids:
+            actions += [
+                requests.retry_record_ids.set(retry_ids),
+                requests.due_shard.set(keys.due_shard(submission_id, self.shards)),
+                requests.next_check_at.set(epoch(retry[1])),
+            ]
+        else:
+            actions += [requests.due_shard.remove(), requests.next_check_at.remove()]
         actions.append(requests.status_reason.set(reason) if reason else requests.status_reason.remove())
         condition = None if status is Status.DONE else requests.status != Status.DONE.value
         try:
             requests(submission_id).update(actions=actions, condition=condition)
         except UpdateError as error:
             _lost_race(error)
+
+    # --- the sweeper ------------------------------------------------------------------------------------
+    def due_requests(self, shard_order: Iterable[int], now: datetime, counter: DueCounter) -> Iterator[RequestItem]:
+        """Requests whose next check is due, shard by shard, read lazily: the caller stops when it must."""
+        requests = self.tables.requests
+        for shard in shard_order:
+            for request in requests.due.query(f"due#{shard:02d}", requests.next_check_at <= epoch(now), page_size=100):
+                counter.items_read += 1
+                yield request
+
+    def take_due(self, request: RequestItem, until: datetime) -> bool:
+        """Hold a due request until `until`: False when another sweeper run took (or finished) it first."""
+        requests = self.tables.requests
+        try:
+            requests(request.submission_id).update(
+                actions=[requests.next_check_at.set(epoch(until))],
+                condition=requests.next_check_at == request.next_check_at,
+            )
+        except UpdateError as error:
+            return not _lost_race(error)
+        return True
+
+    def reschedule(self, submission_id: str, check_at: datetime, ximilar_status: str | None, now: datetime) -> None:
+        requests = self.tables.requests
+        actions: list[Action] = [
+            requests.next_check_at.set(epoch(check_at)),
+            requests.checks.add(1),
+            requests.updated_at.set(now),
+        ]
+        if ximilar_status:
+            actions.append(requests.ximilar_status.set(ximilar_status))
+        requests(submission_id).update(actions=actions, condition=requests.due_shard.exists())
+
+    def restart_request(self, submission_id: str, now: datetime, check_at: datetime) -> None:
+        """Another submission attempt of a request still SUBMITTING."""
+        requests = self.tables.requests
+        requests(submission_id).update(
+            actions=[
+                requests.submit_attempts.add(1),
+                requests.next_check_at.set(epoch(check_at)),
+                requests.updated_at.set(now),
+            ],
+            condition=requests.status == Status.SUBMITTING.value,
+        )
+
+    def clear_retries(self, submission_id: str, now: datetime) -> None:
+        requests = self.tables.requests
+        requests(submission_id).update(
+            actions=[
+                requests.retry_record_ids.remove(),
+                requests.due_shard.remove(),
+                requests.next_check_at.remove(),
+                requests.updated_at.set(now),
+            ]
+        )
+
+    def images_by_uri(self, uris: Iterable[str]) -> dict[str, ImageItem]:
+        return {image.image_uri: image for image in self.tables.images.batch_get(list(uris), consistent_read=True)}
+
+
+@dataclass
+class DueCounter:
+    items_read: int = 0
 
 
 @dataclass(frozen=True)

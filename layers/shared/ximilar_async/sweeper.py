@@ -1,0 +1,236 @@
+"""The sweeper: no request stays pending. Runs on a schedule, reads only what is due.
+
+For each due request (from the sparse, sharded `due` index; shards in random order so none starves):
+- CREATED/PROCESSING at Ximilar: ask `/status`; DONE -> fetch the details and record them through the
+  same path as the webhook; still pending -> check again later (exponential backoff with jitter);
+  too old -> FAILED with the reason, request and images;
+- a state outside the reference: terminal ones (FAILED, NOT_SUPPORTED) end the images FAILED with the
+  state as reason; API_LIMIT_EXCEEDED submits the images again; unknown ones wait like pending ones;
+- SUBMITTING past its timeout (submit died before or during the POST): submitted again through the
+  submit code path, same `_id`s, a bounded number of times;
+- DONE with transient ERROR images (their URL expired, the download failed): those images are
+  submitted again with fresh URLs, a bounded number of times, then FAILED.
+
+Each request is taken with a conditional write before any call, so overlapping runs never both work
+on it. A run stops taking work before the Lambda deadline, at its API call budget, and on a 429.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Final
+
+from ximilar_async import schedule
+from ximilar_async.dal.models import ImageItem, RequestItem
+from ximilar_async.dal.repository import DueCounter, Repository
+from ximilar_async.payloads import PayloadError, RequestOutcome, parse_outcome
+from ximilar_async.request_types import parse_request_type
+from ximilar_async.results import ResultRecorder, utc_now
+from ximilar_async.settings import SweeperSettings
+from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
+from ximilar_async.submission import Submitter, chunks
+from ximilar_async.uploads import Upload
+from ximilar_async.ximilar import XimilarClient, XimilarNotFound, XimilarThrottled, XimilarTransientError
+
+logger = logging.getLogger(__name__)
+
+HOLD: Final = timedelta(minutes=5)  # how long a run holds a request it took (longer than any one request's work)
+RETRY_AFTER_THROTTLE: Final = timedelta(minutes=1)
+MAX_SUBMIT_ATTEMPTS: Final = 5  # submissions of one request before its images end FAILED
+MAX_IMAGE_ATTEMPTS: Final = 3  # submissions of one image (transient ERRORs) before it ends FAILED
+DEADLINE_MARGIN_MS: Final = 15_000  # stop taking work this long before the Lambda deadline
+CALLS_PER_REQUEST: Final = 2  # at most: /status then the details
+
+
+@dataclass
+class SweepOutcome:
+    items_read: int = 0  # items DynamoDB returned from the due index
+    taken: int = 0
+    api_calls: int = 0
+    recorded: int = 0
+    rescheduled: int = 0
+    failed_too_old: int = 0
+    failed_by_ximilar: int = 0
+    resubmitted_images: int = 0
+    stopped: str | None = None  # why the run stopped early: deadline, budget, throttled
+    by_state: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Sweeper:
+    repository: Repository
+    ximilar: XimilarClient
+    recorder: ResultRecorder
+    submitter: Submitter
+    settings: SweeperSettings
+    clock: Callable[[], datetime] = utc_now
+    rng: random.Random = field(default_factory=random.Random)
+
+    def sweep(self, remaining_millis: Callable[[], int]) -> SweepOutcome:
+        outcome = SweepOutcome()
+        counter = DueCounter()
+        shards = list(range(self.settings.index_shards))
+        self.rng.shuffle(shards)
+        now = self.clock()
+        for request in self.repository.due_requests(shards, now, counter):
+            if remaining_millis() < DEADLINE_MARGIN_MS:
+                outcome.stopped = "deadline"
+                break
+            if outcome.api_calls + CALLS_PER_REQUEST > self.settings.max_api_calls_per_run:
+                outcome.stopped = "budget"
+                break
+            if not self.repository.take_due(request, self.clock() + HOLD):
+                continue  # another run has it
+            outcome.taken += 1
+            try:
+                self._sweep_one(request, outcome)
+            except XimilarThrottled:
+                self.repository.reschedule(
+                    request.submission_id, self.clock() + RETRY_AFTER_THROTTLE, None, self.clock()
+                )
+                outcome.stopped = "throttled"
+                break
+            except XimilarTransientError as error:
+                logger.warning("Ximilar unavailable; checking again later", extra=self._context(request, error))
+                self._check_later(request, None, outcome)
+        outcome.items_read = counter.items_read
+        return outcome
+
+    def _context(self, request: RequestItem, error: Exception | None = None) -> dict[str, object]:
+        context: dict[str, object] = {"submission_id": request.submission_id, "request_id": request.request_id}
+        if error is not None:
+            context["error"] = str(error)
+        return context
+
+    def _sweep_one(self, request: RequestItem, outcome: SweepOutcome) -> None:
+        if request.status == Status.SUBMITTING.value:
+            self._submit_again(request, outcome)
+        elif request.status == Status.DONE.value and request.retry_record_ids:
+            self._retry_errors(request, outcome)
+        elif request.request_id:
+            self._check(request, outcome)
+        else:
+            reason = f"request in status {request.status} without a Ximilar id"
+            self._give_up(request, request.status, reason, outcome)
+
+    # --- requests Ximilar has ------------------------------------------------------------------------
+    def _check(self, request: RequestItem, outcome: SweepOutcome) -> None:
+        request_id = str(request.request_id)
+        outcome.api_calls += 1
+        try:
+            state = self.ximilar.status(request_id)
+        except XimilarNotFound:
+            self._give_up(request, "NOT_FOUND", "Ximilar does not know the request", outcome)
+            return
+        outcome.by_state[state] = outcome.by_state.get(state, 0) + 1
+        kind = classify_ximilar_state(state)
+        if kind is XimilarStateKind.DONE:
+            outcome.api_calls += 1
+            try:
+                details = parse_outcome(self.ximilar.get(request_id))
+            except PayloadError as error:
+                logger.error("Ximilar's details do not parse", extra=self._context(request, error))
+                self._check_later(request, state, outcome)
+                return
+            outcome.recorded += self.recorder.record(request.submission_id, details).recorded
+        elif kind is XimilarStateKind.FAILED:
+            recorded = self.recorder.record(request.submission_id, RequestOutcome(status=state, id=request_id))
+            outcome.failed_by_ximilar += recorded.recorded
+        elif kind is XimilarStateKind.THROTTLED:
+            self._resubmit_elsewhere(request, state, outcome)
+        elif self._too_old(request):
+            seconds = self.settings.max_request_age_seconds
+            self._give_up(request, state, f"not finished after {seconds} s (last state {state})", outcome)
+            outcome.failed_too_old += 1
+        else:
+            self._check_later(request, state, outcome)
+
+    def _too_old(self, request: RequestItem) -> bool:
+        return self.clock() - request.created_at > timedelta(seconds=self.settings.max_request_age_seconds)
+
+    def _check_later(self, request: RequestItem, state: str | None, outcome: SweepOutcome) -> None:
+        delay = schedule.next_check_delay(int(request.checks), self.rng)
+        self.repository.reschedule(request.submission_id, self.clock() + delay, state, self.clock())
+        outcome.rescheduled += 1
+
+    def _give_up(self, request: RequestItem, state: str, reason: str, outcome: SweepOutcome) -> None:
+        now = self.clock()
+        logger.warning("request given up", extra={**self._context(request), "reason": reason})
+        self.repository.fail_unfinished_images(self.repository.images_of(request), reason, now)
+        self.repository.finish_request(request.submission_id, Status.FAILED, state, request.request_id, reason, now)
+
+    # --- submitting again ----------------------------------------------------------------------------
+    def _images(self, request: RequestItem, record_ids: set[str] | None = None) -> list[ImageItem]:
+        """The request's images as they are now, that still belong to it (same upload)."""
+        wanted = {
+            record_id: uri
+            for record_id, uri in self.repository.images_of(request).items()
+            if record_ids is None or record_id in record_ids
+        }
+        found = self.repository.images_by_uri(wanted.values())
+        return [
+            image for record_id, uri in wanted.items() if (image := found.get(uri)) and image.record_id == record_id
+        ]
+
+    def _submit_again(self, request: RequestItem, outcome: SweepOutcome) -> None:
+        """A request still SUBMITTING past its timeout: the submitter died, or Ximilar kept refusing."""
+        if int(request.submit_attempts) >= MAX_SUBMIT_ATTEMPTS:
+            reason = f"not submitted after {request.submit_attempts} attempts: {request.status_reason or 'no answer'}"
+            self._give_up(request, Status.SUBMITTING.value, reason, outcome)
+            return
+        images = [
+            image
+            for image in self._images(request)
+            if image.status == Status.SUBMITTING.value and image.submission_id == request.submission_id
+        ]
+        request_type = parse_request_type(request.request_type)
+        outcome.api_calls += 1
+        result = self.submitter.submit_batch(
+            request_type,
+            request.endpoint,
+            [Upload.of_image(image) for image in images],
+            submission_id=request.submission_id,
+            previous={image.image_uri: image for image in images},
+        )
+        outcome.resubmitted_images += result.images_submitted
+
+    def _resubmit_elsewhere(self, request: RequestItem, state: str, outcome: SweepOutcome) -> None:
+        """Ximilar will not finish this request (quota): its unfinished images go out in new requests."""
+        pending = (Status.SUBMITTING.value, Status.CREATED.value, Status.PROCESSING.value)
+        images = [image for image in self._images(request) if image.status in pending]
+        self._submit_images(request, images, outcome)
+        reason = f"Ximilar state {state}: its images were submitted again"
+        self.repository.finish_request(
+            request.submission_id, Status.FAILED, state, request.request_id, reason, self.clock()
+        )
+
+    def _retry_errors(self, request: RequestItem, outcome: SweepOutcome) -> None:
+        images = [
+            image for image in self._images(request, set(request.retry_record_ids or ())) if image.status == "ERROR"
+        ]
+        again = [image for image in images if int(image.attempts) < MAX_IMAGE_ATTEMPTS]
+        for image in images:
+            if image not in again:
+                reason = f"gave up after {image.attempts} attempts: {image.status_reason}"
+                self.repository.fail_unfinished_images(
+                    {image.record_id: image.image_uri}, reason, self.clock(), from_statuses=(Status.ERROR,)
+                )
+        self._submit_images(request, again, outcome)
+        self.repository.clear_retries(request.submission_id, self.clock())
+
+    def _submit_images(self, request: RequestItem, images: list[ImageItem], outcome: SweepOutcome) -> None:
+        request_type = parse_request_type(request.request_type)
+        limit = self.settings.records_per_request[request_type]
+        for chunk in chunks(images, limit):
+            outcome.api_calls += 1
+            result = self.submitter.submit_batch(
+                request_type,
+                request.endpoint,
+                [Upload.of_image(image) for image in chunk],
+                previous={image.image_uri: image for image in chunk},
+            )
+            outcome.resubmitted_images += result.images_submitted

@@ -1,0 +1,124 @@
+"""The pipeline as deployed, in this process: submit and webhook handlers cold-started with the
+template's environment, the webhook served by a local HTTP API, moto server and the emulator behind."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from types import ModuleType
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import RunningEmulator
+from xasync.http_api import LocalHttpApi, Route
+from xasync.sample_images import png_bytes
+from xasync.servers import wait_for
+from xasync.stack import AwsStack, FakeLambdaContext, load_function
+from xasync.template import functions
+from ximilar_async.dal import keys
+from ximilar_async.sweeper import Sweeper, SweepOutcome
+from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, sign
+
+ROUTES = "incoming/=upscaler:upscale_2x;incoming/flows/=flows:my-flow"
+
+
+@dataclass
+class Pipeline:
+    stack: AwsStack
+    emulator: RunningEmulator
+    submit: ModuleType
+    webhook: ModuleType
+    sweeper: ModuleType
+    api: LocalHttpApi
+
+    @property
+    def webhook_url(self) -> str:
+        return f"{self.api.url}/webhook"
+
+    def upload(self, *keys_: str, body: bytes | None = None) -> None:
+        for key in keys_:
+            self.stack.put(key, png_bytes(12, 8) if body is None else body)
+        records = self.stack.receive_uploads(len(keys_))
+        self.submit.lambda_handler({"Records": records}, FakeLambdaContext())
+
+    def image(self, key: str) -> Any:
+        return self.stack.tables.images.get(keys.image_uri(self.stack.bucket, key))
+
+    def wait_status(self, key: str, *statuses: str) -> Any:
+        return wait_for(
+            lambda: (item := self.image(key)).status in statuses and item, timeout=15, what=f"{key} in {statuses}"
+        )
+
+    def details(self, request_id: str) -> dict[str, Any]:
+        answer = requests.get(
+            f"{self.emulator.url}/account/v2/request/{request_id}",
+            headers={"Authorization": f"Token {self.emulator.token}"},
+            timeout=5,
+        )
+        return dict(answer.json())
+
+    def done_details(self, request_id: str) -> dict[str, Any]:
+        return wait_for(lambda: (d := self.details(request_id))["status"] == "DONE" and d, what="DONE at Ximilar")
+
+    def post(self, payload: Any, headers: dict[str, str]) -> requests.Response:
+        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        return requests.post(self.webhook_url, data=data, headers=headers, timeout=10)
+
+    def sweeper_at(self, ahead: timedelta) -> Sweeper:
+        """The sweeper as the handler builds it, living `ahead` in the future (instead of waiting)."""
+        sweeper: Sweeper = self.sweeper.sweeper()
+
+        def clock() -> datetime:
+            return datetime.now(UTC) + ahead
+
+        sweeper.clock = sweeper.submitter.clock = clock
+        sweeper.recorder = replace(sweeper.recorder, clock=clock)
+        return sweeper
+
+    def sweep(self, ahead: timedelta, remaining_millis: Callable[[], int] = lambda: 60_000) -> SweepOutcome:
+        return self.sweeper_at(ahead).sweep(remaining_millis)
+
+    def signed_headers(self, submission_id: str, payload: dict[str, Any]) -> dict[str, str]:
+        record_ids = [record["_id"] for record in payload["response"]["records"]]
+        return {
+            "Content-Type": "application/json",
+            SUBMISSION_HEADER: submission_id,
+            TOKEN_HEADER: sign(self.stack.signing_key, submission_id, record_ids),
+        }
+
+
+def start_pipeline(
+    monkeypatch: pytest.MonkeyPatch, stack: AwsStack, emulator: RunningEmulator, **parameters: str
+) -> Iterator[Pipeline]:
+    parameters = {
+        "XimilarApiUrl": emulator.url,
+        "XimilarTokenParameterName": stack.token_parameter,
+        "Routes": ROUTES,
+        **parameters,
+    }
+    webhook_environment = stack.environment("WebhookFunction", **parameters)
+    for name, value in webhook_environment.items():
+        monkeypatch.setenv(name, value)
+    webhook = load_function(stack.template, "WebhookFunction", webhook_environment)
+    (event,) = functions(stack.template)["WebhookFunction"].events.values()
+    route = Route(event["Properties"]["Method"], event["Properties"]["Path"], webhook.lambda_handler, FakeLambdaContext)
+    api = LocalHttpApi([route]).start()
+    try:
+        submit_environment = {**stack.environment("SubmitFunction", **parameters), "WEBHOOK_URL": f"{api.url}/webhook"}
+        for name, value in submit_environment.items():
+            monkeypatch.setenv(name, value)
+        submit = load_function(stack.template, "SubmitFunction", submit_environment)
+        sweeper_environment = {
+            **stack.environment("SweeperFunction", **parameters),
+            "WEBHOOK_URL": f"{api.url}/webhook",
+        }
+        for name, value in sweeper_environment.items():
+            monkeypatch.setenv(name, value)
+        sweeper = load_function(stack.template, "SweeperFunction", sweeper_environment)
+        yield Pipeline(stack, emulator, submit, webhook, sweeper, api)
+    finally:
+        api.stop()
