@@ -8,7 +8,7 @@ SAM := $(SAM_VENV)/bin/sam
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv sam-venv test lint validate build deploy emulator clean
+.PHONY: venv sam-venv demo up test lint validate build deploy emulator clean
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 
 venv: $(VENV)/.installed
 sam-venv: $(SAM_VENV)/.installed
+
+demo: venv  ## the pipeline on the embedded local stack: sample images in, results table out
+	$(VENV)/bin/xasync demo
+
+up: venv  ## the embedded local stack in the foreground (Ctrl-C stops it)
+	$(VENV)/bin/xasync up
 
 test: venv  ## the whole test suite: it starts moto and the emulator itself
 	$(PY) -m pytest

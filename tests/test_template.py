@@ -45,7 +45,8 @@ def test_each_handler_imports_with_the_layer_and_the_templates_environment(
     )
     environment = {
         "PATH": os.environ["PATH"],
-        "AWS_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",  # Lambda sets both region variables
+        "AWS_DEFAULT_REGION": "us-east-1",
         "PYTHONPATH": os.pathsep.join([str(spec.code_uri), str(PROJECT_ROOT / "layers" / "shared")]),
         **spec.environment,
     }

@@ -75,7 +75,7 @@ def _grade(byte: int) -> float:
 def card_grader_result(data: bytes, image: Image.Image, endpoint: str | None) -> dict[str, Any]:
     digits = _digest_numbers(data)
     grades = {name: _grade(digits[i]) for i, name in enumerate(("corners", "edges", "surface", "centering"))}
-    final = round(sum(grades.values()) / len(grades) * 2) / 2
+    final = min(grades.values())  # a card grades as its weakest aspect
     condition = "Mint" if final >= 9 else "Near Mint" if final >= 8 else "Excellent" if final >= 6.5 else "Good"
     width, height = image.size
     return {

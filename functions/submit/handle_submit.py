@@ -33,6 +33,7 @@ metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
 repository = runtime.repository(settings)
+secrets = runtime.SecretSources.create()
 ximilar = runtime.ximilar_client(settings)
 
 
@@ -41,8 +42,8 @@ class RetryLater(Exception):
 
 
 def submitter() -> Submitter:
-    ximilar.set_token(runtime.api_token(settings))
-    return Submitter(repository, ximilar, s3, runtime.signing_key(settings.webhook_secret_arn), settings)
+    ximilar.set_token(secrets.api_token(settings))
+    return Submitter(repository, ximilar, s3, secrets.signing_key(settings.webhook_secret_arn), settings)
 
 
 def record_metrics(outcome: SubmitOutcome) -> None:

@@ -34,13 +34,14 @@ tracer = Tracer()
 metrics = Metrics()
 s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
 repository = runtime.repository(settings)
+secrets = runtime.SecretSources.create()
 ximilar = runtime.ximilar_client(settings)
 recorder = ResultRecorder(repository, s3, settings.results_bucket)
 
 
 def sweeper() -> Sweeper:
-    ximilar.set_token(runtime.api_token(settings))
-    submitter = Submitter(repository, ximilar, s3, runtime.signing_key(settings.webhook_secret_arn), settings)
+    ximilar.set_token(secrets.api_token(settings))
+    submitter = Submitter(repository, ximilar, s3, secrets.signing_key(settings.webhook_secret_arn), settings)
     return Sweeper(repository, ximilar, recorder, submitter, settings)
 
 

@@ -31,6 +31,7 @@ tracer = Tracer()
 metrics = Metrics()
 app = APIGatewayHttpResolver()
 recorder = ResultRecorder(runtime.repository(settings), boto3.client("s3"), settings.results_bucket)
+secrets = runtime.SecretSources.create()
 source = runtime.ximilar_client(settings) if settings.verify_with_source else None
 
 
@@ -47,9 +48,9 @@ def raw_body() -> bytes:
 @app.post("/webhook")
 def receive_webhook() -> Response[str]:
     if source is not None:
-        source.set_token(runtime.api_token(settings))
+        source.set_token(secrets.api_token(settings))
     receiver = WebhookReceiver(
-        recorder, runtime.signing_key(settings.webhook_secret_arn), settings.max_webhook_body_bytes, source
+        recorder, secrets.signing_key(settings.webhook_secret_arn), settings.max_webhook_body_bytes, source
     )
     answer = receiver.receive(app.current_event.headers, raw_body())
     outcome = answer.outcome

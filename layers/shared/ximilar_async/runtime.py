@@ -1,16 +1,18 @@
 """Clients and secrets the handlers build once per cold start, from settings.
 
-Secrets come through Powertools parameters, cached for `SECRET_MAX_AGE` so a rotated token or key is
-picked up without a redeploy; boto3 and pynamodb follow botocore's configuration (`AWS_ENDPOINT_URL`
-included), which is how the local stack points them at moto.
+Secrets come through Powertools parameters providers, cached for `SECRET_MAX_AGE` so a rotated token
+or key is picked up without a redeploy. The providers are made here, per cold start, not taken from
+Powertools' process-wide defaults, so that what a cold start configures (`AWS_ENDPOINT_URL` included,
+which is how the local stack points boto3 and pynamodb at moto) is what they use.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Final
 
-from aws_lambda_powertools.utilities import parameters
+from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
 
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.dal.repository import Repository
@@ -26,16 +28,26 @@ def repository(settings: CommonSettings) -> Repository:
     return Repository(tables, settings.index_shards, timedelta(days=settings.request_retention_days))
 
 
-def api_token(settings: CommonSettings) -> str:
-    return str(parameters.get_parameter(settings.ximilar_token_parameter, decrypt=True, max_age=SECRET_MAX_AGE))
+@dataclass(frozen=True)
+class SecretSources:
+    """The Ximilar token (SSM SecureString) and the webhook signing key (Secrets Manager), cached."""
 
+    ssm: SSMProvider
+    secrets: SecretsProvider
 
-def signing_key(secret_arn: str) -> bytes:
-    return str(parameters.get_secret(secret_arn, max_age=SECRET_MAX_AGE)).encode()
+    @classmethod
+    def create(cls) -> SecretSources:
+        return cls(SSMProvider(), SecretsProvider())
+
+    def api_token(self, settings: CommonSettings) -> str:
+        return str(self.ssm.get(settings.ximilar_token_parameter, decrypt=True, max_age=SECRET_MAX_AGE))
+
+    def signing_key(self, secret_arn: str) -> bytes:
+        return str(self.secrets.get(secret_arn, max_age=SECRET_MAX_AGE)).encode()
 
 
 def ximilar_client(settings: CommonSettings) -> XimilarClient:
-    """The client, without a token yet: handlers call `set_token(api_token(settings))` per invocation."""
+    """The client, without a token yet: handlers call `set_token(...)` per invocation (the token may rotate)."""
     return XimilarClient(
         settings.ximilar_api_url,
         make_session(token=""),

@@ -84,6 +84,7 @@ class SubmitSettings(CommonSettings):
     inline_base64_max_bytes: int = Field(alias="INLINE_BASE64_MAX_BYTES", ge=0)
     presigned_url_expiry_seconds: int = Field(alias="PRESIGNED_URL_EXPIRY_SECONDS", ge=60, le=604800)
     submitting_timeout_seconds: int = Field(alias="SUBMITTING_TIMEOUT_SECONDS", ge=30)
+    first_check_delay_seconds: int = Field(alias="FIRST_CHECK_DELAY_SECONDS", ge=1)
 
 
 class WebhookSettings(CommonSettings):

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from ximilar_async import schedule
 from ximilar_async.dal.models import ImageItem
 from ximilar_async.dal.repository import Repository
 from ximilar_async.request_types import RequestType
@@ -185,9 +184,8 @@ class Submitter:
 
         request_id = str(answer["id"])
         accepted_at = self.clock()
-        self.repository.mark_request_created(
-            submission_id, request_id, accepted_at, accepted_at + schedule.FIRST_CHECK_DELAY
-        )
+        first_check = timedelta(seconds=self.settings.first_check_delay_seconds)
+        self.repository.mark_request_created(submission_id, request_id, accepted_at, accepted_at + first_check)
         self.repository.mark_images_created(submission_id, request_id, uris, accepted_at)
         logger.info("request submitted", extra={**log_context, "request_id": request_id})
         outcome.requests_submitted += 1

@@ -153,7 +153,8 @@ class Sweeper:
         return self.clock() - request.created_at > timedelta(seconds=self.settings.max_request_age_seconds)
 
     def _check_later(self, request: RequestItem, state: str | None, outcome: SweepOutcome) -> None:
-        delay = schedule.next_check_delay(int(request.checks), self.rng)
+        first = timedelta(seconds=self.settings.first_check_delay_seconds)
+        delay = schedule.next_check_delay(first, int(request.checks) + 1, self.rng)
         self.repository.reschedule(request.submission_id, self.clock() + delay, state, self.clock())
         outcome.rescheduled += 1
 

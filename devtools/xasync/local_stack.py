@@ -1,0 +1,496 @@
+"""The embedded stack: template.yaml run on one machine, without Docker or an AWS account.
+
+- moto in server mode serves S3, SQS, DynamoDB, SSM, Secrets Manager and CloudFormation; the
+  template's plain resources are created by moto's CloudFormation from the template itself, and the
+  stack completes what moto 5.2 skips (a bucket's NotificationConfiguration, bucket and queue policies,
+  AWS::SecretsManager::Secret) from the same template's properties;
+- the Ximilar emulator stands in for api.ximilar.com (or `ximilar_url` points at the real API);
+- each AWS::Serverless::Function runs from its Handler and CodeUri with the environment its
+  Environment (and Globals) resolve to, and its Events decide how it runs: SQS events are polled with
+  the template's batch size, batching window and partial batch responses (redrive to the DLQ is
+  SQS's own); HttpApi events are served on a local port as payload 2.0 events; Schedule events run on
+  a timer (faster locally).
+
+A change to the template changes the local run: there is no second list of resources here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+
+from xasync.http_api import LocalHttpApi, Route
+from xasync.servers import emulator_process, moto_server
+from xasync.stack import LOCAL_SIGNING_KEY, FakeLambdaContext, load_function
+from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
+
+logger = logging.getLogger("xasync.local")
+
+STACK_NAME = "xasync-local"
+STATE_FILE = PROJECT_ROOT / ".xasync" / "local.json"
+LOCAL_TOKEN = "local-emulator-token"  # noqa: S105 - the emulator's token, local only
+FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+# Parameters that make a local run quick; any of them can be overridden.
+LOCAL_PARAMETERS = {
+    "Routes": "incoming/=upscaler:upscale_2x;incoming/cards/=card-grader:grade;"
+    "incoming/collectibles/=collectibles-recognition:tcg_id;incoming/flows/=flows:demo-flow",
+    "FirstCheckDelaySeconds": "3",
+    "SubmittingTimeoutSeconds": "30",
+    "SubmitBatchingWindowSeconds": "1",
+}
+
+
+@dataclass
+class Invocations:
+    """What each function was asked and answered, for tests and the CLI's progress."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    answers: dict[str, list[Any]] = field(default_factory=dict)
+    errors: dict[str, list[str]] = field(default_factory=dict)
+
+    def record(self, function: str, answer: Any = None, error: BaseException | None = None) -> None:
+        with self.lock:
+            if error is None:
+                self.answers.setdefault(function, []).append(answer)
+            else:
+                self.errors.setdefault(function, []).append(f"{type(error).__name__}: {error}")
+
+
+@dataclass
+class LocalStack:
+    """A running embedded stack; `state()` is what the CLI's other commands read."""
+
+    aws_endpoint: str
+    ximilar_url: str
+    api_url: str
+    outputs: dict[str, str]
+    physical_ids: dict[str, str]
+    environments: dict[str, dict[str, str]]
+    modules: dict[str, ModuleType]
+    invocations: Invocations
+    template: dict[str, Any]
+    resources: dict[str, str]  # logical id -> what stands for it locally
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "aws_endpoint": self.aws_endpoint,
+            "ximilar_url": self.ximilar_url,
+            "api_url": self.api_url,
+            "outputs": self.outputs,
+            "physical_ids": self.physical_ids,
+            "environments": self.environments,
+        }
+
+    def client(self, service: str) -> Any:
+        factory: Any = boto3.client
+        return factory(service, endpoint_url=self.aws_endpoint)
+
+
+def _aws(endpoint: str, service: str) -> Any:
+    factory: Any = boto3.client
+    return factory(service, endpoint_url=endpoint)
+
+
+def _notification_configuration(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A bucket's NotificationConfiguration from template (CloudFormation) shape to API shape."""
+    queues = []
+    for queue in resolved.get("QueueConfigurations", []):
+        rules = queue.get("Filter", {}).get("S3Key", {}).get("Rules", [])
+        entry: dict[str, Any] = {"QueueArn": queue["Queue"], "Events": [queue["Event"]]}
+        if rules:
+            entry["Filter"] = {"Key": {"FilterRules": [{"Name": r["Name"], "Value": r["Value"]} for r in rules]}}
+        queues.append(entry)
+    return {"QueueConfigurations": queues}
+
+
+def _requires_tls(statement: dict[str, Any]) -> bool:
+    return bool(
+        statement.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}} and statement["Effect"] == "Deny"
+    )
+
+
+def deploy_resources(
+    endpoint: str, template: dict[str, Any], parameters: dict[str, str], resources: dict[str, str]
+) -> Resolver:
+    """Create the template's plain resources in moto, complete what moto skips; returns the resolver.
+
+    `resources` receives, for each logical id handled here, what stands for it locally.
+    """
+    cfn = _aws(endpoint, "cloudformation")
+    cfn.create_stack(
+        StackName=STACK_NAME,
+        TemplateBody=(PROJECT_ROOT / "template.yaml").read_text(),
+        Parameters=[{"ParameterKey": key, "ParameterValue": value} for key, value in parameters.items()],
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
+    )
+    stack = cfn.describe_stacks(StackName=STACK_NAME)["Stacks"][0]
+    if stack["StackStatus"] != "CREATE_COMPLETE":
+        raise RuntimeError(f"moto could not create the stack: {stack.get('StackStatusReason')}")
+    physical = {
+        summary["LogicalResourceId"]: summary["PhysicalResourceId"]
+        for summary in cfn.list_stack_resources(StackName=STACK_NAME)["StackResourceSummaries"]
+        if summary["LogicalResourceId"]
+    }
+    sqs, s3 = _aws(endpoint, "sqs"), _aws(endpoint, "s3")
+    resolver = Resolver(
+        template, parameters=parameters, pseudo={**Resolver(template).pseudo, "AWS::StackName": STACK_NAME}
+    )
+    for logical_id in resources_of_type(template, "AWS::SQS::Queue"):
+        url = physical[logical_id]
+        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        resolver.attributes[f"{logical_id}.Arn"] = arn
+        resolver.attributes[f"{logical_id}.QueueName"] = arn.rsplit(":", 1)[1]
+    for logical_id in resources_of_type(template, "AWS::S3::Bucket"):
+        resolver.attributes[f"{logical_id}.Arn"] = f"arn:aws:s3:::{physical[logical_id]}"
+    for logical_id in resources_of_type(template, "AWS::DynamoDB::Table"):
+        resolver.attributes[f"{logical_id}.Arn"] = (
+            f"arn:aws:dynamodb:us-east-1:123456789012:table/{physical[logical_id]}"
+        )
+    secrets = _aws(endpoint, "secretsmanager")
+    for logical_id in resources_of_type(template, "AWS::SecretsManager::Secret"):
+        # The local key is fixed, so the signed example in events/ verifies against a local stack.
+        physical[logical_id] = secrets.create_secret(Name=f"{STACK_NAME}-{logical_id}", SecretString=LOCAL_SIGNING_KEY)[
+            "ARN"
+        ]
+    resolver.physical_ids.update(physical)
+    for logical_id, physical_id in physical.items():
+        resources[logical_id] = f"moto: {physical_id}"
+
+    for logical_id, resource in resources_of_type(template, "AWS::S3::Bucket").items():
+        configuration = resource["Properties"].get("NotificationConfiguration")
+        if configuration:
+            s3.put_bucket_notification_configuration(
+                Bucket=physical[logical_id],
+                NotificationConfiguration=_notification_configuration(resolver.resolve(configuration)),
+            )
+    for logical_id, resource in resources_of_type(template, "AWS::S3::BucketPolicy").items():
+        properties = resolver.resolve(resource["Properties"])
+        document = dict(properties["PolicyDocument"])
+        # moto enforces bucket policies, and locally every call is plain HTTP on loopback: the
+        # TLS-only statements are the one part of the template that cannot apply here.
+        document["Statement"] = [s for s in document["Statement"] if not _requires_tls(s)]
+        if document["Statement"]:
+            s3.put_bucket_policy(Bucket=properties["Bucket"], Policy=json.dumps(document))
+        skipped = len(properties["PolicyDocument"]["Statement"]) - len(document["Statement"])
+        resources[logical_id] = (
+            f"moto: policy of {properties['Bucket']} ({skipped} TLS-only statement(s) not applicable over local HTTP)"
+        )
+    for logical_id, resource in resources_of_type(template, "AWS::SQS::QueuePolicy").items():
+        properties = resolver.resolve(resource["Properties"])
+        for queue_url in properties["Queues"]:
+            sqs.set_queue_attributes(
+                QueueUrl=queue_url, Attributes={"Policy": json.dumps(properties["PolicyDocument"])}
+            )
+        resources[logical_id] = f"moto: policy of {', '.join(properties['Queues'])}"
+    return resolver
+
+
+def function_environment(
+    spec: FunctionSpec, resolver: Resolver, endpoint: str, webhook_urls: dict[str, str]
+) -> dict[str, str]:
+    """The function's environment as the template resolves it, pointed at the local stack."""
+    deployed = resolver.resolve(spec.environment)  # already resolved strings, kept for clarity
+    environment = {name: webhook_urls.get(value, value) for name, value in deployed.items()}
+    return {
+        **environment,
+        **FAKE_CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint,
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_DISABLED": "true",
+    }
+
+
+class SqsEventSource:
+    """Lambda's SQS event source mapping, as a thread: batch size, batching window, partial failures."""
+
+    def __init__(
+        self,
+        name: str,
+        sqs: Any,
+        queue_url: str,
+        queue_arn: str,
+        handler: Callable[..., Any],
+        properties: dict[str, Any],
+        invocations: Invocations,
+        retry_delay: int,
+        timeout: int,
+    ) -> None:
+        self.name, self.sqs, self.queue_url, self.queue_arn = name, sqs, queue_url, queue_arn
+        self.handler, self.invocations, self.retry_delay, self.timeout = handler, invocations, retry_delay, timeout
+        self.batch_size = int(properties.get("BatchSize", 10))
+        self.window = float(properties.get("MaximumBatchingWindowInSeconds", 0))
+        self.partial = "ReportBatchItemFailures" in properties.get("FunctionResponseTypes", [])
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"sqs-{name}", daemon=True)
+
+    def _receive_batch(self) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self.window
+        while len(messages) < self.batch_size and not self.stopping.is_set():
+            answer = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=min(10, self.batch_size - len(messages)),
+                WaitTimeSeconds=1,
+                AttributeNames=["All"],
+            )
+            messages.extend(answer.get("Messages", []))
+            if time.monotonic() >= deadline and messages:
+                break
+            if not answer.get("Messages") and messages:
+                break
+        return messages
+
+    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": {},
+            "md5OfBody": message["MD5OfBody"],
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.queue_arn,
+            "awsRegion": "us-east-1",
+        }
+
+    def _run(self) -> None:
+        while not self.stopping.is_set():
+            messages = self._receive_batch()
+            if not messages:
+                continue
+            failed: set[str] = set()
+            try:
+                answer = self.handler(
+                    {"Records": [self._record(m) for m in messages]},
+                    FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000),
+                )
+                self.invocations.record(self.name, answer)
+                if self.partial and isinstance(answer, dict):
+                    failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
+            except Exception as error:
+                self.invocations.record(self.name, error=error)
+                failed = {m["MessageId"] for m in messages}
+            done = [m for m in messages if m["MessageId"] not in failed]
+            for start in range(0, len(done), 10):
+                self.sqs.delete_message_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(done[start : start + 10])
+                    ],
+                )
+            for message in messages:
+                if message["MessageId"] in failed:
+                    # Locally a failed message comes back after `retry_delay`, not the queue's 6 minutes.
+                    self.sqs.change_message_visibility(
+                        QueueUrl=self.queue_url,
+                        ReceiptHandle=message["ReceiptHandle"],
+                        VisibilityTimeout=self.retry_delay,
+                    )
+
+
+class Timer:
+    """A Schedule event: the handler every `seconds`, with a scheduled-event payload."""
+
+    def __init__(
+        self, name: str, handler: Callable[..., Any], seconds: float, invocations: Invocations, timeout: int
+    ) -> None:
+        self.name, self.handler, self.seconds, self.invocations, self.timeout = (
+            name,
+            handler,
+            seconds,
+            invocations,
+            timeout,
+        )
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"schedule-{name}", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stopping.wait(self.seconds):
+            event = {
+                "version": "0",
+                "id": str(uuid.uuid4()),
+                "detail-type": "Scheduled Event",
+                "source": "aws.events",
+                "account": "123456789012",
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "region": "us-east-1",
+                "resources": [],
+                "detail": {},
+            }
+            try:
+                answer = self.handler(
+                    event, FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000)
+                )
+                self.invocations.record(self.name, answer)
+            except Exception as error:
+                self.invocations.record(self.name, error=error)
+
+
+@contextmanager
+def running(
+    *,
+    ximilar_url: str | None = None,
+    ximilar_token: str | None = None,
+    parameters: dict[str, str] | None = None,
+    sweep_every: float = 2.0,
+    retry_delay: int = 2,
+    emulator_flags: tuple[str, ...] = ("--created-delay-seconds", "0.2", "--processing-delay-seconds", "0.3"),
+) -> Iterator[LocalStack]:
+    """Start everything, yield the running stack, stop everything (servers by their own process ids)."""
+    template = load_template()
+    saved_environment = dict(os.environ)  # functions' cold starts set variables: put them back after
+    use_local_credentials()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    with ExitStack() as stack:
+        stack.callback(restore_environment, saved_environment)
+        endpoint = stack.enter_context(moto_server())
+        token = ximilar_token or LOCAL_TOKEN
+        api_url = ximilar_url or stack.enter_context(emulator_process(token, *emulator_flags))
+        values = {**LOCAL_PARAMETERS, "XimilarApiUrl": api_url, **(parameters or {})}
+        resources: dict[str, str] = {}
+        resolver = deploy_resources(endpoint, template, values, resources)
+        _aws(endpoint, "ssm").put_parameter(
+            Name=resolver.parameter("XimilarTokenParameterName"), Value=token, Type="SecureString", Overwrite=True
+        )
+        invocations = Invocations()
+        specs = functions(template, resolver)
+        http_routes: list[tuple[str, str, str]] = []
+        for logical_id, spec in specs.items():
+            for event in spec.events.values():
+                if event["Type"] == "HttpApi":
+                    http_routes.append((logical_id, event["Properties"]["Method"], event["Properties"]["Path"]))
+        modules: dict[str, ModuleType] = {}
+        handlers: dict[str, Callable[..., Any]] = {}
+
+        def call(logical_id: str) -> Callable[..., Any]:
+            def invoke(event: dict[str, Any], context: Any) -> Any:
+                answer = handlers[logical_id](event, context)
+                invocations.record(logical_id, answer)
+                return answer
+
+            return invoke
+
+        api = LocalHttpApi(
+            [Route(method, path, call(logical_id), FakeLambdaContext) for logical_id, method, path in http_routes]
+        )
+        stack.callback(api.stop)
+        api.start()
+        deployed_webhook = str(resolver.resolve(template["Outputs"]["WebhookUrl"]["Value"]))
+        webhook_urls = {deployed_webhook: f"{api.url}/webhook"}
+        environments: dict[str, dict[str, str]] = {}
+        for logical_id, spec in specs.items():
+            environment = function_environment(spec, resolver, endpoint, webhook_urls)
+            environments[logical_id] = environment
+            modules[logical_id] = load_function(template, logical_id, environment)
+            handlers[logical_id] = getattr(modules[logical_id], spec.handler_name)
+        sources: list[SqsEventSource | Timer] = []
+        sqs = _aws(endpoint, "sqs")
+        for logical_id, spec in specs.items():
+            for event in spec.events.values():
+                properties = event["Properties"]
+                if event["Type"] == "SQS":
+                    queue_arn = str(properties["Queue"])
+                    queue_url = sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[1])["QueueUrl"]
+                    sources.append(
+                        SqsEventSource(
+                            logical_id,
+                            sqs,
+                            queue_url,
+                            queue_arn,
+                            handlers[logical_id],
+                            properties,
+                            invocations,
+                            retry_delay,
+                            spec.timeout,
+                        )
+                    )
+                elif event["Type"] == "Schedule":
+                    sources.append(Timer(logical_id, handlers[logical_id], sweep_every, invocations, spec.timeout))
+        for source in sources:
+            source.thread.start()
+        for logical_id, spec in specs.items():
+            kinds = sorted({event["Type"] for event in spec.events.values()})
+            resources[logical_id] = f"in-process: {spec.handler_module}.{spec.handler_name} on {', '.join(kinds)}"
+        for logical_id in resources_of_type(template, "AWS::Serverless::HttpApi"):
+            resources[logical_id] = f"local HTTP API (payload 2.0): {api.url}"
+        for logical_id in resources_of_type(template, "AWS::Serverless::LayerVersion"):
+            resources[logical_id] = "the venv's editable install of layers/shared"
+
+        def stop_sources() -> None:
+            for source in sources:
+                source.stopping.set()
+            for source in sources:
+                source.thread.join(timeout=10)
+
+        stack.callback(stop_sources)
+        outputs = {key: str(resolver.resolve(output["Value"])) for key, output in template["Outputs"].items()}
+        outputs["WebhookUrl"] = f"{api.url}/webhook"
+        yield LocalStack(
+            endpoint,
+            api_url,
+            api.url,
+            outputs,
+            dict(resolver.physical_ids),
+            environments,
+            modules,
+            invocations,
+            template,
+            resources,
+        )
+
+
+def restore_environment(saved: dict[str, str]) -> None:
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def use_local_credentials() -> None:
+    """The fake credentials moto takes (never real ones: nothing here may reach AWS)."""
+    os.environ.update(FAKE_CREDENTIALS)
+
+
+def write_state(local: LocalStack, path: Path | None = None) -> None:
+    path = path or STATE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(local.state(), indent=2))
+
+
+def write_sam_env_vars(local: LocalStack, path: Path | None = None) -> Path:
+    """A `sam local invoke --env-vars` file for this stack, as seen from inside Docker."""
+    path = path or STATE_FILE.parent / "env.sam.json"
+    docker_view = {
+        logical_id: {name: value.replace("127.0.0.1", "host.docker.internal") for name, value in environment.items()}
+        for logical_id, environment in local.environments.items()
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(docker_view, indent=2))
+    return path
+
+
+def read_state(path: Path | None = None) -> dict[str, Any]:
+    path = path or STATE_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"no local stack is running (start one with `xasync up`; {path} is missing)")
+    state: dict[str, Any] = json.loads(path.read_text())
+    return state
+
+
+__all__ = ["LocalStack", "read_state", "running", "write_state"]
