@@ -13,12 +13,11 @@ import os
 import sys
 import time
 from collections import Counter
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server, wait_for
-from xasync.stack import FakeLambdaContext, count_dynamodb_calls, create_stack, load_function
+from xasync.stack import FakeLambdaContext, count_dynamodb_calls, create_stack, load_function, time_shifted
 from xasync.template import load_template
 from ximilar_emulator import EmulatorControl
 
@@ -73,14 +72,7 @@ def main() -> int:
         sweeper_module.repository.tables.requests._get_connection().connection.client.meta.events.register(
             "after-call.dynamodb.Query", lambda parsed, **_: scanned.append(parsed.get("ScannedCount", 0))
         )
-        sweeper = sweeper_module.sweeper()
-        ahead = timedelta(minutes=3)  # past the first check
-
-        def clock() -> datetime:
-            return datetime.now(UTC) + ahead
-
-        sweeper.clock = sweeper.submitter.clock = clock
-        sweeper.recorder = replace(sweeper.recorder, clock=clock)
+        sweeper = time_shifted(sweeper_module.sweeper(), timedelta(minutes=3))  # past the first check
         calls_before = len(control.calls())
         started = time.perf_counter()
         outcome = sweeper.sweep(lambda: 120_000)

@@ -33,7 +33,7 @@ import boto3
 
 from xasync.http_api import LocalHttpApi, Route
 from xasync.servers import emulator_process, moto_server
-from xasync.stack import LOCAL_SIGNING_KEY, FakeLambdaContext, load_function
+from xasync.stack import LOCAL_SIGNING_KEY, FakeLambdaContext, lambda_sqs_record, load_function
 from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
 
 logger = logging.getLogger("xasync.local")
@@ -257,19 +257,6 @@ class SqsEventSource:
                 break
         return messages
 
-    def _record(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": message.get("Attributes", {}),
-            "messageAttributes": {},
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self.queue_arn,
-            "awsRegion": "us-east-1",
-        }
-
     def _run(self) -> None:
         while not self.stopping.is_set():
             messages = self._receive_batch()
@@ -278,7 +265,7 @@ class SqsEventSource:
             failed: set[str] = set()
             try:
                 answer = self.handler(
-                    {"Records": [self._record(m) for m in messages]},
+                    {"Records": [lambda_sqs_record(m, self.queue_arn) for m in messages]},
                     FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000),
                 )
                 self.invocations.record(self.name, answer)

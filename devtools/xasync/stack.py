@@ -16,7 +16,8 @@ import os
 import sys
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
@@ -106,20 +107,7 @@ class AwsStack:
             return len(received) >= count
 
         wait_for(enough, timeout=timeout, what=f"{count} messages")
-        return [self.lambda_record(message) for message in received]
-
-    def lambda_record(self, message: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "messageId": message["MessageId"],
-            "receiptHandle": message["ReceiptHandle"],
-            "body": message["Body"],
-            "attributes": message.get("Attributes", {}),
-            "messageAttributes": {},
-            "md5OfBody": message["MD5OfBody"],
-            "eventSource": "aws:sqs",
-            "eventSourceARN": self.queue_arn,
-            "awsRegion": "us-east-1",
-        }
+        return [lambda_sqs_record(message, self.queue_arn) for message in received]
 
 
 def count_dynamodb_calls(repository: Any, counter: Counter[str]) -> None:
@@ -129,6 +117,32 @@ def count_dynamodb_calls(repository: Any, counter: Counter[str]) -> None:
         client.meta.events.register(
             "before-call.dynamodb", lambda model, **_: counter.update([model.name]), unique_id="xasync-counter"
         )
+
+
+def lambda_sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+    """An SQS ReceiveMessage message as Lambda's SQS event source hands it to a function."""
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": message.get("Attributes", {}),
+        "messageAttributes": {},
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": "us-east-1",
+    }
+
+
+def time_shifted(sweeper: Any, ahead: timedelta) -> Any:
+    """A sweeper living `ahead` in the future, so a test or benchmark need not wait for due times."""
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + ahead
+
+    sweeper.clock = sweeper.submitter.clock = clock
+    sweeper.recorder = replace(sweeper.recorder, clock=clock)
+    return sweeper
 
 
 def is_test_event(record: dict[str, Any]) -> bool:

@@ -18,27 +18,15 @@ import requests
 from flask import Flask, Response, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from ximilar_async.request_types import DOCUMENTED_ENDPOINTS as DOCUMENTED
 from ximilar_emulator.processing import process_record
 from ximilar_emulator.state import REQUEST_TYPES, Knobs, PendingFault, Store, StoredRequest, new_id, timestamp
 
 API_PREFIX = "/account/v2/request"
 MAX_RECORDS = 10
 TYPE_RECORD_LIMITS = {"upscaler": 1}
-DOCUMENTED_ENDPOINTS: dict[str, set[str]] = {
-    "upscaler": {"upscale_2x", "upscale_4x", "upscale_8x"},
-    "card-grader": {"grade", "condition", "centering", "localize", "crop_level"},
-    "collectibles-recognition": {
-        "process",
-        "analyze",
-        "tcg_id",
-        "sport_id",
-        "comics_id",
-        "card_ocr_id",
-        "slab_id",
-        "detect",
-        "slab_grade",
-    },
-}
+# Ximilar's documented endpoints per type: one table, shared with the client's own checks.
+DOCUMENTED_ENDPOINTS: dict[str, frozenset[str]] = {kind.value: names for kind, names in DOCUMENTED.items()}
 
 
 class Scheduler:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
@@ -17,7 +17,7 @@ from tests.conftest import RunningEmulator
 from xasync.http_api import LocalHttpApi, Route
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from xasync.stack import AwsStack, FakeLambdaContext, load_function
+from xasync.stack import AwsStack, FakeLambdaContext, load_function, time_shifted
 from xasync.template import functions
 from ximilar_async.dal import keys
 from ximilar_async.sweeper import Sweeper, SweepOutcome
@@ -70,13 +70,7 @@ class Pipeline:
 
     def sweeper_at(self, ahead: timedelta) -> Sweeper:
         """The sweeper as the handler builds it, living `ahead` in the future (instead of waiting)."""
-        sweeper: Sweeper = self.sweeper.sweeper()
-
-        def clock() -> datetime:
-            return datetime.now(UTC) + ahead
-
-        sweeper.clock = sweeper.submitter.clock = clock
-        sweeper.recorder = replace(sweeper.recorder, clock=clock)
+        sweeper: Sweeper = time_shifted(self.sweeper.sweeper(), ahead)
         return sweeper
 
     def sweep(self, ahead: timedelta, remaining_millis: Callable[[], int] = lambda: 60_000) -> SweepOutcome:
