@@ -75,7 +75,7 @@ def main() -> int:
 
         webhook = load_function(template, "WebhookFunction", stack.environment("WebhookFunction", **parameters))
         counter: Counter[str] = Counter()
-        count_dynamodb_calls(webhook.recorder, counter)
+        count_dynamodb_calls(webhook.recorder.repository, counter)
         auth = {"Authorization": f"Token {TOKEN}"}
 
         def details(request_id: str) -> bytes | None:
