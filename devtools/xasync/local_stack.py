@@ -16,6 +16,7 @@ A change to the template changes the local run: there is no second list of resou
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -64,6 +65,28 @@ class Invocations:
     lock: threading.Lock = field(default_factory=threading.Lock)
     answers: dict[str, list[Any]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
+
+    in_flight: int = 0
+
+    def call(self, function: str, handler: Callable[..., Any], event: dict[str, Any], context: Any) -> Any:
+        """Invoke `handler`, counting it in flight meanwhile and recording its answer or error."""
+        with self.lock:
+            self.in_flight += 1
+        try:
+            answer = handler(event, context)
+        except Exception as error:
+            self.record(function, error=error)
+            raise
+        else:
+            self.record(function, answer)
+            return answer
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def idle(self) -> bool:
+        with self.lock:
+            return self.in_flight == 0
 
     def record(self, function: str, answer: Any = None, error: BaseException | None = None) -> None:
         with self.lock:
@@ -264,15 +287,15 @@ class SqsEventSource:
                 continue
             failed: set[str] = set()
             try:
-                answer = self.handler(
+                answer = self.invocations.call(
+                    self.name,
+                    self.handler,
                     {"Records": [lambda_sqs_record(m, self.queue_arn) for m in messages]},
                     FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000),
                 )
-                self.invocations.record(self.name, answer)
                 if self.partial and isinstance(answer, dict):
                     failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
-            except Exception as error:
-                self.invocations.record(self.name, error=error)
+            except Exception:  # a failed invocation fails the whole batch, as on Lambda (recorded by `call`)
                 failed = {m["MessageId"] for m in messages}
             done = [m for m in messages if m["MessageId"] not in failed]
             for start in range(0, len(done), 10):
@@ -322,13 +345,9 @@ class Timer:
                 "resources": [],
                 "detail": {},
             }
-            try:
-                answer = self.handler(
-                    event, FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000)
-                )
-                self.invocations.record(self.name, answer)
-            except Exception as error:
-                self.invocations.record(self.name, error=error)
+            context = FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000)
+            with contextlib.suppress(Exception):  # recorded by `call`; the next tick runs again
+                self.invocations.call(self.name, self.handler, event, context)
 
 
 @contextmanager
@@ -369,9 +388,7 @@ def running(
 
         def call(logical_id: str) -> Callable[..., Any]:
             def invoke(event: dict[str, Any], context: Any) -> Any:
-                answer = handlers[logical_id](event, context)
-                invocations.record(logical_id, answer)
-                return answer
+                return invocations.call(logical_id, handlers[logical_id], event, context)
 
             return invoke
 

@@ -125,12 +125,15 @@ def test_lost_and_duplicated_webhooks_are_finished_by_the_sweeper_and_recorded_o
     local: LocalStack, control: EmulatorControl
 ) -> None:
     control.set_knobs(webhook_drop_rate=0.3, webhook_duplicate_rate=0.2)
+    wait_for(local.invocations.idle, what="earlier work to settle")
     before = recorded_by(local, "WebhookFunction") + recorded_by(local, "SweeperFunction")
     keys_ = [f"incoming/lossy-{n:02d}.png" for n in range(25)]  # upscaler: 25 requests, 25 webhooks
     put(local, keys_)
     wait_all(local, keys_, {"DONE"}, timeout=90)
     dropped = sum(1 for w in control.webhooks() if w["outcome"] == "dropped")
     assert dropped > 0
+    # A function that wrote a result is in flight until it answers: wait for the answers to be counted.
+    wait_for(local.invocations.idle, timeout=30, what="invocations to settle")
     assert recorded_by(local, "SweeperFunction") > 0
     after = recorded_by(local, "WebhookFunction") + recorded_by(local, "SweeperFunction")
     assert after - before == 25  # every image recorded exactly once, duplicates and sweeps included
