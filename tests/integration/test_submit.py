@@ -285,6 +285,7 @@ def test_request_items_record_what_was_sent(
         keys.image_uri(aws_stack.bucket, k) for k in ("incoming/flows/r1.png", "incoming/flows/r2.png")
     )
     assert request.due_shard is not None and request.next_check_at is not None
+    assert stored.status_shard.startswith("CREATED#")  # findable by status, not left under SUBMITTING
 
 
 def test_logs_carry_no_token_key_or_url_signature(

@@ -7,7 +7,7 @@ lets two submitters hold the same upload at once (the SUBMITTING claim carries a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -114,14 +114,26 @@ class Repository:
             return not _lost_race(error)
         return True
 
-    def _update_claimed(self, submission_id: str, uris: Iterable[str], actions: list[Action]) -> int:
-        """Apply `actions` to the images this submission still holds in SUBMITTING; returns how many."""
+    def _status_actions(self, uri: str, status: Status, now: datetime) -> list[Action]:
+        """A status change of one image: the status, its `by_status` shard key, the time; no lease left."""
+        images = self.tables.images
+        return [
+            images.status.set(status.value),
+            images.status_shard.set(keys.status_shard(status, uri, self.shards)),
+            images.updated_at.set(now),
+            images.lease_until.remove(),
+        ]
+
+    def _update_claimed(
+        self, submission_id: str, uris: Iterable[str], actions_for: Callable[[str], list[Action]]
+    ) -> int:
+        """Apply each image's actions to the images this submission still holds in SUBMITTING; returns how many."""
         images = self.tables.images
         changed = 0
         for uri in uris:
             try:
                 images(uri).update(
-                    actions=actions,
+                    actions=actions_for(uri),
                     condition=(images.submission_id == submission_id) & (images.status == Status.SUBMITTING.value),
                 )
                 changed += 1
@@ -134,12 +146,7 @@ class Repository:
         return self._update_claimed(
             submission_id,
             uris,
-            [
-                images.status.set(Status.CREATED.value),
-                images.request_id.set(request_id),
-                images.updated_at.set(now),
-                images.lease_until.remove(),
-            ],
+            lambda uri: [*self._status_actions(uri, Status.CREATED, now), images.request_id.set(request_id)],
         )
 
     def release_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int:
@@ -148,25 +155,16 @@ class Repository:
         return self._update_claimed(
             submission_id,
             uris,
-            [images.lease_until.set(0), images.status_reason.set(reason), images.updated_at.set(now)],
+            lambda uri: [images.lease_until.set(0), images.status_reason.set(reason), images.updated_at.set(now)],
         )
 
     def fail_claimed_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int:
         images = self.tables.images
-        failed = 0
-        for uri in uris:
-            failed += self._update_claimed(
-                submission_id,
-                [uri],
-                [
-                    images.status.set(Status.FAILED.value),
-                    images.status_shard.set(keys.status_shard(Status.FAILED, uri, self.shards)),
-                    images.status_reason.set(reason),
-                    images.updated_at.set(now),
-                    images.lease_until.remove(),
-                ],
-            )
-        return failed
+        return self._update_claimed(
+            submission_id,
+            uris,
+            lambda uri: [*self._status_actions(uri, Status.FAILED, now), images.status_reason.set(reason)],
+        )
 
     # --- requests -----------------------------------------------------------------------------------
     def open_request(
@@ -258,13 +256,7 @@ class Repository:
     def record_image_result(self, result: ImageResult, now: datetime) -> bool:
         """Finish one image DONE or ERROR; False when it is already finished or was uploaded again since."""
         images = self.tables.images
-        actions: list[Action] = [
-            images.status.set(result.status.value),
-            images.status_shard.set(keys.status_shard(result.status, result.uri, self.shards)),
-            images.request_id.set(result.request_id),
-            images.updated_at.set(now),
-            images.lease_until.remove(),
-        ]
+        actions = [*self._status_actions(result.uri, result.status, now), images.request_id.set(result.request_id)]
         actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
         if result.record is not None:
             actions += [images.result.set(result.record), images.result_s3_uri.remove()]
@@ -294,13 +286,7 @@ class Repository:
         for record_id, uri in record_ids_to_uris.items():
             try:
                 images(uri).update(
-                    actions=[
-                        images.status.set(Status.FAILED.value),
-                        images.status_shard.set(keys.status_shard(Status.FAILED, uri, self.shards)),
-                        images.status_reason.set(reason),
-                        images.updated_at.set(now),
-                        images.lease_until.remove(),
-                    ],
+                    actions=[*self._status_actions(uri, Status.FAILED, now), images.status_reason.set(reason)],
                     condition=(images.record_id == record_id) & images.status.is_in(*pending),
                 )
                 failed += 1
