@@ -144,7 +144,7 @@ class Submitter:
                 outcome.duplicates += 1
         if not claimed and existing:
             reason = "superseded: its images were submitted in other requests"
-            self.repository.finish_request(submission_id, Status.FAILED, Status.FAILED.value, None, reason, now)
+            self.repository.finish_request(submission_id, Status.FAILED, None, None, reason, now)
             return outcome
         if not claimed:
             self.repository.forget_request(submission_id)
@@ -158,7 +158,7 @@ class Submitter:
         if len(sent) != len(intended):
             self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in sent}, now)
         if not sent:
-            self.repository.fail_request(submission_id, "no object could be read", now)
+            self.repository.finish_request(submission_id, Status.FAILED, None, None, "no object could be read", now)
             return outcome
 
         uris = [upload.uri for upload in sent]
@@ -178,7 +178,7 @@ class Submitter:
             reason = f"Ximilar refused the request: {error}"
             logger.warning("Ximilar refused the request", extra={**log_context, "reason": reason})
             self.repository.fail_claimed_images(submission_id, uris, reason, now)
-            self.repository.fail_request(submission_id, reason, now)
+            self.repository.finish_request(submission_id, Status.FAILED, None, None, reason, now)
             outcome.images_failed["refused"] += len(sent)
             return outcome
 

@@ -68,7 +68,7 @@ class WebhookReceiver:
         except PayloadError as error:
             raise WebhookRejected(422, "not-a-payload", str(error)) from None
         if self.source is not None:
-            outcome = self._from_source(outcome.id, record_ids)
+            outcome = self._from_source(self.source, outcome.id, record_ids)
 
         result = self.recorder.record(submission_id, outcome)
         if result.matched_nothing:
@@ -84,11 +84,10 @@ class WebhookReceiver:
             result,
         )
 
-    def _from_source(self, request_id: str, record_ids: list[str]) -> RequestOutcome:
+    def _from_source(self, source: XimilarClient, request_id: str, record_ids: list[str]) -> RequestOutcome:
         """The request as Ximilar's API reports it; the posted body is only a hint of which one."""
-        assert self.source is not None
         try:
-            details = parse_outcome(self.source.get(request_id))
+            details = parse_outcome(source.get(request_id))
         except (XimilarError, PayloadError) as error:
             raise WebhookRejected(502, "source-unavailable", f"cannot verify with Ximilar: {error}") from None
         if classify_ximilar_state(details.status) is not XimilarStateKind.DONE or details.response is None:

@@ -229,19 +229,6 @@ class Repository:
             condition=requests.status == Status.SUBMITTING.value,
         )
 
-    def fail_request(self, submission_id: str, reason: str, now: datetime) -> None:
-        requests = self.tables.requests
-        requests(submission_id).update(
-            actions=[
-                requests.status.set(Status.FAILED.value),
-                requests.status_reason.set(reason),
-                requests.due_shard.remove(),
-                requests.next_check_at.remove(),
-                requests.updated_at.set(now),
-                requests.expires_at.set(now + self.request_retention),
-            ]
-        )
-
     # --- results (the webhook and the sweeper) ---------------------------------------------------------
     def images_of(self, request: RequestItem) -> dict[str, str]:
         """A request's images: record `_id` -> image URI."""
@@ -298,7 +285,7 @@ class Repository:
         self,
         submission_id: str,
         status: Status,
-        ximilar_status: str,
+        ximilar_status: str | None,
         request_id: str | None,
         reason: str | None,
         now: datetime,
@@ -306,15 +293,17 @@ class Repository:
     ) -> None:
         """DONE or FAILED: off the due index, kept for the retention period. DONE is never undone.
 
+        `ximilar_status` is None when Ximilar never took the request (nothing of its to record).
         `retry` (record ids, when) keeps a DONE request due, for the sweeper to submit those images again.
         """
         requests = self.tables.requests
         actions: list[Action] = [
             requests.status.set(status.value),
-            requests.ximilar_status.set(ximilar_status),
             requests.updated_at.set(now),
             requests.expires_at.set(now + self.request_retention),
         ]
+        if ximilar_status:
+            actions.append(requests.ximilar_status.set(ximilar_status))
         if request_id:
             actions.append(requests.request_id.set(request_id))
         retry_ids = set(retry[0]) if retry else set()
