@@ -17,7 +17,7 @@ from collections import Counter
 from xasync import local_stack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async.dal import keys
+from ximilar_async import keys
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.statuses import TERMINAL_STATUSES
 

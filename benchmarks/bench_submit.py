@@ -48,7 +48,7 @@ def bench(endpoint: str, emulator_url: str, prefix: str, images: int, batch_size
     )
     handler = load_function(stack.template, "SubmitFunction", environment)
     counter: Counter[str] = Counter()
-    count_dynamodb_calls(handler.repository, counter)
+    count_dynamodb_calls(handler.submitter.repository, counter)
     body = png_bytes(8, 8)
     for n in range(images):
         stack.put(f"{prefix}img-{n:05d}.png", body)

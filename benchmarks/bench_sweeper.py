@@ -67,12 +67,12 @@ def main() -> int:
 
         sweeper_module = load_function(template, "SweeperFunction", stack.environment("SweeperFunction", **parameters))
         counter: Counter[str] = Counter()
-        count_dynamodb_calls(sweeper_module.repository, counter)
+        count_dynamodb_calls(sweeper_module.sweeper.repository, counter)
         scanned: list[int] = []
-        sweeper_module.repository.tables.requests._get_connection().connection.client.meta.events.register(
+        sweeper_module.sweeper.repository.tables.requests._get_connection().connection.client.meta.events.register(
             "after-call.dynamodb.Query", lambda parsed, **_: scanned.append(parsed.get("ScannedCount", 0))
         )
-        sweeper = time_shifted(sweeper_module.sweeper(), timedelta(minutes=3))  # past the first check
+        sweeper = time_shifted(sweeper_module.sweeper, timedelta(minutes=3))  # past the first check
         calls_before = len(control.calls())
         started = time.perf_counter()
         outcome = sweeper.sweep(lambda: 120_000)

@@ -23,7 +23,6 @@ from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server, wait_for
 from xasync.stack import FakeLambdaContext, count_dynamodb_calls, create_stack, is_test_event, load_function
 from xasync.template import load_template
-from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, sign
 from ximilar_emulator import EmulatorControl
 
 TOKEN = "bench-token"  # noqa: S105 - the local emulator's token
@@ -75,7 +74,7 @@ def main() -> int:
 
         webhook = load_function(template, "WebhookFunction", stack.environment("WebhookFunction", **parameters))
         counter: Counter[str] = Counter()
-        count_dynamodb_calls(webhook.recorder.repository, counter)
+        count_dynamodb_calls(webhook.receiver.recorder.repository, counter)
         auth = {"Authorization": f"Token {TOKEN}"}
 
         def details(request_id: str) -> bytes | None:
@@ -91,11 +90,7 @@ def main() -> int:
                     f"{emulator_url}/account/v2/request/{request_id}", headers=auth, timeout=5
                 ).json()["response"]["records"]
             ]
-            headers = {
-                SUBMISSION_HEADER: submission_id,
-                TOKEN_HEADER: sign(stack.signing_key, submission_id, record_ids),
-            }
-            events.append(webhook_event(body, headers))
+            events.append(webhook_event(body, stack.auth.headers(submission_id, record_ids)))
 
         webhook.lambda_handler(events[0], FakeLambdaContext())  # cold start and first secret fetch
         counter.clear()

@@ -28,8 +28,9 @@ from xasync import local_stack, views
 from xasync.servers import wait_for
 from xasync.stack import FakeLambdaContext, load_function
 from xasync.template import PROJECT_ROOT, load_template
-from ximilar_async.dal import keys
-from ximilar_async.dal.models import Tables, bind_tables
+from ximilar_async import keys
+from ximilar_async.dal.models import bind_tables
+from ximilar_async.dal.repository import Repository
 from ximilar_async.statuses import TERMINAL_STATUSES, Status
 
 # Wide enough for the results table when the output is a log rather than a terminal.
@@ -50,8 +51,10 @@ class Target:
         factory: Any = boto3.client
         return factory(service, endpoint_url=self.endpoint) if self.endpoint else factory(service)
 
-    def tables(self) -> Tables:
-        return bind_tables(self.outputs["ImagesTableName"], self.outputs["RequestsTableName"], host=self.endpoint)
+    def repository(self) -> Repository:
+        tables = bind_tables(self.outputs["ImagesTableName"], self.outputs["RequestsTableName"], host=self.endpoint)
+        # Retention only matters to writes; the CLI reads.
+        return Repository(tables, self.index_shards, request_retention=timedelta(days=1))
 
 
 def target_for(stack_name: str | None) -> Target:
@@ -150,27 +153,16 @@ def upload(paths: tuple[Path, ...], prefix: str, stack_name: str | None) -> None
 def find_items(
     target: Target, key: str | None, request_id: str | None, status: str | None, since: datetime | None
 ) -> list[dict[str, Any]]:
-    tables = target.tables()
-    images = tables.images
-    bucket = target.outputs["InputBucketName"]
+    repository = target.repository()
     if key:
-        uris = [keys.image_uri(bucket, key)]
+        uris = [keys.image_uri(target.outputs["InputBucketName"], key)]
     elif request_id:
-        uris = [item.image_uri for item in images.by_request.query(request_id)]
+        uris = repository.image_uris_of_request(request_id)
     else:
         statuses = [Status(status)] if status else list(Status)
-        start = since or datetime.now(UTC) - timedelta(days=1)
-        uris = [
-            item.image_uri
-            for wanted in statuses
-            for shard in keys.all_status_shards(wanted, target.index_shards)
-            for item in images.by_status.query(shard, images.updated_at >= start)
-        ]
-    found = [item.attribute_values for item in images.batch_get(uris)] if uris else []
-    for item in found:
-        if item.get("result") is not None:
-            item["result"] = item["result"].as_dict()
-    return sorted(found, key=lambda item: str(item.get("key")))
+        uris = repository.image_uris_by_status(statuses, since or datetime.now(UTC) - timedelta(days=1))
+    found = repository.images_by_uri(uris, consistent=False).values()
+    return sorted((views.as_item(image) for image in found), key=lambda item: str(item["key"]))
 
 
 def print_items(items: list[dict[str, Any]], output: str) -> None:
@@ -259,13 +251,13 @@ def demo(timeout: float, samples: Path) -> None:
         target = Target(local.outputs, int(local.environments["SweeperFunction"]["INDEX_SHARDS"]), local.aws_endpoint)
         console.print(f"local stack up in {time.monotonic() - started:.1f} s (moto, emulator, three functions)")
         uploaded = upload_files(target, [samples], "")
-        images = target.tables().images
+        repository = target.repository()
         bucket = local.outputs["InputBucketName"]
-        terminal = {status.value for status in TERMINAL_STATUSES}
+        terminal = set(TERMINAL_STATUSES)
 
-        def statuses() -> dict[str, str]:
-            found = images.batch_get([keys.image_uri(bucket, key) for key in uploaded])
-            return {item.key: item.status for item in found}
+        def statuses() -> dict[str, Status]:
+            found = repository.images_by_uri([keys.image_uri(bucket, key) for key in uploaded], consistent=False)
+            return {image.key: image.status for image in found.values()}
 
         with Progress(console=console) as progress:
             task = progress.add_task("waiting for results", total=len(uploaded))

@@ -26,6 +26,7 @@ import boto3
 from xasync.servers import wait_for
 from xasync.template import Resolver, functions
 from ximilar_async.dal.models import Tables, bind_tables
+from ximilar_async.webhook_auth import WebhookAuth, static_key
 
 
 @dataclass
@@ -55,6 +56,11 @@ class AwsStack:
     secret_arn: str
     signing_key: bytes
     tables: Tables
+
+    @property
+    def auth(self) -> WebhookAuth:
+        """Webhook authentication with this stack's signing key, as the functions build it."""
+        return WebhookAuth(static_key(self.signing_key))
 
     def client(self, service: str) -> Any:
         factory: Any = boto3.client  # its overloads want a literal service name
@@ -135,14 +141,17 @@ def lambda_sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]
 
 
 def time_shifted(sweeper: Any, ahead: timedelta) -> Any:
-    """A sweeper living `ahead` in the future, so a test or benchmark need not wait for due times."""
+    """A copy of `sweeper` living `ahead` in the future, so a test or benchmark need not wait for due times."""
 
     def clock() -> datetime:
         return datetime.now(UTC) + ahead
 
-    sweeper.clock = sweeper.submitter.clock = clock
-    sweeper.recorder = replace(sweeper.recorder, clock=clock)
-    return sweeper
+    return replace(
+        sweeper,
+        clock=clock,
+        submitter=replace(sweeper.submitter, clock=clock),
+        recorder=replace(sweeper.recorder, clock=clock),
+    )
 
 
 def is_test_event(record: dict[str, Any]) -> bool:

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
+from ximilar_async.entities import Image
+
 COLUMNS = ("key", "status", "request_id", "summary")
+
+
+def as_item(image: Image) -> dict[str, Any]:
+    """An image as its DynamoDB item names things (what `--output json` prints and users query)."""
+    values = asdict(image)
+    return {"image_uri": values.pop("uri"), **values, "status": image.status.value}
 
 
 def summary(item: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
@@ -17,11 +16,10 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes import SQSEvent
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 
 from ximilar_async import runtime
 from ximilar_async.settings import SubmitSettings
-from ximilar_async.submission import SubmitOutcome, Submitter
+from ximilar_async.submission import SubmitOutcome
 from ximilar_async.uploads import NotAnS3Notification, Upload, uploads_from_notification
 
 settings = SubmitSettings.from_env()
@@ -31,19 +29,11 @@ copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"
 tracer = Tracer()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
-s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
-repository = runtime.repository(settings)
-secrets = runtime.SecretSources.create()
-ximilar = runtime.ximilar_client(settings)
+submitter = runtime.submitter(settings)
 
 
 class RetryLater(Exception):
     """Raised for a message SQS should deliver again."""
-
-
-def submitter() -> Submitter:
-    ximilar.set_token(secrets.api_token(settings))
-    return Submitter(repository, ximilar, s3, secrets.signing_key(settings.webhook_secret_arn), settings)
 
 
 def record_metrics(outcome: SubmitOutcome) -> None:
@@ -65,7 +55,7 @@ def handle_sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str,
             # Not ours to drop: retried, then kept in the DLQ for someone to look at.
             logger.error("message is not an S3 notification", extra={"message_id": record.message_id})
             failures[record.message_id] = str(error)
-    outcome = submitter().submit_uploads(uploads)
+    outcome = submitter.submit_uploads(uploads)
     record_metrics(outcome)
     failures.update(outcome.retry)
 
@@ -78,7 +68,7 @@ def handle_sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str,
 
 def handle_s3_event(event: dict[str, Any]) -> dict[str, Any]:
     uploads = list(uploads_from_notification("s3-event", event))
-    outcome = submitter().submit_uploads(uploads)
+    outcome = submitter.submit_uploads(uploads)
     record_metrics(outcome)
     if outcome.retry:
         raise RetryLater(f"not submitted yet, S3 will invoke again: {sorted(set(outcome.retry.values()))}")

@@ -13,36 +13,22 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.config import Config
 
 from ximilar_async import runtime
-from ximilar_async.results import ResultRecorder
 from ximilar_async.settings import SweeperSettings
-from ximilar_async.submission import Submitter
-from ximilar_async.sweeper import Sweeper, SweepOutcome
+from ximilar_async.sweeper import SweepOutcome
 
 settings = SweeperSettings.from_env()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 tracer = Tracer()
 metrics = Metrics()
-s3 = boto3.client("s3", config=Config(signature_version="s3v4"))
-repository = runtime.repository(settings)
-secrets = runtime.SecretSources.create()
-ximilar = runtime.ximilar_client(settings)
-recorder = ResultRecorder(repository, s3, settings.results_bucket)
-
-
-def sweeper() -> Sweeper:
-    ximilar.set_token(secrets.api_token(settings))
-    submitter = Submitter(repository, ximilar, s3, secrets.signing_key(settings.webhook_secret_arn), settings)
-    return Sweeper(repository, ximilar, recorder, submitter, settings)
+sweeper = runtime.sweeper(settings)
 
 
 def record_metrics(outcome: SweepOutcome) -> None:
@@ -57,7 +43,7 @@ def record_metrics(outcome: SweepOutcome) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.info("sweep started", extra={"event_id": EventBridgeEvent(event).get_id})
-    outcome = sweeper().sweep(context.get_remaining_time_in_millis)
+    outcome = sweeper.sweep(context.get_remaining_time_in_millis)
     record_metrics(outcome)
     logger.info("sweep finished", extra=asdict(outcome))
     return asdict(outcome)

@@ -1,7 +1,7 @@
 """Entry point of the webhook function: Ximilar's DONE webhooks (HTTP API, payload 2.0) to DynamoDB.
 
-Routing and answers go through Powertools' HTTP resolver; every rejection is one typed exception
-mapped to its status code here, in one place.
+Routing and answers go through Powertools' HTTP resolver. The domain refuses with a reason
+(`Refusal`); `STATUS_OF` below is the one table from reason to HTTP status code.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import base64
 import json
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
@@ -20,9 +19,19 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
-from ximilar_async.results import ResultRecorder
 from ximilar_async.settings import WebhookSettings
-from ximilar_async.webhook import WebhookReceiver, WebhookRejected
+from ximilar_async.webhook import Refusal, WebhookRefused
+
+STATUS_OF: dict[Refusal, int] = {
+    Refusal.TOO_LARGE: 413,
+    Refusal.MISSING_TOKEN: 401,
+    Refusal.NOT_JSON: 400,
+    Refusal.NOT_A_PAYLOAD: 422,
+    Refusal.BAD_TOKEN: 401,
+    Refusal.SOURCE_UNAVAILABLE: 502,  # Ximilar will deliver again; the sweeper is the backstop
+    Refusal.SOURCE_NOT_DONE: 409,
+    Refusal.SOURCE_MISMATCH: 401,
+}
 
 settings = WebhookSettings.from_env()
 logger = Logger()
@@ -30,9 +39,7 @@ copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"
 tracer = Tracer()
 metrics = Metrics()
 app = APIGatewayHttpResolver()
-recorder = ResultRecorder(runtime.repository(settings), boto3.client("s3"), settings.results_bucket)
-secrets = runtime.SecretSources.create()
-source = runtime.ximilar_client(settings) if settings.verify_with_source else None
+receiver = runtime.webhook_receiver(settings)
 
 
 def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
@@ -47,26 +54,25 @@ def raw_body() -> bytes:
 
 @app.post("/webhook")
 def receive_webhook() -> Response[str]:
-    if source is not None:
-        source.set_token(secrets.api_token(settings))
-    receiver = WebhookReceiver(
-        recorder, secrets.signing_key(settings.webhook_secret_arn), settings.max_webhook_body_bytes, source
-    )
-    answer = receiver.receive(app.current_event.headers, raw_body())
-    outcome = answer.outcome
+    receipt = receiver.receive(app.current_event.headers, raw_body())
+    outcome = receipt.outcome
     metrics.add_metric(name="WebhooksAccepted", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ImagesRecorded", unit=MetricUnit.Count, value=outcome.recorded)
     metrics.add_metric(name="DuplicateRecords", unit=MetricUnit.Count, value=outcome.duplicates)
-    if answer.status_code == 202:
+    if receipt.stored_at is not None:
         metrics.add_metric(name="WebhooksUnmatched", unit=MetricUnit.Count, value=1)
-    return json_response(answer.status_code, answer.body)
+        return json_response(202, {"stored": receipt.stored_at})
+    return json_response(
+        200, {"recorded": outcome.recorded, "duplicates": outcome.duplicates, "unmatched": outcome.unmatched}
+    )
 
 
-@app.exception_handler(WebhookRejected)  # type: ignore[untyped-decorator]
-def rejected(error: WebhookRejected) -> Response[str]:
-    logger.warning("webhook rejected", extra={"reason": error.reason, "status_code": error.status_code})
-    metrics.add_metric(name=f"WebhooksRejected.{error.reason}", unit=MetricUnit.Count, value=1)
-    return json_response(error.status_code, {"message": error.message})
+@app.exception_handler(WebhookRefused)  # type: ignore[untyped-decorator]
+def refused(error: WebhookRefused) -> Response[str]:
+    status_code = STATUS_OF[error.refusal]
+    logger.warning("webhook refused", extra={"reason": error.refusal.value, "status_code": status_code})
+    metrics.add_metric(name=f"WebhooksRejected.{error.refusal.value}", unit=MetricUnit.Count, value=1)
+    return json_response(status_code, {"message": error.message})
 
 
 @app.not_found

@@ -21,7 +21,7 @@ from xasync import cli, local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async.dal import keys
+from ximilar_async import keys
 from ximilar_emulator import EmulatorControl
 
 PROJECT = Path(__file__).resolve().parents[2]

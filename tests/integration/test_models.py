@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pynamodb.exceptions import PutError
 
-from ximilar_async.dal import keys
+from ximilar_async import keys
 from ximilar_async.dal.models import ImageItem, Tables
 from ximilar_async.statuses import Status
 

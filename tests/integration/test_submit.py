@@ -16,8 +16,8 @@ from tests.support.receiver import Receiver, webhook_receiver
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.stack import AwsStack, FakeLambdaContext, is_test_event, load_function, sqs_event
-from ximilar_async.dal import keys
-from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, verify
+from ximilar_async import keys
+from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, Credentials
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/cards/=card-grader:grade;incoming/flows/=flows:my-flow"
@@ -266,11 +266,12 @@ def test_the_webhook_headers_authenticate_this_request_only(
     for delivery in receiver.deliveries:
         record_ids = [record["_id"] for record in delivery.body["response"]["records"]]
         submission_id, token = delivery.headers[SUBMISSION_HEADER], delivery.headers[TOKEN_HEADER]
-        assert verify(aws_stack.signing_key, submission_id, record_ids, token)
+        assert aws_stack.auth.verify(Credentials(submission_id, token), record_ids)
         assert aws_stack.signing_key.decode() not in json.dumps(delivery.headers)
     first, second = receiver.deliveries
     other_ids = [record["_id"] for record in second.body["response"]["records"]]
-    assert not verify(aws_stack.signing_key, first.headers[SUBMISSION_HEADER], other_ids, first.headers[TOKEN_HEADER])
+    forged = Credentials(first.headers[SUBMISSION_HEADER], first.headers[TOKEN_HEADER])
+    assert not aws_stack.auth.verify(forged, other_ids)
 
 
 def test_request_items_record_what_was_sent(

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from tests.support.pipeline import Pipeline, start_pipeline
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.stack import AwsStack, FakeLambdaContext
-from ximilar_async.dal import keys
+from ximilar_async import keys
+from ximilar_async.statuses import Status
 from ximilar_async.submission import CLAIM_LEASE
 from ximilar_async.sweeper import MAX_IMAGE_ATTEMPTS
 from ximilar_async.uploads import Upload, uploads_from_notification
@@ -87,6 +89,45 @@ def test_a_request_that_never_finishes_ends_failed_after_the_maximum_age(pipelin
     assert request.due_shard is None
 
 
+class WebhookDuringStatus:
+    """Ximilar's client, where the webhook finishes the request while `/status` is being answered."""
+
+    def __init__(self, real: Any, finish: Callable[[], None]) -> None:
+        self.real, self.finish = real, finish
+
+    def status(self, request_id: str) -> str:
+        state: str = self.real.status(request_id)
+        self.finish()
+        return state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_a_webhook_finishing_the_request_during_a_check_does_not_crash_the_sweep(pipeline: Pipeline) -> None:
+    # Given a request Ximilar still reports PROCESSING, due for a check
+    pipeline.emulator.control.set_knobs(final_state="PROCESSING")
+    pipeline.upload("incoming/flows/race.png")
+    image = pipeline.image("incoming/flows/race.png")
+    wait_for(lambda: pipeline.details(image.request_id)["status"] == "PROCESSING")
+    repository = pipeline.sweeper.sweeper.repository
+
+    def webhook_finishes_it() -> None:
+        repository.finish_request(image.submission_id, Status.DONE, datetime.now(UTC), request_id=image.request_id)
+
+    # When the webhook finishes it between the sweeper's /status call and its reschedule
+    sweeper = replace(
+        pipeline.sweeper_at(LATER), ximilar=WebhookDuringStatus(pipeline.sweeper.sweeper.ximilar, webhook_finishes_it)
+    )
+    outcome = sweeper.sweep(lambda: 60_000)
+
+    # Then the run goes on, and the request stays finished and off the due index
+    assert (outcome.taken, outcome.rescheduled, outcome.finished_meanwhile) == (1, 0, 1)
+    request = pipeline.stack.tables.requests.get(image.submission_id)
+    assert request.status == "DONE"
+    assert request.due_shard is None  # off the due index: no sweep looks at it again
+
+
 @pytest.mark.parametrize("state", ["FAILED", "NOT_SUPPORTED"])
 def test_terminal_states_outside_the_reference_end_the_images_failed(pipeline: Pipeline, state: str) -> None:
     pipeline.emulator.control.set_knobs(final_state=state)
@@ -132,12 +173,12 @@ def stuck_submission(pipeline: Pipeline, key: str) -> tuple[str, Upload]:
     pipeline.stack.put(key, png_bytes(9, 9))
     (record,) = pipeline.stack.receive_uploads(1)
     upload = next(iter(upload_of(record)))
-    submitter = pipeline.submit.submitter()
+    submitter = pipeline.submit.submitter
     now = datetime.now(UTC)
     repository = submitter.repository
     submission_id = "stuck-" + upload.record_id[:8]
     give_up = now + timedelta(seconds=submitter.settings.submitting_timeout_seconds)
-    repository.open_request(submission_id, "flows", "my-flow", {upload.record_id: upload.uri}, now, give_up)
+    assert repository.open_request(submission_id, "flows", "my-flow", {upload.record_id: upload.uri}, now, give_up)
     assert repository.claim_image(upload, "flows", "my-flow", submission_id, now, CLAIM_LEASE)
     return submission_id, upload
 
@@ -292,8 +333,7 @@ def test_the_sweep_reads_what_is_due_not_the_table(pipeline: Pipeline) -> None:
                 )
             )
     pipeline.emulator.control.set_knobs(final_state="PROCESSING")
-    client = pipeline.submit.ximilar
-    pipeline.submit.submitter()  # sets the token
+    client = pipeline.submit.submitter.ximilar
     for n in range(50):
         request_id = client.submit("flows", "f", [{"_base64": "aGVsbG8="}])["id"]
         submission_id = f"due-{n:02d}"
@@ -311,7 +351,7 @@ def test_the_sweep_reads_what_is_due_not_the_table(pipeline: Pipeline) -> None:
         ).save()
 
     scanned: list[int] = []
-    client_ = pipeline.sweeper.repository.tables.requests._get_connection().connection.client
+    client_ = pipeline.sweeper.sweeper.repository.tables.requests._get_connection().connection.client
     client_.meta.events.register(
         "after-call.dynamodb.Query", lambda parsed, **_: scanned.append(parsed.get("ScannedCount", 0))
     )

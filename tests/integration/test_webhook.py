@@ -16,7 +16,7 @@ from tests.support.pipeline import Pipeline, start_pipeline
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.stack import LOCAL_SIGNING_KEY, AwsStack, FakeLambdaContext, create_stack, load_function
-from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER
+from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
 

@@ -19,9 +19,8 @@ from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.stack import AwsStack, FakeLambdaContext, load_function, time_shifted
 from xasync.template import functions
-from ximilar_async.dal import keys
+from ximilar_async import keys
 from ximilar_async.sweeper import Sweeper, SweepOutcome
-from ximilar_async.webhook_token import SUBMISSION_HEADER, TOKEN_HEADER, sign
 
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/flows/=flows:my-flow"
 
@@ -70,7 +69,7 @@ class Pipeline:
 
     def sweeper_at(self, ahead: timedelta) -> Sweeper:
         """The sweeper as the handler builds it, living `ahead` in the future (instead of waiting)."""
-        sweeper: Sweeper = time_shifted(self.sweeper.sweeper(), ahead)
+        sweeper: Sweeper = time_shifted(self.sweeper.sweeper, ahead)
         return sweeper
 
     def sweep(self, ahead: timedelta, remaining_millis: Callable[[], int] = lambda: 60_000) -> SweepOutcome:
@@ -78,11 +77,7 @@ class Pipeline:
 
     def signed_headers(self, submission_id: str, payload: dict[str, Any]) -> dict[str, str]:
         record_ids = [record["_id"] for record in payload["response"]["records"]]
-        return {
-            "Content-Type": "application/json",
-            SUBMISSION_HEADER: submission_id,
-            TOKEN_HEADER: sign(self.stack.signing_key, submission_id, record_ids),
-        }
+        return {"Content-Type": "application/json", **self.stack.auth.headers(submission_id, record_ids)}
 
 
 def start_pipeline(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ximilar_async.dal import keys
+from ximilar_async import keys
 from ximilar_async.request_types import RequestType, records_per_request
 from ximilar_async.routing import parse_routes, route_for
 from ximilar_async.settings import SettingsError, SubmitSettings, WebhookSettings

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from ximilar_async.dal.repository import ImageResult, Repository
+from ximilar_async.entities import ImageResult
 from ximilar_async.payloads import RequestOutcome
+from ximilar_async.ports import ObjectStore, Store
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,8 @@ def utc_now() -> datetime:
 
 @dataclass
 class ResultRecorder:
-    repository: Repository
-    s3: Any  # a boto3 S3 client
+    repository: Store
+    objects: ObjectStore
     results_bucket: str
     clock: Callable[[], datetime] = utc_now
 
@@ -65,16 +66,19 @@ class ResultRecorder:
             return RecordingOutcome(
                 request_known=False, unmatched=len(outcome.response.records if outcome.response else [])
             )
-        if request.status == Status.DONE.value:
+        if request.status is Status.DONE:
             # Every record was written before the request became DONE: a repeat changes nothing.
             return RecordingOutcome(duplicates=len(outcome.response.records if outcome.response else []))
-        images = self.repository.images_of(request)
+        images = request.images
         now = self.clock()
         kind = classify_ximilar_state(outcome.status)
         if kind is XimilarStateKind.FAILED:
             reason = f"Ximilar ended the request {outcome.status}"
             recorded = self.repository.fail_unfinished_images(images, reason, now)
-            self.repository.finish_request(submission_id, Status.FAILED, outcome.status, outcome.id, reason, now)
+            # False: it became DONE meanwhile, and DONE is never undone.
+            self.repository.finish_request(
+                submission_id, Status.FAILED, now, ximilar_status=outcome.status, request_id=outcome.id, reason=reason
+            )
             return RecordingOutcome(recorded=recorded, duplicates=len(images) - recorded)
         if kind is not XimilarStateKind.DONE or outcome.response is None:
             return RecordingOutcome(unmatched=0)  # nothing final to record yet
@@ -100,7 +104,13 @@ class ResultRecorder:
             else:
                 result.duplicates += 1
         self.repository.finish_request(
-            submission_id, Status.DONE, outcome.status, outcome.id, None, now, retry=(retry, now + RETRY_ERRORS_AFTER)
+            submission_id,
+            Status.DONE,
+            now,
+            ximilar_status=outcome.status,
+            request_id=outcome.id,
+            retry_record_ids=retry,
+            retry_at=now + RETRY_ERRORS_AFTER,
         )
         logger.info(
             "results recorded",
@@ -120,13 +130,11 @@ class ResultRecorder:
         encoded = json.dumps(record, separators=(",", ":"))
         if len(encoded.encode()) <= INLINE_RESULT_MAX_BYTES:
             return ImageResult(uri, record["_id"], request_id, status, reason, record)
-        key = f"results/{record['_id']}.json"
-        self.s3.put_object(Bucket=self.results_bucket, Key=key, Body=encoded.encode(), ContentType="application/json")
-        return ImageResult(uri, record["_id"], request_id, status, reason, None, f"s3://{self.results_bucket}/{key}")
+        location = self.objects.put_json(self.results_bucket, f"results/{record['_id']}.json", encoded.encode())
+        return ImageResult(uri, record["_id"], request_id, status, reason, None, location)
 
     def store_unmatched(self, body: bytes, request_id: str) -> str:
         """Keep a payload that names nothing known, for someone to inspect; returns where."""
         now = self.clock()
         key = f"unmatched/{now:%Y/%m/%d}/{request_id or 'no-id'}-{uuid.uuid4().hex[:8]}.json"
-        self.s3.put_object(Bucket=self.results_bucket, Key=key, Body=body, ContentType="application/json")
-        return f"s3://{self.results_bucket}/{key}"
+        return self.objects.put_json(self.results_bucket, key, body)

@@ -1,31 +1,38 @@
-"""Clients and secrets the handlers build once per cold start, from settings.
+"""The factories: each domain service built from settings, once per cold start, with its clients.
 
-Secrets come through Powertools parameters providers, cached for `SECRET_MAX_AGE` so a rotated token
-or key is picked up without a redeploy. The providers are made here, per cold start, not taken from
+Handlers call these at import; the CLI, tests and benchmarks call the same ones. Secrets come
+through Powertools parameters providers, cached for `SECRET_MAX_AGE` so a rotated token or key is
+picked up without a redeploy. The providers are made here, per cold start, not taken from
 Powertools' process-wide defaults, so that what a cold start configures (`AWS_ENDPOINT_URL` included,
 which is how the local stack points boto3 and pynamodb at moto) is what they use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
+import boto3
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
+from botocore.config import Config
 
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.dal.repository import Repository
-from ximilar_async.settings import CommonSettings
+from ximilar_async.objects import S3Objects
+from ximilar_async.results import ResultRecorder, utc_now
+from ximilar_async.settings import CommonSettings, SubmitSettings, SweeperSettings, WebhookSettings
+from ximilar_async.submission import Submitter
+from ximilar_async.sweeper import Sweeper
+from ximilar_async.webhook import WebhookReceiver
+from ximilar_async.webhook_auth import WebhookAuth
 from ximilar_async.ximilar import XimilarClient, make_session
 
 SECRET_MAX_AGE: Final = 300  # seconds
 CONNECT_TIMEOUT_SECONDS: Final = 3.05
 
-
-def repository(settings: CommonSettings) -> Repository:
-    tables = bind_tables(settings.images_table, settings.requests_table)
-    return Repository(tables, settings.index_shards, timedelta(days=settings.request_retention_days))
+Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -39,18 +46,58 @@ class SecretSources:
     def create(cls) -> SecretSources:
         return cls(SSMProvider(), SecretsProvider())
 
-    def api_token(self, settings: CommonSettings) -> str:
-        return str(self.ssm.get(settings.ximilar_token_parameter, decrypt=True, max_age=SECRET_MAX_AGE))
+    def api_token(self, parameter_name: str) -> str:
+        return str(self.ssm.get(parameter_name, decrypt=True, max_age=SECRET_MAX_AGE))
 
     def signing_key(self, secret_arn: str) -> bytes:
         return str(self.secrets.get(secret_arn, max_age=SECRET_MAX_AGE)).encode()
 
 
-def ximilar_client(settings: CommonSettings) -> XimilarClient:
-    """The client, without a token yet: handlers call `set_token(...)` per invocation (the token may rotate)."""
+def repository(settings: CommonSettings) -> Repository:
+    tables = bind_tables(settings.images_table, settings.requests_table)
+    return Repository(tables, settings.index_shards, timedelta(days=settings.request_retention_days))
+
+
+def object_store() -> S3Objects:
+    # Signature v4 everywhere: presigned URLs of v2 do not work in newer regions.
+    return S3Objects(boto3.client("s3", config=Config(signature_version="s3v4")))
+
+
+def ximilar_client(settings: CommonSettings, secrets: SecretSources) -> XimilarClient:
+    """The client; its token is read from SSM (cached) per call, so a rotated token is used at once."""
     return XimilarClient(
         settings.ximilar_api_url,
-        make_session(token=""),
+        make_session(token=lambda: secrets.api_token(settings.ximilar_token_parameter)),
         timeout=(CONNECT_TIMEOUT_SECONDS, settings.ximilar_read_timeout_seconds),
         records_per_request=settings.records_per_request,
     )
+
+
+def webhook_auth(secret_arn: str, secrets: SecretSources) -> WebhookAuth:
+    return WebhookAuth(lambda: secrets.signing_key(secret_arn))
+
+
+def submitter(settings: SubmitSettings, *, clock: Clock = utc_now) -> Submitter:
+    secrets = SecretSources.create()
+    return Submitter(
+        repository(settings),
+        ximilar_client(settings, secrets),
+        object_store(),
+        webhook_auth(settings.webhook_secret_arn, secrets),
+        settings,
+        clock=clock,
+    )
+
+
+def webhook_receiver(settings: WebhookSettings) -> WebhookReceiver:
+    secrets = SecretSources.create()
+    recorder = ResultRecorder(repository(settings), object_store(), settings.results_bucket)
+    source = ximilar_client(settings, secrets) if settings.verify_with_source else None
+    auth = webhook_auth(settings.webhook_secret_arn, secrets)
+    return WebhookReceiver(recorder, auth, settings.max_webhook_body_bytes, source)
+
+
+def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
+    submit = submitter(settings, clock=clock)
+    recorder = ResultRecorder(submit.repository, submit.objects, settings.results_bucket, clock=clock)
+    return Sweeper(submit.repository, submit.ximilar, recorder, submit, settings, clock=clock)

@@ -17,18 +17,17 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from botocore.exceptions import ClientError
-
-from ximilar_async.dal.models import ImageItem
-from ximilar_async.dal.repository import Repository
+from ximilar_async.entities import Image
+from ximilar_async.objects import ObjectGone
+from ximilar_async.ports import ObjectStore, Store, XimilarApi
 from ximilar_async.request_types import RequestType
 from ximilar_async.settings import SubmitSettings
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Rejection, Upload, rejection_of, route_for
-from ximilar_async.webhook_token import webhook_config
-from ximilar_async.ximilar import InvalidRequest, XimilarClient, XimilarRequestError, XimilarTransientError
+from ximilar_async.webhook_auth import WebhookAuth
+from ximilar_async.ximilar import InvalidRequest, XimilarRequestError, XimilarTransientError
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +46,6 @@ def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class ObjectGone(Exception):
-    """The object was deleted (or overwritten) before it could be read."""
 
 
 @dataclass
@@ -73,10 +68,10 @@ class SubmitOutcome:
 
 @dataclass
 class Submitter:
-    repository: Repository
-    ximilar: XimilarClient
-    s3: Any  # a boto3 S3 client: presigns URLs, reads objects sent inline
-    signing_key: bytes
+    repository: Store
+    ximilar: XimilarApi
+    objects: ObjectStore  # presigns URLs, reads objects sent inline
+    auth: WebhookAuth
     settings: SubmitSettings
     clock: Callable[[], datetime] = utc_now
 
@@ -113,7 +108,7 @@ class Submitter:
         uploads: Sequence[Upload],
         *,
         submission_id: str | None = None,
-        previous: Mapping[str, ImageItem] | None = None,
+        previous: Mapping[str, Image] | None = None,
     ) -> SubmitOutcome:
         """One Ximilar request for `uploads` (at most the type's limit), recorded before and after.
 
@@ -127,9 +122,10 @@ class Submitter:
         existing = submission_id is not None
         if submission_id is None:
             submission_id = str(uuid.uuid4())
-            self.repository.open_request(submission_id, request_type.value, endpoint, intended, now, give_up_at)
-        else:
-            self.repository.restart_request(submission_id, now, give_up_at)
+            if not self.repository.open_request(submission_id, request_type.value, endpoint, intended, now, give_up_at):
+                raise RuntimeError(f"submission id {submission_id} already exists")  # a UUID4 collision
+        elif not self.repository.restart_request(submission_id, now, give_up_at):
+            return outcome  # it left SUBMITTING meanwhile (finished, or taken by another attempt)
 
         claimed: list[Upload] = []
         for upload in uploads:
@@ -144,9 +140,10 @@ class Submitter:
                 outcome.duplicates += 1
         if not claimed and existing:
             reason = "superseded: its images were submitted in other requests"
-            self.repository.finish_request(submission_id, Status.FAILED, None, None, reason, now)
+            self.repository.finish_request(submission_id, Status.FAILED, now, reason=reason)
             return outcome
         if not claimed:
+            # Nothing was sent; if the item is no longer SUBMITTING, someone else owns it: leave it.
             self.repository.forget_request(submission_id)
             return outcome
 
@@ -158,12 +155,12 @@ class Submitter:
         if len(sent) != len(intended):
             self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in sent}, now)
         if not sent:
-            self.repository.finish_request(submission_id, Status.FAILED, None, None, "no object could be read", now)
+            self.repository.finish_request(submission_id, Status.FAILED, now, reason="no object could be read")
             return outcome
 
         uris = [upload.uri for upload in sent]
         record_ids = [record["_id"] for record in records]
-        webhook = webhook_config(self.settings.webhook_url, self.signing_key, submission_id, record_ids)
+        webhook = self.auth.webhook(self.settings.webhook_url, submission_id, record_ids)
         log_context = {"submission_id": submission_id, "keys": [upload.key for upload in sent]}
         try:
             answer = self.ximilar.submit(request_type, endpoint, records, webhook)
@@ -171,6 +168,7 @@ class Submitter:
             reason = f"not accepted yet: {error}"
             logger.warning("Ximilar did not take the request; it will be retried", extra=log_context)
             self.repository.release_images(submission_id, uris, reason, now)
+            # False: the sweeper finished it meanwhile; the messages are retried all the same.
             self.repository.defer_request(submission_id, reason, now, give_up_at)
             outcome.retry.update({upload.message_id: reason for upload in sent})
             return outcome
@@ -178,14 +176,17 @@ class Submitter:
             reason = f"Ximilar refused the request: {error}"
             logger.warning("Ximilar refused the request", extra={**log_context, "reason": reason})
             self.repository.fail_claimed_images(submission_id, uris, reason, now)
-            self.repository.finish_request(submission_id, Status.FAILED, None, None, reason, now)
+            self.repository.finish_request(submission_id, Status.FAILED, now, reason=reason)
             outcome.images_failed["refused"] += len(sent)
             return outcome
 
         request_id = str(answer["id"])
         accepted_at = self.clock()
         first_check = timedelta(seconds=self.settings.first_check_delay_seconds)
-        self.repository.mark_request_created(submission_id, request_id, accepted_at, accepted_at + first_check)
+        if not self.repository.mark_request_created(submission_id, request_id, accepted_at, accepted_at + first_check):
+            # The request left SUBMITTING while the POST was out (the sweeper gave up on it): Ximilar
+            # has it all the same, so its images still get its id; say so for whoever looks.
+            logger.warning("request was finished while it was being submitted", extra=log_context)
         self.repository.mark_images_created(submission_id, request_id, uris, accepted_at)
         logger.info("request submitted", extra={**log_context, "request_id": request_id})
         outcome.requests_submitted += 1
@@ -204,18 +205,6 @@ class Submitter:
         return records, gone
 
     def _image_source(self, upload: Upload) -> dict[str, str]:
-        location: dict[str, str] = {"Bucket": upload.bucket, "Key": upload.key}
-        if upload.version_id:
-            location["VersionId"] = upload.version_id
         if upload.size <= self.settings.inline_base64_max_bytes:
-            try:
-                body = self.s3.get_object(**location)["Body"].read()
-            except ClientError as error:
-                if error.response["Error"]["Code"] in ("NoSuchKey", "NoSuchVersion", "404"):
-                    raise ObjectGone(upload.key) from None
-                raise
-            return {"_base64": base64.b64encode(body).decode()}
-        url = self.s3.generate_presigned_url(
-            "get_object", Params=location, ExpiresIn=self.settings.presigned_url_expiry_seconds
-        )
-        return {"_url": str(url)}
+            return {"_base64": base64.b64encode(self.objects.read(upload.location)).decode()}
+        return {"_url": self.objects.presigned_get(upload.location, self.settings.presigned_url_expiry_seconds)}

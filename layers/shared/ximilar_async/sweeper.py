@@ -25,16 +25,16 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from ximilar_async import schedule
-from ximilar_async.dal.models import ImageItem, RequestItem
-from ximilar_async.dal.repository import DueCounter, Repository
+from ximilar_async.entities import DueCounter, Image, TrackedRequest
 from ximilar_async.payloads import PayloadError, RequestOutcome, parse_outcome
+from ximilar_async.ports import Store, XimilarApi
 from ximilar_async.request_types import parse_request_type
 from ximilar_async.results import ResultRecorder, utc_now
 from ximilar_async.settings import SweeperSettings
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
 from ximilar_async.submission import Submitter, chunks
 from ximilar_async.uploads import Upload
-from ximilar_async.ximilar import XimilarClient, XimilarNotFound, XimilarThrottled, XimilarTransientError
+from ximilar_async.ximilar import XimilarNotFound, XimilarThrottled, XimilarTransientError
 
 logger = logging.getLogger(__name__)
 
@@ -56,14 +56,15 @@ class SweepOutcome:
     failed_too_old: int = 0
     failed_by_ximilar: int = 0
     resubmitted_images: int = 0
+    finished_meanwhile: int = 0  # requests a webhook finished while this run was checking them
     stopped: str | None = None  # why the run stopped early: deadline, budget, throttled
     by_state: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class Sweeper:
-    repository: Repository
-    ximilar: XimilarClient
+    repository: Store
+    ximilar: XimilarApi
     recorder: ResultRecorder
     submitter: Submitter
     settings: SweeperSettings
@@ -89,9 +90,7 @@ class Sweeper:
             try:
                 self._sweep_one(request, outcome)
             except XimilarThrottled:
-                self.repository.reschedule(
-                    request.submission_id, self.clock() + RETRY_AFTER_THROTTLE, None, self.clock()
-                )
+                self._reschedule(request, self.clock() + RETRY_AFTER_THROTTLE, None, outcome)
                 outcome.stopped = "throttled"
                 break
             except XimilarTransientError as error:
@@ -100,16 +99,16 @@ class Sweeper:
         outcome.items_read = counter.items_read
         return outcome
 
-    def _context(self, request: RequestItem, error: Exception | None = None) -> dict[str, object]:
+    def _context(self, request: TrackedRequest, error: Exception | None = None) -> dict[str, object]:
         context: dict[str, object] = {"submission_id": request.submission_id, "request_id": request.request_id}
         if error is not None:
             context["error"] = str(error)
         return context
 
-    def _sweep_one(self, request: RequestItem, outcome: SweepOutcome) -> None:
-        if request.status == Status.SUBMITTING.value:
+    def _sweep_one(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
+        if request.status is Status.SUBMITTING:
             self._submit_again(request, outcome)
-        elif request.status == Status.DONE.value and request.retry_record_ids:
+        elif request.status is Status.DONE and request.retry_record_ids:
             self._retry_errors(request, outcome)
         elif request.request_id:
             self._check(request, outcome)
@@ -118,7 +117,7 @@ class Sweeper:
             self._give_up(request, request.status, reason, outcome)
 
     # --- requests Ximilar has ------------------------------------------------------------------------
-    def _check(self, request: RequestItem, outcome: SweepOutcome) -> None:
+    def _check(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
         request_id = str(request.request_id)
         outcome.api_calls += 1
         try:
@@ -149,44 +148,58 @@ class Sweeper:
         else:
             self._check_later(request, state, outcome)
 
-    def _too_old(self, request: RequestItem) -> bool:
+    def _too_old(self, request: TrackedRequest) -> bool:
         return self.clock() - request.created_at > timedelta(seconds=self.settings.max_request_age_seconds)
 
-    def _check_later(self, request: RequestItem, state: str | None, outcome: SweepOutcome) -> None:
+    def _check_later(self, request: TrackedRequest, state: str | None, outcome: SweepOutcome) -> None:
         first = timedelta(seconds=self.settings.first_check_delay_seconds)
-        delay = schedule.next_check_delay(first, int(request.checks) + 1, self.rng)
-        self.repository.reschedule(request.submission_id, self.clock() + delay, state, self.clock())
-        outcome.rescheduled += 1
+        delay = schedule.next_check_delay(first, request.checks + 1, self.rng)
+        if self._reschedule(request, self.clock() + delay, state, outcome):
+            outcome.rescheduled += 1
 
-    def _give_up(self, request: RequestItem, state: str, reason: str, outcome: SweepOutcome) -> None:
+    def _reschedule(self, request: TrackedRequest, at: datetime, state: str | None, outcome: SweepOutcome) -> bool:
+        """Check again at `at`; a lost race means a webhook finished the request meanwhile: nothing to do."""
+        if self.repository.reschedule(request.submission_id, at, self.clock(), ximilar_status=state):
+            return True
+        logger.info("request finished while it was being checked", extra=self._context(request))
+        outcome.finished_meanwhile += 1
+        return False
+
+    def _give_up(self, request: TrackedRequest, state: str, reason: str, outcome: SweepOutcome) -> None:
         now = self.clock()
         logger.warning("request given up", extra={**self._context(request), "reason": reason})
-        self.repository.fail_unfinished_images(self.repository.images_of(request), reason, now)
-        self.repository.finish_request(request.submission_id, Status.FAILED, state, request.request_id, reason, now)
+        self.repository.fail_unfinished_images(request.images, reason, now)
+        # False: it became DONE meanwhile, and DONE is never undone.
+        self.repository.finish_request(
+            request.submission_id,
+            Status.FAILED,
+            now,
+            ximilar_status=state,
+            request_id=request.request_id,
+            reason=reason,
+        )
 
     # --- submitting again ----------------------------------------------------------------------------
-    def _images(self, request: RequestItem, record_ids: set[str] | None = None) -> list[ImageItem]:
+    def _images(self, request: TrackedRequest, record_ids: frozenset[str] | None = None) -> list[Image]:
         """The request's images as they are now, that still belong to it (same upload)."""
         wanted = {
-            record_id: uri
-            for record_id, uri in self.repository.images_of(request).items()
-            if record_ids is None or record_id in record_ids
+            record_id: uri for record_id, uri in request.images.items() if record_ids is None or record_id in record_ids
         }
         found = self.repository.images_by_uri(wanted.values())
         return [
             image for record_id, uri in wanted.items() if (image := found.get(uri)) and image.record_id == record_id
         ]
 
-    def _submit_again(self, request: RequestItem, outcome: SweepOutcome) -> None:
+    def _submit_again(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
         """A request still SUBMITTING past its timeout: the submitter died, or Ximilar kept refusing."""
-        if int(request.submit_attempts) >= MAX_SUBMIT_ATTEMPTS:
+        if request.submit_attempts >= MAX_SUBMIT_ATTEMPTS:
             reason = f"not submitted after {request.submit_attempts} attempts: {request.status_reason or 'no answer'}"
             self._give_up(request, Status.SUBMITTING.value, reason, outcome)
             return
         images = [
             image
             for image in self._images(request)
-            if image.status == Status.SUBMITTING.value and image.submission_id == request.submission_id
+            if image.status is Status.SUBMITTING and image.submission_id == request.submission_id
         ]
         request_type = parse_request_type(request.request_type)
         outcome.api_calls += 1
@@ -195,35 +208,38 @@ class Sweeper:
             request.endpoint,
             [Upload.of_image(image) for image in images],
             submission_id=request.submission_id,
-            previous={image.image_uri: image for image in images},
+            previous={image.uri: image for image in images},
         )
         outcome.resubmitted_images += result.images_submitted
 
-    def _resubmit_elsewhere(self, request: RequestItem, state: str, outcome: SweepOutcome) -> None:
+    def _resubmit_elsewhere(self, request: TrackedRequest, state: str, outcome: SweepOutcome) -> None:
         """Ximilar will not finish this request (quota): its unfinished images go out in new requests."""
-        pending = (Status.SUBMITTING.value, Status.CREATED.value, Status.PROCESSING.value)
+        pending = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)
         images = [image for image in self._images(request) if image.status in pending]
         self._submit_images(request, images, outcome)
         reason = f"Ximilar state {state}: its images were submitted again"
         self.repository.finish_request(
-            request.submission_id, Status.FAILED, state, request.request_id, reason, self.clock()
+            request.submission_id,
+            Status.FAILED,
+            self.clock(),
+            ximilar_status=state,
+            request_id=request.request_id,
+            reason=reason,
         )
 
-    def _retry_errors(self, request: RequestItem, outcome: SweepOutcome) -> None:
-        images = [
-            image for image in self._images(request, set(request.retry_record_ids or ())) if image.status == "ERROR"
-        ]
-        again = [image for image in images if int(image.attempts) < MAX_IMAGE_ATTEMPTS]
+    def _retry_errors(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
+        images = [image for image in self._images(request, request.retry_record_ids) if image.status is Status.ERROR]
+        again = [image for image in images if image.attempts < MAX_IMAGE_ATTEMPTS]
         for image in images:
             if image not in again:
                 reason = f"gave up after {image.attempts} attempts: {image.status_reason}"
                 self.repository.fail_unfinished_images(
-                    {image.record_id: image.image_uri}, reason, self.clock(), from_statuses=(Status.ERROR,)
+                    {image.record_id: image.uri}, reason, self.clock(), from_statuses=(Status.ERROR,)
                 )
         self._submit_images(request, again, outcome)
         self.repository.clear_retries(request.submission_id, self.clock())
 
-    def _submit_images(self, request: RequestItem, images: list[ImageItem], outcome: SweepOutcome) -> None:
+    def _submit_images(self, request: TrackedRequest, images: list[Image], outcome: SweepOutcome) -> None:
         request_type = parse_request_type(request.request_type)
         limit = self.settings.records_per_request[request_type]
         for chunk in chunks(images, limit):
@@ -232,6 +248,6 @@ class Sweeper:
                 request_type,
                 request.endpoint,
                 [Upload.of_image(image) for image in chunk],
-                previous={image.image_uri: image for image in chunk},
+                previous={image.uri: image for image in chunk},
             )
             outcome.resubmitted_images += result.images_submitted

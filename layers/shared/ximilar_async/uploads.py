@@ -12,8 +12,8 @@ from urllib.parse import unquote_plus
 
 from aws_lambda_powertools.utilities.data_classes import S3Event
 
-from ximilar_async.dal import keys
-from ximilar_async.dal.models import ImageItem
+from ximilar_async import keys
+from ximilar_async.entities import Image, ObjectLocation
 from ximilar_async.routing import Route, route_for
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
@@ -33,13 +33,13 @@ class Upload:
     sequencer: str  # right-padded with zeros, so that later uploads of a key sort after earlier ones
 
     @classmethod
-    def of_image(cls, image: ImageItem) -> Upload:
+    def of_image(cls, image: Image) -> Upload:
         """The upload an image item records (to submit it again, with a fresh URL)."""
         return cls(
             message_id="",
             bucket=image.bucket,
             key=image.key,
-            size=int(image.size_bytes or 0),
+            size=image.size_bytes,
             etag="" if image.version_id else image.version,
             version_id=image.version_id,
             sequencer=image.sequencer,
@@ -48,6 +48,10 @@ class Upload:
     @property
     def version(self) -> str:
         return self.version_id or self.etag
+
+    @property
+    def location(self) -> ObjectLocation:
+        return ObjectLocation(self.bucket, self.key, self.version_id)
 
     @property
     def uri(self) -> str:

@@ -3,31 +3,87 @@
 An image moves SUBMITTING -> CREATED -> (PROCESSING) -> DONE | ERROR, or ends FAILED; a write never
 moves a finished image back, never lets an older upload of a key replace a newer one, and never
 lets two submitters hold the same upload at once (the SUBMITTING claim carries a lease).
+
+One rule for a lost race: every conditional write returns whether it applied (`_applied`), and its
+caller decides what a lost race means there. Any other DynamoDB error propagates. Items never leave
+this module: reads return the domain's values (`entities`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Final
 
-from pynamodb.exceptions import PutError, UpdateError
+from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
-from ximilar_async.dal import keys
+from ximilar_async import keys
 from ximilar_async.dal.models import ImageItem, RequestItem, Tables
+from ximilar_async.entities import DueCounter, Image, ImageResult, TrackedRequest
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
 
-CONDITION_FAILED = "ConditionalCheckFailedException"
+CONDITION_FAILED: Final = "ConditionalCheckFailedException"
+UNFINISHED: Final = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)
 
 
-def _lost_race(error: PutError | UpdateError) -> bool:
-    if error.cause_response_code == CONDITION_FAILED:
-        return True
-    raise error
+def _applied(write: Callable[[], object]) -> bool:
+    """Run one conditional write: True when it applied, False when its condition failed (a lost race)."""
+    try:
+        write()
+    except (PutError, UpdateError, DeleteError) as error:
+        if error.cause_response_code == CONDITION_FAILED:
+            return False
+        raise
+    return True
+
+
+def _image(item: ImageItem) -> Image:
+    result = item.result.as_dict() if item.result is not None else None  # type: ignore[no-untyped-call]
+    return Image(
+        uri=item.image_uri,
+        bucket=item.bucket,
+        key=item.key,
+        version=item.version,
+        version_id=item.version_id,
+        sequencer=item.sequencer,
+        size_bytes=int(item.size_bytes or 0),
+        record_id=item.record_id,
+        status=Status(item.status),
+        status_reason=item.status_reason,
+        request_type=item.request_type,
+        endpoint=item.endpoint,
+        submission_id=item.submission_id,
+        request_id=item.request_id,
+        result=result,
+        result_s3_uri=item.result_s3_uri,
+        attempts=int(item.attempts or 0),
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+    )
+
+
+def _request(item: RequestItem) -> TrackedRequest:
+    images = item.images.as_dict()  # type: ignore[no-untyped-call]
+    return TrackedRequest(
+        submission_id=item.submission_id,
+        request_id=item.request_id,
+        request_type=item.request_type,
+        endpoint=item.endpoint,
+        status=Status(item.status),
+        ximilar_status=item.ximilar_status,
+        status_reason=item.status_reason,
+        images={str(record_id): str(uri) for record_id, uri in images.items()},
+        checks=int(item.checks or 0),
+        submit_attempts=int(item.submit_attempts or 0),
+        retry_record_ids=frozenset(item.retry_record_ids or ()),
+        next_check_at=None if item.next_check_at is None else int(item.next_check_at),
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+    )
 
 
 def epoch(moment: datetime) -> int:
@@ -71,7 +127,8 @@ class Repository:
         submission_id: str,
         now: datetime,
         lease: timedelta,
-        retry_of: ImageItem | None = None,
+        *,
+        retry_of: Image | None = None,
     ) -> bool:
         """Write the image SUBMITTING for `submission_id`; False when it is a duplicate or stale upload.
 
@@ -82,7 +139,7 @@ class Repository:
         images = self.tables.images
         image = self._image(upload, Status.SUBMITTING, now)
         image.request_type, image.endpoint, image.submission_id = request_type, endpoint, submission_id
-        image.attempts = 1 if retry_of is None else int(retry_of.attempts) + 1
+        image.attempts = 1 if retry_of is None else retry_of.attempts + 1
         image.lease_until = epoch(now + lease)
         if retry_of is None:
             reclaimable = (
@@ -95,24 +152,16 @@ class Repository:
             image.created_at = retry_of.created_at
             condition = (
                 (images.record_id == upload.record_id)
-                & (images.status == retry_of.status)
+                & (images.status == retry_of.status.value)
                 & (images.updated_at == retry_of.updated_at)
             )
-        try:
-            image.save(condition=condition)
-        except PutError as error:
-            return not _lost_race(error)
-        return True
+        return _applied(lambda: image.save(condition=condition))
 
     def reject_image(self, upload: Upload, reason: str, now: datetime) -> bool:
         """Record an upload that is not submitted as FAILED with `reason`; False for a duplicate."""
         image = self._image(upload, Status.FAILED, now)
         image.status_reason = reason
-        try:
-            image.save(condition=self._new_image_condition(upload))
-        except PutError as error:
-            return not _lost_race(error)
-        return True
+        return _applied(lambda: image.save(condition=self._new_image_condition(upload)))
 
     def _status_actions(self, uri: str, status: Status, now: datetime) -> list[Action]:
         """A status change of one image: the status, its `by_status` shard key, the time; no lease left."""
@@ -127,19 +176,17 @@ class Repository:
     def _update_claimed(
         self, submission_id: str, uris: Iterable[str], actions_for: Callable[[str], list[Action]]
     ) -> int:
-        """Apply each image's actions to the images this submission still holds in SUBMITTING; returns how many."""
+        """Apply each image's actions to the images this submission still holds in SUBMITTING; returns how many.
+
+        An image it no longer holds (a webhook was faster, or a newer upload took the key) is left as it is.
+        """
         images = self.tables.images
-        changed = 0
-        for uri in uris:
-            try:
-                images(uri).update(
-                    actions=actions_for(uri),
-                    condition=(images.submission_id == submission_id) & (images.status == Status.SUBMITTING.value),
-                )
-                changed += 1
-            except UpdateError as error:
-                _lost_race(error)  # a webhook was faster, or a newer upload took the key
-        return changed
+        held = (images.submission_id == submission_id) & (images.status == Status.SUBMITTING.value)
+
+        def update(uri: str) -> bool:
+            return _applied(lambda: images(uri).update(actions=actions_for(uri), condition=held))
+
+        return sum(update(uri) for uri in uris)
 
     def mark_images_created(self, submission_id: str, request_id: str, uris: Iterable[str], now: datetime) -> int:
         images = self.tables.images
@@ -175,9 +222,12 @@ class Repository:
         images: Mapping[str, str],
         now: datetime,
         check_at: datetime,
-    ) -> None:
-        """The request item, SUBMITTING and due for the sweeper at `check_at` should nothing follow."""
-        self.tables.requests(
+    ) -> bool:
+        """The request item, SUBMITTING and due for the sweeper at `check_at` should nothing follow.
+
+        False if the submission id is taken (never, for a fresh UUID).
+        """
+        item = self.tables.requests(
             submission_id,
             request_type=request_type,
             endpoint=endpoint,
@@ -188,55 +238,50 @@ class Repository:
             next_check_at=epoch(check_at),
             created_at=now,
             updated_at=now,
-        ).save(condition=self.tables.requests.submission_id.does_not_exist())
+        )
+        return _applied(lambda: item.save(condition=self.tables.requests.submission_id.does_not_exist()))
 
     def set_request_images(self, submission_id: str, images: Mapping[str, str], now: datetime) -> None:
         requests = self.tables.requests
         requests(submission_id).update(actions=[requests.images.set(dict(images)), requests.updated_at.set(now)])
 
-    def forget_request(self, submission_id: str) -> None:
+    def forget_request(self, submission_id: str) -> bool:
         """Delete a request item that never led to a POST (every upload in it was a duplicate)."""
         requests = self.tables.requests
-        requests(submission_id).delete(condition=requests.status == Status.SUBMITTING.value)
+        return _applied(lambda: requests(submission_id).delete(condition=requests.status == Status.SUBMITTING.value))
 
     def mark_request_created(self, submission_id: str, request_id: str, now: datetime, check_at: datetime) -> bool:
+        """SUBMITTING -> CREATED with Ximilar's id; False when the request is no longer SUBMITTING."""
         requests = self.tables.requests
-        try:
-            requests(submission_id).update(
-                actions=[
-                    requests.request_id.set(request_id),
-                    requests.status.set(Status.CREATED.value),
-                    requests.ximilar_status.set(Status.CREATED.value),
-                    requests.status_reason.remove(),
-                    requests.next_check_at.set(epoch(check_at)),
-                    requests.updated_at.set(now),
-                ],
-                condition=requests.status == Status.SUBMITTING.value,
-            )
-        except UpdateError as error:
-            return not _lost_race(error)
-        return True
+        actions: list[Action] = [
+            requests.request_id.set(request_id),
+            requests.status.set(Status.CREATED.value),
+            requests.ximilar_status.set(Status.CREATED.value),
+            requests.status_reason.remove(),
+            requests.next_check_at.set(epoch(check_at)),
+            requests.updated_at.set(now),
+        ]
+        submitting = requests.status == Status.SUBMITTING.value
+        return _applied(lambda: requests(submission_id).update(actions=actions, condition=submitting))
 
-    def defer_request(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> None:
-        """Ximilar did not take it this time: keep it SUBMITTING, due for the sweeper at `check_at`."""
+    def defer_request(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool:
+        """Ximilar did not take it this time: keep it SUBMITTING, due for the sweeper at `check_at`.
+
+        False when the request is no longer SUBMITTING.
+        """
         requests = self.tables.requests
-        requests(submission_id).update(
-            actions=[
-                requests.status_reason.set(reason),
-                requests.next_check_at.set(epoch(check_at)),
-                requests.updated_at.set(now),
-            ],
-            condition=requests.status == Status.SUBMITTING.value,
-        )
+        actions: list[Action] = [
+            requests.status_reason.set(reason),
+            requests.next_check_at.set(epoch(check_at)),
+            requests.updated_at.set(now),
+        ]
+        submitting = requests.status == Status.SUBMITTING.value
+        return _applied(lambda: requests(submission_id).update(actions=actions, condition=submitting))
 
     # --- results (the webhook and the sweeper) ---------------------------------------------------------
-    def images_of(self, request: RequestItem) -> dict[str, str]:
-        """A request's images: record `_id` -> image URI."""
-        return {str(record_id): str(uri) for record_id, uri in request.images.as_dict().items()}  # type: ignore[no-untyped-call]
-
-    def get_request(self, submission_id: str) -> RequestItem | None:
+    def get_request(self, submission_id: str) -> TrackedRequest | None:
         try:
-            return self.tables.requests.get(submission_id, consistent_read=True)
+            return _request(self.tables.requests.get(submission_id, consistent_read=True))
         except self.tables.requests.DoesNotExist:
             return None
 
@@ -249,52 +294,49 @@ class Repository:
             actions += [images.result.set(result.record), images.result_s3_uri.remove()]
         elif result.result_s3_uri is not None:
             actions += [images.result_s3_uri.set(result.result_s3_uri), images.result.remove()]
-        unfinished = [Status.SUBMITTING.value, Status.CREATED.value, Status.PROCESSING.value, Status.FAILED.value]
-        try:
-            images(result.uri).update(
-                actions=actions,
-                condition=(images.record_id == result.record_id) & images.status.is_in(*unfinished),
-            )
-        except UpdateError as error:
-            return not _lost_race(error)
-        return True
+        replaceable = [status.value for status in (*UNFINISHED, Status.FAILED)]
+        condition = (images.record_id == result.record_id) & images.status.is_in(*replaceable)
+        return _applied(lambda: images(result.uri).update(actions=actions, condition=condition))
 
     def fail_unfinished_images(
         self,
         record_ids_to_uris: Mapping[str, str],
         reason: str,
         now: datetime,
-        from_statuses: tuple[Status, ...] = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING),
+        *,
+        from_statuses: tuple[Status, ...] = UNFINISHED,
     ) -> int:
-        """FAILED with `reason` for every image of a request still in one of `from_statuses` (any holder)."""
+        """FAILED with `reason` for every image of a request still in one of `from_statuses` (any holder).
+
+        Returns how many changed; the others had finished, or were uploaded again, meanwhile.
+        """
         images = self.tables.images
         pending = [status.value for status in from_statuses]
-        failed = 0
-        for record_id, uri in record_ids_to_uris.items():
-            try:
-                images(uri).update(
-                    actions=[*self._status_actions(uri, Status.FAILED, now), images.status_reason.set(reason)],
-                    condition=(images.record_id == record_id) & images.status.is_in(*pending),
-                )
-                failed += 1
-            except UpdateError as error:
-                _lost_race(error)
-        return failed
+
+        def fail(record_id: str, uri: str) -> bool:
+            actions = [*self._status_actions(uri, Status.FAILED, now), images.status_reason.set(reason)]
+            condition = (images.record_id == record_id) & images.status.is_in(*pending)
+            return _applied(lambda: images(uri).update(actions=actions, condition=condition))
+
+        return sum(fail(record_id, uri) for record_id, uri in record_ids_to_uris.items())
 
     def finish_request(
         self,
         submission_id: str,
         status: Status,
-        ximilar_status: str | None,
-        request_id: str | None,
-        reason: str | None,
         now: datetime,
-        retry: tuple[Iterable[str], datetime] | None = None,
-    ) -> None:
+        *,
+        ximilar_status: str | None = None,
+        request_id: str | None = None,
+        reason: str | None = None,
+        retry_record_ids: Collection[str] = (),
+        retry_at: datetime | None = None,
+    ) -> bool:
         """DONE or FAILED: off the due index, kept for the retention period. DONE is never undone.
 
         `ximilar_status` is None when Ximilar never took the request (nothing of its to record).
-        `retry` (record ids, when) keeps a DONE request due, for the sweeper to submit those images again.
+        `retry_record_ids` keeps a DONE request due at `retry_at`, for the sweeper to submit those
+        images again. False when a FAILED would have undone a DONE (the request finished meanwhile).
         """
         requests = self.tables.requests
         actions: list[Action] = [
@@ -306,44 +348,38 @@ class Repository:
             actions.append(requests.ximilar_status.set(ximilar_status))
         if request_id:
             actions.append(requests.request_id.set(request_id))
-        retry_ids = set(retry[0]) if retry else set()
-        if retry and retry_ids:
+        if retry_record_ids:
             actions += [
-                requests.retry_record_ids.set(retry_ids),
+                requests.retry_record_ids.set(set(retry_record_ids)),
                 requests.due_shard.set(keys.due_shard(submission_id, self.shards)),
-                requests.next_check_at.set(epoch(retry[1])),
+                requests.next_check_at.set(epoch(retry_at or now)),
             ]
         else:
             actions += [requests.due_shard.remove(), requests.next_check_at.remove()]
         actions.append(requests.status_reason.set(reason) if reason else requests.status_reason.remove())
         condition = None if status is Status.DONE else requests.status != Status.DONE.value
-        try:
-            requests(submission_id).update(actions=actions, condition=condition)
-        except UpdateError as error:
-            _lost_race(error)
+        return _applied(lambda: requests(submission_id).update(actions=actions, condition=condition))
 
     # --- the sweeper ------------------------------------------------------------------------------------
-    def due_requests(self, shard_order: Iterable[int], now: datetime, counter: DueCounter) -> Iterator[RequestItem]:
+    def due_requests(self, shard_order: Iterable[int], now: datetime, counter: DueCounter) -> Iterator[TrackedRequest]:
         """Requests whose next check is due, shard by shard, read lazily: the caller stops when it must."""
         requests = self.tables.requests
         for shard in shard_order:
             for request in requests.due.query(f"due#{shard:02d}", requests.next_check_at <= epoch(now), page_size=100):
                 counter.items_read += 1
-                yield request
+                yield _request(request)
 
-    def take_due(self, request: RequestItem, until: datetime) -> bool:
+    def take_due(self, request: TrackedRequest, until: datetime) -> bool:
         """Hold a due request until `until`: False when another sweeper run took (or finished) it first."""
         requests = self.tables.requests
-        try:
-            requests(request.submission_id).update(
-                actions=[requests.next_check_at.set(epoch(until))],
-                condition=requests.next_check_at == request.next_check_at,
-            )
-        except UpdateError as error:
-            return not _lost_race(error)
-        return True
+        unchanged = requests.next_check_at == request.next_check_at
+        action = requests.next_check_at.set(epoch(until))
+        return _applied(lambda: requests(request.submission_id).update(actions=[action], condition=unchanged))
 
-    def reschedule(self, submission_id: str, check_at: datetime, ximilar_status: str | None, now: datetime) -> None:
+    def reschedule(
+        self, submission_id: str, check_at: datetime, now: datetime, *, ximilar_status: str | None = None
+    ) -> bool:
+        """Check again at `check_at`; False when the request left the due index meanwhile (it finished)."""
         requests = self.tables.requests
         actions: list[Action] = [
             requests.next_check_at.set(epoch(check_at)),
@@ -352,19 +388,19 @@ class Repository:
         ]
         if ximilar_status:
             actions.append(requests.ximilar_status.set(ximilar_status))
-        requests(submission_id).update(actions=actions, condition=requests.due_shard.exists())
+        due = requests.due_shard.exists()
+        return _applied(lambda: requests(submission_id).update(actions=actions, condition=due))
 
-    def restart_request(self, submission_id: str, now: datetime, check_at: datetime) -> None:
-        """Another submission attempt of a request still SUBMITTING."""
+    def restart_request(self, submission_id: str, now: datetime, check_at: datetime) -> bool:
+        """Another submission attempt of a request still SUBMITTING; False when it is not SUBMITTING now."""
         requests = self.tables.requests
-        requests(submission_id).update(
-            actions=[
-                requests.submit_attempts.add(1),
-                requests.next_check_at.set(epoch(check_at)),
-                requests.updated_at.set(now),
-            ],
-            condition=requests.status == Status.SUBMITTING.value,
-        )
+        actions: list[Action] = [
+            requests.submit_attempts.add(1),
+            requests.next_check_at.set(epoch(check_at)),
+            requests.updated_at.set(now),
+        ]
+        submitting = requests.status == Status.SUBMITTING.value
+        return _applied(lambda: requests(submission_id).update(actions=actions, condition=submitting))
 
     def clear_retries(self, submission_id: str, now: datetime) -> None:
         requests = self.tables.requests
@@ -377,23 +413,30 @@ class Repository:
             ]
         )
 
-    def images_by_uri(self, uris: Iterable[str]) -> dict[str, ImageItem]:
-        return {image.image_uri: image for image in self.tables.images.batch_get(list(uris), consistent_read=True)}
+    # --- queries (the sweeper, the CLI, users) ----------------------------------------------------------
+    def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]:
+        wanted = list(uris)
+        if not wanted:
+            return {}
+        found = self.tables.images.batch_get(wanted, consistent_read=consistent)
+        return {item.image_uri: _image(item) for item in found}
 
+    def image(self, uri: str) -> Image | None:
+        try:
+            return _image(self.tables.images.get(uri, consistent_read=True))
+        except self.tables.images.DoesNotExist:
+            return None
 
-@dataclass
-class DueCounter:
-    items_read: int = 0
+    def image_uris_of_request(self, request_id: str) -> list[str]:
+        """Every image of one Ximilar request (the `by_request` index)."""
+        return [item.image_uri for item in self.tables.images.by_request.query(request_id)]
 
-
-@dataclass(frozen=True)
-class ImageResult:
-    """What one record of a finished request says about one image."""
-
-    uri: str
-    record_id: str
-    request_id: str
-    status: Status  # DONE or ERROR
-    reason: str | None
-    record: dict[str, Any] | None  # the record, when it fits in the item
-    result_s3_uri: str | None = None  # else where it is stored
+    def image_uris_by_status(self, statuses: Iterable[Status], since: datetime) -> list[str]:
+        """Images in `statuses` changed since `since`, every write shard of the `by_status` index."""
+        images = self.tables.images
+        return [
+            item.image_uri
+            for status in statuses
+            for shard in keys.all_status_shards(status, self.shards)
+            for item in images.by_status.query(shard, images.updated_at >= since)
+        ]

@@ -6,7 +6,7 @@ to results and typed errors, and refuses locally what the API would refuse.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import requests
@@ -66,13 +66,25 @@ def default_retry(attempts: int = 4, backoff_factor: float = 0.5, backoff_max: f
     )
 
 
-def make_session(token: str, retry: Retry | None = None, pool_size: int = 10) -> requests.Session:
+class TokenAuth(requests.auth.AuthBase):
+    """`Authorization: Token <token>`, the token read per request: it is cached from SSM and may rotate."""
+
+    def __init__(self, token: Callable[[], str]) -> None:
+        self.token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Token {self.token()}"
+        return request
+
+
+def make_session(token: str | Callable[[], str], retry: Retry | None = None, pool_size: int = 10) -> requests.Session:
     """A session that authenticates with `Token <token>` and retries as `default_retry` says."""
     session = requests.Session()
     adapter = HTTPAdapter(max_retries=retry or default_retry(), pool_connections=pool_size, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    session.headers.update({"Authorization": f"Token {token}", "Content-Type": "application/json"})
+    session.auth = TokenAuth(token if callable(token) else lambda: token)
+    session.headers.update({"Content-Type": "application/json"})
     return session
 
 
@@ -112,10 +124,6 @@ class XimilarClient:
         self.session = session
         self.timeout = timeout
         self.records_per_request = records_per_request
-
-    def set_token(self, token: str) -> None:
-        """Use `token` from now on (the token is cached from SSM and may rotate)."""
-        self.session.headers["Authorization"] = f"Token {token}"
 
     def submit(
         self,

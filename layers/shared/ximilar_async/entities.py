@@ -1,0 +1,87 @@
+"""What the tables hold, as the domain reads it: plain frozen values, never pynamodb items.
+
+The data layer (`dal`) converts its items into these before returning them, so the domain never
+reads an ORM attribute and a test can build one in a line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ximilar_async.statuses import Status
+
+
+@dataclass(frozen=True)
+class ObjectLocation:
+    """One object version in S3 (`version_id` None: the latest)."""
+
+    bucket: str
+    key: str
+    version_id: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Image:
+    """One uploaded object (the latest upload of its key) and what became of it."""
+
+    uri: str  # s3://bucket/key: the key of the images table
+    bucket: str
+    key: str
+    version: str  # S3 version id, or ETag when the bucket is unversioned
+    version_id: str | None
+    sequencer: str
+    size_bytes: int
+    record_id: str  # the `_id` sent to Ximilar for this upload
+    status: Status
+    status_reason: str | None = None
+    request_type: str | None = None
+    endpoint: str | None = None
+    submission_id: str | None = None
+    request_id: str | None = None
+    result: dict[str, Any] | None = None
+    result_s3_uri: str | None = None
+    attempts: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrackedRequest:
+    """One Ximilar request as the pipeline tracks it, keyed by the pipeline's own submission id."""
+
+    submission_id: str
+    request_id: str | None  # Ximilar's id, once it answered
+    request_type: str
+    endpoint: str
+    status: Status
+    ximilar_status: str | None = None
+    status_reason: str | None = None
+    images: dict[str, str] = field(default_factory=dict)  # record `_id` -> image URI
+    checks: int = 0
+    submit_attempts: int = 0
+    retry_record_ids: frozenset[str] = frozenset()
+    next_check_at: int | None = None  # epoch seconds; None once it left the due index
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What one record of a finished request says about one image."""
+
+    uri: str
+    record_id: str
+    request_id: str
+    status: Status  # DONE or ERROR
+    reason: str | None
+    record: dict[str, Any] | None  # the record, when it fits in the item
+    result_s3_uri: str | None = None  # else where it is stored
+
+
+@dataclass
+class DueCounter:
+    """Items a sweep read from the due index (the sweeper's cost figure)."""
+
+    items_read: int = 0

@@ -1,0 +1,131 @@
+"""The domain's collaborators, as the small interfaces it uses: what a test fakes and a factory builds.
+
+- `XimilarApi`: `ximilar.XimilarClient` over HTTP;
+- `ObjectStore`: `objects.S3Objects` on a boto3 client;
+- `Store`: `dal.Repository` on the two DynamoDB tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from ximilar_async.entities import DueCounter, Image, ImageResult, ObjectLocation, TrackedRequest
+from ximilar_async.request_types import RequestType
+from ximilar_async.statuses import Status
+from ximilar_async.uploads import Upload
+
+
+class XimilarApi(Protocol):
+    def submit(
+        self,
+        request_type: RequestType | str,
+        endpoint: str,
+        records: Sequence[Mapping[str, Any]],
+        webhook: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]: ...
+
+    def status(self, request_id: str) -> str: ...
+
+    def get(self, request_id: str) -> dict[str, Any]: ...
+
+
+class ObjectStore(Protocol):
+    def read(self, location: ObjectLocation) -> bytes:
+        """The object's bytes; raises `objects.ObjectGone` when it no longer exists."""
+        ...
+
+    def presigned_get(self, location: ObjectLocation, expires_in: int) -> str: ...
+
+    def put_json(self, bucket: str, key: str, body: bytes) -> str:
+        """Store `body`; returns its `s3://` URI."""
+        ...
+
+
+class Store(Protocol):
+    """The conditional writes and reads of the two tables; each write returns whether it applied."""
+
+    # images
+    def claim_image(
+        self,
+        upload: Upload,
+        request_type: str,
+        endpoint: str,
+        submission_id: str,
+        now: datetime,
+        lease: timedelta,
+        *,
+        retry_of: Image | None = None,
+    ) -> bool: ...
+
+    def reject_image(self, upload: Upload, reason: str, now: datetime) -> bool: ...
+
+    def mark_images_created(self, submission_id: str, request_id: str, uris: Iterable[str], now: datetime) -> int: ...
+
+    def release_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int: ...
+
+    def fail_claimed_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int: ...
+
+    def record_image_result(self, result: ImageResult, now: datetime) -> bool: ...
+
+    def fail_unfinished_images(
+        self,
+        record_ids_to_uris: Mapping[str, str],
+        reason: str,
+        now: datetime,
+        *,
+        from_statuses: tuple[Status, ...] = ...,
+    ) -> int: ...
+
+    # requests
+    def open_request(
+        self,
+        submission_id: str,
+        request_type: str,
+        endpoint: str,
+        images: Mapping[str, str],
+        now: datetime,
+        check_at: datetime,
+    ) -> bool: ...
+
+    def set_request_images(self, submission_id: str, images: Mapping[str, str], now: datetime) -> None: ...
+
+    def forget_request(self, submission_id: str) -> bool: ...
+
+    def mark_request_created(self, submission_id: str, request_id: str, now: datetime, check_at: datetime) -> bool: ...
+
+    def defer_request(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool: ...
+
+    def restart_request(self, submission_id: str, now: datetime, check_at: datetime) -> bool: ...
+
+    def finish_request(
+        self,
+        submission_id: str,
+        status: Status,
+        now: datetime,
+        *,
+        ximilar_status: str | None = None,
+        request_id: str | None = None,
+        reason: str | None = None,
+        retry_record_ids: Collection[str] = (),
+        retry_at: datetime | None = None,
+    ) -> bool: ...
+
+    def get_request(self, submission_id: str) -> TrackedRequest | None: ...
+
+    # the sweeper
+    def due_requests(
+        self, shard_order: Iterable[int], now: datetime, counter: DueCounter
+    ) -> Iterator[TrackedRequest]: ...
+
+    def take_due(self, request: TrackedRequest, until: datetime) -> bool: ...
+
+    def reschedule(
+        self, submission_id: str, check_at: datetime, now: datetime, *, ximilar_status: str | None = None
+    ) -> bool: ...
+
+    def clear_retries(self, submission_id: str, now: datetime) -> None: ...
+
+    # queries
+    def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]: ...
