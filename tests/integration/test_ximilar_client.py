@@ -165,4 +165,14 @@ def test_the_token_travels_as_a_token_header(emulator: RunningEmulator) -> None:
     )
     assert answer.status_code == 200
     session = make_session(emulator.token)
-    assert session.headers["Authorization"] == f"Token {emulator.token}"
+    sent = session.prepare_request(requests.Request("GET", f"{emulator.url}/account/v2/request/"))
+    assert sent.headers["Authorization"] == f"Token {emulator.token}"
+
+
+def test_a_rotated_token_is_used_from_the_next_call(emulator: RunningEmulator) -> None:
+    tokens = ["stale-token", emulator.token]
+    client = XimilarClient(emulator.url, make_session(lambda: tokens[0]))
+    with pytest.raises(XimilarAuthError):
+        client.status("anything")
+    tokens.pop(0)  # SSM now holds the new token
+    assert list(client.list()) == []
