@@ -25,8 +25,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from xasync import local_stack, views
+from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.servers import wait_for
-from xasync.stack import FakeLambdaContext, load_function
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async.dal import keys
 from ximilar_async.dal.models import Tables, bind_tables
@@ -231,7 +231,7 @@ def invoke_function(function: str, event: dict[str, Any], env_vars: Path | None 
     target = target_for(None)
     environment = {**target.environments[function], **sam_env_vars(env_vars, function)}
     module = load_function(load_template(), function, environment)
-    return module.lambda_handler(event, FakeLambdaContext(function_name=function))
+    return module.lambda_handler(event, LocalLambdaContext(function_name=function))
 
 
 @main.command()

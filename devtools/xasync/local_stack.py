@@ -17,6 +17,7 @@ A change to the template changes the local run: there is no second list of resou
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,8 +34,8 @@ from typing import Any
 import boto3
 
 from xasync.http_api import LocalHttpApi, Route
+from xasync.lambda_runtime import LocalLambdaContext, lambda_sqs_record, load_function
 from xasync.servers import emulator_process, moto_server
-from xasync.stack import LOCAL_SIGNING_KEY, FakeLambdaContext, lambda_sqs_record, load_function
 from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
 
 logger = logging.getLogger("xasync.local")
@@ -42,6 +43,8 @@ logger = logging.getLogger("xasync.local")
 STACK_NAME = "xasync-local"
 STATE_FILE = PROJECT_ROOT / ".xasync" / "local.json"
 LOCAL_TOKEN = "local-emulator-token"  # noqa: S105 - the emulator's token, local only
+# The signing key of local stacks: events/webhook-done.json carries a token made with it.
+LOCAL_SIGNING_KEY = "local-webhook-signing-key"
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -291,7 +294,7 @@ class SqsEventSource:
                     self.name,
                     self.handler,
                     {"Records": [lambda_sqs_record(m, self.queue_arn) for m in messages]},
-                    FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000),
+                    LocalLambdaContext(function_name=self.name, timeout_seconds=self.timeout),
                 )
                 if self.partial and isinstance(answer, dict):
                     failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
@@ -345,7 +348,7 @@ class Timer:
                 "resources": [],
                 "detail": {},
             }
-            context = FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000)
+            context = LocalLambdaContext(function_name=self.name, timeout_seconds=self.timeout)
             with contextlib.suppress(Exception):  # recorded by `call`; the next tick runs again
                 self.invocations.call(self.name, self.handler, event, context)
 
@@ -393,7 +396,17 @@ def running(
             return invoke
 
         api = LocalHttpApi(
-            [Route(method, path, call(logical_id), FakeLambdaContext) for logical_id, method, path in http_routes]
+            [
+                Route(
+                    method,
+                    path,
+                    call(logical_id),
+                    functools.partial(
+                        LocalLambdaContext, function_name=logical_id, timeout_seconds=specs[logical_id].timeout
+                    ),
+                )
+                for logical_id, method, path in http_routes
+            ]
         )
         stack.callback(api.stop)
         api.start()

@@ -5,21 +5,21 @@ Instead of waiting minutes for a next check, a test runs the sweeper with its cl
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import RunningEmulator
+from tests.support.aws import AwsStack
+from tests.support.events import load_event
 from tests.support.pipeline import Pipeline, start_pipeline
+from xasync.lambda_runtime import LocalLambdaContext
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from xasync.stack import AwsStack, FakeLambdaContext
 from ximilar_async.dal import keys
 from ximilar_async.submission import CLAIM_LEASE
 from ximilar_async.sweeper import MAX_IMAGE_ATTEMPTS
@@ -176,7 +176,7 @@ def test_a_transient_error_is_submitted_again_with_a_fresh_url(pipeline: Pipelin
     key = "incoming/flows/flaky.png"
     body = png_bytes(11, 11)
     pipeline.stack.put(key, body)
-    pipeline.submit.lambda_handler({"Records": pipeline.stack.receive_uploads(1)}, FakeLambdaContext())
+    pipeline.submit.lambda_handler({"Records": pipeline.stack.receive_uploads(1)}, LocalLambdaContext())
     pipeline.stack.client("s3").delete_object(Bucket=pipeline.stack.bucket, Key=key)  # gone when Ximilar fetches
     error = pipeline.wait_status(key, "ERROR")
     assert "Unable to download image" in error.status_reason
@@ -194,7 +194,7 @@ def test_a_transient_error_is_tried_a_bounded_number_of_times_then_failed(pipeli
     pipeline.emulator.control.set_knobs(created_delay_seconds=0.5)
     key = "incoming/flows/gone.png"
     pipeline.stack.put(key, png_bytes())
-    pipeline.submit.lambda_handler({"Records": pipeline.stack.receive_uploads(1)}, FakeLambdaContext())
+    pipeline.submit.lambda_handler({"Records": pipeline.stack.receive_uploads(1)}, LocalLambdaContext())
     pipeline.stack.client("s3").delete_object(Bucket=pipeline.stack.bucket, Key=key)
     for attempt in range(1, MAX_IMAGE_ATTEMPTS + 1):
         image = pipeline.wait_status(key, "ERROR")
@@ -323,7 +323,7 @@ def test_the_sweep_reads_what_is_due_not_the_table(pipeline: Pipeline) -> None:
 
 
 def test_the_schedule_event_runs_a_sweep(pipeline: Pipeline) -> None:
-    event = json.loads((Path(__file__).resolve().parents[2] / "events" / "schedule.json").read_text())
-    answer = pipeline.sweeper.lambda_handler(event, FakeLambdaContext())
+    event = load_event("schedule.json")
+    answer = pipeline.sweeper.lambda_handler(event, LocalLambdaContext())
     assert answer["stopped"] is None
     assert answer["taken"] == 0
