@@ -51,8 +51,10 @@ def record_metrics(outcome: SweepOutcome) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    logger.info("sweep started", extra={"event_id": EventBridgeEvent(event).get_id})
+    logger.debug("sweep started", extra={"event_id": EventBridgeEvent(event).get_id})
     outcome = sweeper().sweep(context.get_remaining_time_in_millis)
     record_metrics(outcome)
-    logger.info("sweep finished", extra=asdict(outcome))
+    # A run that found nothing due is the common case every minute (every 2 s locally): keep it out of INFO.
+    busy = outcome.items_read or outcome.taken or outcome.stopped
+    (logger.info if busy else logger.debug)("sweep finished", extra=asdict(outcome))
     return asdict(outcome)
