@@ -329,27 +329,31 @@ def test_the_schedule_event_runs_a_sweep(pipeline: Pipeline) -> None:
     assert answer["taken"] == 0
 
 
-def test_a_sweep_logs_at_info_only_when_it_found_work(
+@pytest.fixture
+def quick_pipeline(
     monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+) -> Iterator[Pipeline]:
+    """A pipeline whose requests come due for the sweeper one second after submission."""
+    yield from start_pipeline(monkeypatch, aws_stack, emulator, FirstCheckDelaySeconds="1")
+
+
+def test_a_sweep_logs_at_info_only_when_it_found_work(
+    quick_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The schedule fires every minute (every 2 s locally): idle runs must not bury the rest of the log.
-    pipelines = start_pipeline(monkeypatch, aws_stack, emulator, FirstCheckDelaySeconds="1")
-    pipeline = next(pipelines)
-    try:
-        infos: list[str] = []
-        monkeypatch.setattr(pipeline.sweeper.logger, "info", lambda message, **_: infos.append(message))
-        event = load_event("schedule.json")
-        assert pipeline.sweeper.lambda_handler(event, LocalLambdaContext())["items_read"] == 0
-        assert infos == []
+    pipeline = quick_pipeline
+    infos: list[str] = []
+    monkeypatch.setattr(pipeline.sweeper.logger, "info", lambda message, **_: infos.append(message))
+    event = load_event("schedule.json")
+    assert pipeline.sweeper.lambda_handler(event, LocalLambdaContext())["items_read"] == 0
+    assert infos == []
 
-        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)  # only the sweeper can finish it
-        pipeline.upload("incoming/flows/quiet.png")
-        wait_for(
-            lambda: pipeline.sweeper.lambda_handler(event, LocalLambdaContext())["taken"],
-            timeout=15,
-            interval=0.25,
-            what="the request to come due and be taken",
-        )
-        assert infos == ["sweep finished"]
-    finally:
-        pipelines.close()
+    pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)  # only the sweeper can finish it
+    pipeline.upload("incoming/flows/quiet.png")
+    wait_for(
+        lambda: pipeline.sweeper.lambda_handler(event, LocalLambdaContext())["taken"],
+        timeout=15,
+        interval=0.25,
+        what="the request to come due and be taken",
+    )
+    assert infos == ["sweep finished"]
