@@ -4,7 +4,7 @@ Images are spread over the four request types (a quarter each), put with boto3 a
 the clock stops when every image has a terminal status. The emulator's processing delays are its
 defaults (0.2 s + 0.3 s per request), so this measures the pipeline's own overhead on this machine.
 
-    .venv/bin/python benchmarks/bench_local.py --images 100
+    .venv/bin/python -m benchmarks.bench_local --images 100
 """
 
 from __future__ import annotations

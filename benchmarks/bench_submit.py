@@ -4,7 +4,7 @@ Runs the real handler against moto in server mode and the emulator, as the tests
 notifications S3 really sent, in batches of the template's SubmitBatchSize. Counts, not seconds, are
 the result: wall times on this machine are printed for orientation only.
 
-    .venv/bin/python benchmarks/bench_submit.py --images 1000
+    .venv/bin/python -m benchmarks.bench_submit --images 1000
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import time
 from collections import Counter
 from typing import Any
 
+from tests.support.aws import AwsStack, count_dynamodb_calls, create_stack
+from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server
-from xasync.stack import AwsStack, FakeLambdaContext, count_dynamodb_calls, create_stack, load_function
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_emulator import EmulatorControl
 
@@ -33,7 +34,7 @@ def run_batches(stack: AwsStack, handler: Any, images: int, batch_size: int) -> 
     pending = stack.receive(images + 1, timeout=120)
     failed, started = 0, time.perf_counter()
     for start in range(0, len(pending), batch_size):
-        answer = handler.lambda_handler({"Records": pending[start : start + batch_size]}, FakeLambdaContext())
+        answer = handler.lambda_handler({"Records": pending[start : start + batch_size]}, LocalLambdaContext())
         failed += len(answer["batchItemFailures"])
     return failed, time.perf_counter() - started
 

@@ -3,7 +3,7 @@
 The table holds `--filler` finished request items (not due) and N requests whose webhooks were lost
 (Ximilar finished them, no webhook came). One sweep, its clock a few minutes ahead, records them all.
 
-    .venv/bin/python benchmarks/bench_sweeper.py --due 50 --filler 100000
+    .venv/bin/python -m benchmarks.bench_sweeper --due 50 --filler 100000
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+from tests.support.aws import count_dynamodb_calls, create_stack, time_shifted
+from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server, wait_for
-from xasync.stack import FakeLambdaContext, count_dynamodb_calls, create_stack, load_function, time_shifted
 from xasync.template import load_template
 from ximilar_emulator import EmulatorControl
 
@@ -41,7 +42,7 @@ def main() -> int:
         submit = load_function(template, "SubmitFunction", stack.environment("SubmitFunction", **parameters))
         for n in range(args.due):
             stack.put(f"incoming/lost-{n:04d}.png", png_bytes(8, 8))
-        submit.lambda_handler({"Records": stack.receive_uploads(args.due, timeout=60)}, FakeLambdaContext())
+        submit.lambda_handler({"Records": stack.receive_uploads(args.due, timeout=60)}, LocalLambdaContext())
 
         started = time.perf_counter()
         now = datetime.now(UTC)

@@ -4,7 +4,7 @@ Submits N requests of 10 records through the real submit handler, lets the emula
 (its own webhooks dropped), then delivers each DONE payload to the warm webhook handler as the HTTP
 API would (payload 2.0, signed headers), twice: the first delivery and a duplicate.
 
-    .venv/bin/python benchmarks/bench_webhook.py --requests 50
+    .venv/bin/python -m benchmarks.bench_webhook --requests 50
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import Any
 
 import requests
 
+from tests.support.aws import count_dynamodb_calls, create_stack, is_test_event
+from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server, wait_for
-from xasync.stack import FakeLambdaContext, count_dynamodb_calls, create_stack, is_test_event, load_function
 from xasync.template import load_template
 from ximilar_emulator import EmulatorControl
 
@@ -69,7 +70,7 @@ def main() -> int:
             stack.put(f"incoming/img-{n:05d}.png", png_bytes(8, 8))
         notifications = [n for n in stack.receive(images + 1, timeout=120) if not is_test_event(n)]
         for start in range(0, len(notifications), 100):  # full 10-record requests
-            submit.lambda_handler({"Records": notifications[start : start + 100]}, FakeLambdaContext())
+            submit.lambda_handler({"Records": notifications[start : start + 100]}, LocalLambdaContext())
         submissions = {item.request_id: item.submission_id for item in stack.tables.images.scan()}
 
         webhook = load_function(template, "WebhookFunction", stack.environment("WebhookFunction", **parameters))
@@ -92,7 +93,7 @@ def main() -> int:
             ]
             events.append(webhook_event(body, stack.auth.headers(submission_id, record_ids)))
 
-        webhook.lambda_handler(events[0], FakeLambdaContext())  # cold start and first secret fetch
+        webhook.lambda_handler(events[0], LocalLambdaContext())  # cold start and first secret fetch
         counter.clear()
         first: list[float] = []
         duplicate: list[float] = []
@@ -100,7 +101,7 @@ def main() -> int:
             calls_before = sum(counter.values())
             for event in events[1:]:
                 started = time.perf_counter()
-                answer = webhook.lambda_handler(event, FakeLambdaContext())
+                answer = webhook.lambda_handler(event, LocalLambdaContext())
                 latencies.append(time.perf_counter() - started)
                 assert answer["statusCode"] == 200, answer
             calls = sum(counter.values()) - calls_before

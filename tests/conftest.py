@@ -11,8 +11,8 @@ from typing import Any
 import boto3
 import pytest
 
+from tests.support.aws import AwsStack, create_stack, create_table_from_template
 from xasync.servers import emulator_process, moto_server
-from xasync.stack import AwsStack, create_stack, create_table_from_template
 from xasync.template import load_template
 from ximilar_async.dal.models import Tables, bind_tables
 from ximilar_emulator import EmulatorControl

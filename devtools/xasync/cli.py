@@ -10,9 +10,10 @@ import contextlib
 import csv
 import json
 import logging
+import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,8 +26,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from xasync import local_stack, views
+from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.servers import wait_for
-from xasync.stack import FakeLambdaContext, load_function
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async import keys
 from ximilar_async.dal.models import bind_tables
@@ -69,6 +70,26 @@ def target_for(stack_name: str | None) -> Target:
     return Target(state["outputs"], shards, state["aws_endpoint"], state["environments"])
 
 
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a command as Ctrl-C does, so the servers it started are stopped, not orphaned.
+
+    The default SIGTERM ends the process at once, skipping the context managers that stop moto and the
+    emulator by their process ids. The first SIGTERM raises KeyboardInterrupt; later ones are ignored
+    so that they cannot cut that cleanup short (SIGKILL remains for the impatient).
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 stack_option = click.option("--stack-name", help="a deployed stack (default: the local stack of `xasync up`)")
 
 
@@ -84,19 +105,29 @@ def main() -> None:
 @click.option("--sweep-every", default=2.0, show_default=True, help="seconds between sweeper runs")
 @click.option("--parameter", "-p", multiple=True, help="a template parameter, Name=value (repeatable)")
 def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter: tuple[str, ...]) -> None:
-    """Run the embedded stack in the foreground until Ctrl-C."""
+    """Run the embedded stack in the foreground until Ctrl-C (or SIGTERM)."""
     if ximilar_url and not token:
         raise click.UsageError("--ximilar-url needs --token (or XIMILAR_TOKEN)")
     overrides = dict(item.split("=", 1) for item in parameter)
-    with local_stack.running(
-        ximilar_url=ximilar_url, ximilar_token=token, parameters=overrides, sweep_every=sweep_every
-    ) as local:
+    with (
+        sigterm_as_interrupt(),
+        local_stack.running(
+            ximilar_url=ximilar_url, ximilar_token=token, parameters=overrides, sweep_every=sweep_every
+        ) as local,
+    ):
         local_stack.write_state(local)
         sam_env = local_stack.write_sam_env_vars(local)
         console.print("[bold green]ximilar-async local stack is up[/]")
         for name in ("InputBucketName", "ImagesTableName", "RequestsTableName", "WebhookUrl", "SubmitQueueUrl"):
             console.print(f"  {name:<18} {local.outputs[name]}")
         console.print(f"  {'Ximilar API':<18} {local.ximilar_url}")
+        pids = ", ".join(f"{name} {server.pid}" for name, server in local.servers.items())
+        console.print(f"  {'Server pids':<18} {pids}")
+        if not local_stack.fetches_local_urls(local.ximilar_url):
+            console.print(
+                f"  Images go inline as _base64 (InlineBase64MaxBytes={local.parameters['InlineBase64MaxBytes']}): "
+                f"{local.ximilar_url} cannot fetch presigned URLs of the local moto server."
+            )
         console.print("\nPoint the AWS CLI at it:")
         console.print(
             f"  export AWS_ENDPOINT_URL={local.aws_endpoint} AWS_ACCESS_KEY_ID=local "
@@ -104,7 +135,7 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
         )
         console.print(f"  aws s3 cp photo.jpg s3://{local.outputs['InputBucketName']}/incoming/")
         console.print(f"\nWith Docker: sam local invoke SubmitFunction -e events/sqs-s3-put.json --env-vars {sam_env}")
-        console.print("\nCtrl-C stops everything.")
+        console.print("\nCtrl-C (or SIGTERM) stops everything.")
         try:
             while True:
                 time.sleep(3600)  # the stack's threads do the work; this one waits for Ctrl-C
@@ -223,7 +254,7 @@ def invoke_function(function: str, event: dict[str, Any], env_vars: Path | None 
     target = target_for(None)
     environment = {**target.environments[function], **sam_env_vars(env_vars, function)}
     module = load_function(load_template(), function, environment)
-    return module.lambda_handler(event, FakeLambdaContext(function_name=function))
+    return module.lambda_handler(event, LocalLambdaContext(function_name=function))
 
 
 @main.command()
@@ -247,7 +278,7 @@ def sweep(stack_name: str | None) -> None:
 def demo(timeout: float, samples: Path) -> None:
     """Start the embedded stack, upload the sample images, wait for every result, print them, stop."""
     started = time.monotonic()
-    with local_stack.running(parameters={"LogLevel": "WARNING"}) as local:
+    with sigterm_as_interrupt(), local_stack.running(parameters={"LogLevel": "WARNING"}) as local:
         target = Target(local.outputs, int(local.environments["SweeperFunction"]["INDEX_SHARDS"]), local.aws_endpoint)
         console.print(f"local stack up in {time.monotonic() - started:.1f} s (moto, emulator, three functions)")
         uploaded = upload_files(target, [samples], "")

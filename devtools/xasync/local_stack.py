@@ -17,6 +17,7 @@ A change to the template changes the local run: there is no second list of resou
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -29,19 +30,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 
 from xasync.http_api import LocalHttpApi, Route
-from xasync.servers import emulator_process, moto_server
-from xasync.stack import LOCAL_SIGNING_KEY, FakeLambdaContext, lambda_sqs_record, load_function
+from xasync.lambda_runtime import LocalLambdaContext, lambda_sqs_record, load_function
+from xasync.servers import Server, run_emulator, run_moto
 from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
 
 logger = logging.getLogger("xasync.local")
 
 STACK_NAME = "xasync-local"
-STATE_FILE = PROJECT_ROOT / ".xasync" / "local.json"
+# XASYNC_STATE_DIR lets a second stack (a test of `xasync up`) run without touching the user's state.
+STATE_FILE = Path(os.environ.get("XASYNC_STATE_DIR") or PROJECT_ROOT / ".xasync") / "local.json"
 LOCAL_TOKEN = "local-emulator-token"  # noqa: S105 - the emulator's token, local only
+# The signing key of local stacks: events/webhook-done.json carries a token made with it.
+LOCAL_SIGNING_KEY = "local-webhook-signing-key"
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -56,6 +61,7 @@ LOCAL_PARAMETERS = {
     "SubmittingTimeoutSeconds": "30",
     "SubmitBatchingWindowSeconds": "1",
 }
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass
@@ -110,9 +116,12 @@ class LocalStack:
     invocations: Invocations
     template: dict[str, Any]
     resources: dict[str, str]  # logical id -> what stands for it locally
+    parameters: dict[str, str] = field(default_factory=dict)  # the template parameters in force
+    servers: dict[str, Server] = field(default_factory=dict)  # the processes started, by name
 
     def state(self) -> dict[str, Any]:
         return {
+            "server_pids": {name: server.pid for name, server in self.servers.items()},
             "aws_endpoint": self.aws_endpoint,
             "ximilar_url": self.ximilar_url,
             "api_url": self.api_url,
@@ -124,6 +133,25 @@ class LocalStack:
     def client(self, service: str) -> Any:
         factory: Any = boto3.client
         return factory(service, endpoint_url=self.aws_endpoint)
+
+
+def fetches_local_urls(ximilar_url: str) -> bool:
+    """Whether a Ximilar at this URL can download the presigned URLs of moto on this machine's loopback."""
+    return urlsplit(ximilar_url).hostname in LOOPBACK_HOSTS
+
+
+def stack_parameters(template: dict[str, Any], ximilar_url: str, overrides: dict[str, str]) -> dict[str, str]:
+    """The template parameters of a local stack: quick local values, the Ximilar URL, the user's overrides.
+
+    A Ximilar that is not on this machine (the real API) cannot fetch presigned URLs of the local moto
+    server, so every image it may be sent (up to MaxImageBytes) goes inline as `_base64` instead.
+    """
+    values = {**LOCAL_PARAMETERS, "XimilarApiUrl": ximilar_url, **overrides}
+    if not fetches_local_urls(ximilar_url):
+        values["InlineBase64MaxBytes"] = str(
+            values.get("MaxImageBytes", template["Parameters"]["MaxImageBytes"]["Default"])
+        )
+    return values
 
 
 def _aws(endpoint: str, service: str) -> Any:
@@ -291,7 +319,7 @@ class SqsEventSource:
                     self.name,
                     self.handler,
                     {"Records": [lambda_sqs_record(m, self.queue_arn) for m in messages]},
-                    FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000),
+                    LocalLambdaContext(function_name=self.name, timeout_seconds=self.timeout),
                 )
                 if self.partial and isinstance(answer, dict):
                     failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
@@ -345,7 +373,7 @@ class Timer:
                 "resources": [],
                 "detail": {},
             }
-            context = FakeLambdaContext(function_name=self.name, remaining_millis=self.timeout * 1000)
+            context = LocalLambdaContext(function_name=self.name, timeout_seconds=self.timeout)
             with contextlib.suppress(Exception):  # recorded by `call`; the next tick runs again
                 self.invocations.call(self.name, self.handler, event, context)
 
@@ -367,10 +395,13 @@ def running(
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     with ExitStack() as stack:
         stack.callback(restore_environment, saved_environment)
-        endpoint = stack.enter_context(moto_server())
+        servers = {"moto": stack.enter_context(run_moto())}
+        endpoint = servers["moto"].url
         token = ximilar_token or LOCAL_TOKEN
-        api_url = ximilar_url or stack.enter_context(emulator_process(token, *emulator_flags))
-        values = {**LOCAL_PARAMETERS, "XimilarApiUrl": api_url, **(parameters or {})}
+        if not ximilar_url:
+            servers["emulator"] = stack.enter_context(run_emulator(token, *emulator_flags))
+        api_url = ximilar_url or servers["emulator"].url
+        values = stack_parameters(template, api_url, parameters or {})
         resources: dict[str, str] = {}
         resolver = deploy_resources(endpoint, template, values, resources)
         _aws(endpoint, "ssm").put_parameter(
@@ -393,7 +424,17 @@ def running(
             return invoke
 
         api = LocalHttpApi(
-            [Route(method, path, call(logical_id), FakeLambdaContext) for logical_id, method, path in http_routes]
+            [
+                Route(
+                    method,
+                    path,
+                    call(logical_id),
+                    functools.partial(
+                        LocalLambdaContext, function_name=logical_id, timeout_seconds=specs[logical_id].timeout
+                    ),
+                )
+                for logical_id, method, path in http_routes
+            ]
         )
         stack.callback(api.stop)
         api.start()
@@ -458,6 +499,8 @@ def running(
             invocations,
             template,
             resources,
+            values,
+            servers,
         )
 
 

@@ -1,4 +1,4 @@
-"""Real server processes for the tests: moto in server mode and the Ximilar emulator.
+"""Real server processes for the local stack and the tests: moto in server mode and the Ximilar emulator.
 
 Each starts on a free port of 127.0.0.1 and is stopped by its own process id.
 """
@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, TypeVar
 
 import requests
@@ -47,9 +48,17 @@ def _stop(process: subprocess.Popen[str]) -> None:
             process.wait(timeout=5)
 
 
+@dataclass(frozen=True)
+class Server:
+    """A server process this process started: where it listens, and the id it is stopped by."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """moto in server mode in its own process; yields its endpoint URL."""
+def run_moto() -> Iterator[Server]:
+    """moto in server mode in its own process."""
     port = free_port()
     process = subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -69,9 +78,16 @@ def moto_server() -> Iterator[str]:
 
     try:
         wait_for(up, timeout=30, what="moto server")
-        yield url
+        yield Server(url, process.pid)
     finally:
         _stop(process)
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto in server mode in its own process; yields its endpoint URL."""
+    with run_moto() as server:
+        yield server.url
 
 
 def _read_line(stream: IO[str], prefix: str, process: subprocess.Popen[str]) -> str:
@@ -82,8 +98,8 @@ def _read_line(stream: IO[str], prefix: str, process: subprocess.Popen[str]) -> 
 
 
 @contextmanager
-def emulator_process(token: str, *flags: str) -> Iterator[str]:
-    """The Ximilar emulator as a user starts it (`python -m ximilar_emulator`); yields its URL."""
+def run_emulator(token: str, *flags: str) -> Iterator[Server]:
+    """The Ximilar emulator as a user starts it (`python -m ximilar_emulator`)."""
     process = subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter
         [sys.executable, "-m", "ximilar_emulator", "--port", "0", "--token", token, *flags],
         stdout=subprocess.PIPE,
@@ -94,6 +110,13 @@ def emulator_process(token: str, *flags: str) -> Iterator[str]:
     try:
         assert process.stdout is not None
         url = _read_line(process.stdout, "ximilar-emulator listening on ", process)
-        yield url
+        yield Server(url, process.pid)
     finally:
         _stop(process)
+
+
+@contextmanager
+def emulator_process(token: str, *flags: str) -> Iterator[str]:
+    """The Ximilar emulator as a user starts it (`python -m ximilar_emulator`); yields its URL."""
+    with run_emulator(token, *flags) as server:
+        yield server.url

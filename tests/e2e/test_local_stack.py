@@ -17,14 +17,15 @@ from aws_lambda_powertools.utilities.data_classes import (
 )
 from click.testing import CliRunner
 
+from tests.support.events import EVENTS, load_event
 from xasync import cli, local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
+from xasync.template import PROJECT_ROOT
 from ximilar_async import keys
 from ximilar_emulator import EmulatorControl
 
-PROJECT = Path(__file__).resolve().parents[2]
 EVENT_TYPES = {
     "s3-put.json": S3Event,
     "sqs-s3-put.json": SQSEvent,
@@ -163,7 +164,7 @@ def test_a_429_storm_during_submission_delays_but_loses_nothing(local: LocalStac
 
 @pytest.mark.parametrize("name", sorted(EVENT_TYPES))
 def test_every_event_file_parses_as_its_event_type(name: str) -> None:
-    event = EVENT_TYPES[name](json.loads((PROJECT / "events" / name).read_text()))
+    event = EVENT_TYPES[name](load_event(name))
     if isinstance(event, S3Event):
         assert event.record.s3.get_object.key
     elif isinstance(event, SQSEvent):
@@ -191,7 +192,7 @@ def test_xasync_invoke_runs_every_event_file(
 ) -> None:
     result = CliRunner().invoke(
         cli.main,
-        ["invoke", function, "--event", str(PROJECT / "events" / name), "--env-vars", str(PROJECT / "env.json")],
+        ["invoke", function, "--event", str(EVENTS / name), "--env-vars", str(PROJECT_ROOT / "env.json")],
     )
     assert result.exit_code == 0, result.output
     assert expect in result.output.splitlines()[-1]

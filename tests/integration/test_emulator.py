@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,39 +17,15 @@ from tests.support.receiver import Receiver, webhook_receiver
 from xasync.sample_images import png_base64, png_bytes
 from xasync.servers import emulator_process, free_port, wait_for
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "ximilar-async-requests-api.txt"
+# The six JSON examples of Ximilar's "Asynchronous Requests" reference page, copied verbatim (WIDTH-like
+# placeholders written as 0): the repository carries what its tests compare against.
+REFERENCE_EXAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "ximilar"
 STATUSES = {"CREATED", "PROCESSING", "DONE"}
 
 
 def reference_examples() -> dict[str, dict[str, Any]]:
-    """Every top-level JSON example of the reference, named by what it shows."""
-    text = REFERENCE.read_text()
-    examples: dict[str, dict[str, Any]] = {}
-    consumed = 0  # the reference is not indented: skip objects nested in the previous example
-    for match in re.finditer(r"^\{", text, flags=re.MULTILINE):
-        if match.start() < consumed:
-            continue
-        depth, end = 0, match.start()
-        for end in range(match.start(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[end], 0)
-            if depth == 0:
-                break
-        consumed = end
-        block = re.sub(r":\s*([A-Z][A-Z_]+)\s*(?=[,}\n])", ": 0", text[match.start() : end + 1])  # WIDTH -> 0
-        example = json.loads(block)
-        if "count" in example:
-            examples["list"] = example
-        elif "modified" in example:
-            examples["details"] = example
-        elif "workspace" in example:
-            examples["submit"] = example
-        elif set(example) == {"status"}:
-            examples["status"] = example
-        elif "response" in example:
-            examples["webhook"] = example
-        elif "webhook" in example:
-            examples["webhook_config"] = example
-    return examples
+    """Every JSON example of the reference, named by what it shows (the file's stem)."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(REFERENCE_EXAMPLES.glob("*.json"))}
 
 
 EXAMPLES = reference_examples()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -12,14 +11,15 @@ import pytest
 import requests
 
 from tests.conftest import RunningEmulator
+from tests.support.aws import AwsStack, is_test_event, sqs_event
+from tests.support.events import load_event
 from tests.support.receiver import Receiver, webhook_receiver
+from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from xasync.stack import AwsStack, FakeLambdaContext, is_test_event, load_function, sqs_event
 from ximilar_async import keys
 from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, Credentials
 
-EVENTS = Path(__file__).resolve().parents[2] / "events"
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/cards/=card-grader:grade;incoming/flows/=flows:my-flow"
 
 
@@ -59,7 +59,7 @@ def upload_all(stack: AwsStack, keys_: list[str], body: bytes | None = None) -> 
 
 
 def invoke(handler: ModuleType, records: list[dict[str, Any]]) -> dict[str, Any]:
-    return dict(handler.lambda_handler(sqs_event(records), FakeLambdaContext()))
+    return dict(handler.lambda_handler(sqs_event(records), LocalLambdaContext()))
 
 
 def posts(emulator: RunningEmulator) -> list[dict[str, Any]]:
@@ -309,11 +309,11 @@ def test_a_plain_s3_event_works_as_sam_local_invoke_sends_it(
     submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
 ) -> None:
     handler = submit_handler()
-    event = json.loads((EVENTS / "s3-put.json").read_text())
+    event = load_event("s3-put.json")
     record = event["Records"][0]["s3"]
     record["bucket"]["name"] = aws_stack.bucket
     aws_stack.put("incoming/holiday photos/café terrace.jpg", png_bytes())
-    answer = handler.lambda_handler(event, FakeLambdaContext())
+    answer = handler.lambda_handler(event, LocalLambdaContext())
     assert answer["images_submitted"] == 1
     assert image(aws_stack, "incoming/holiday photos/café terrace.jpg").status == "CREATED"
 
@@ -322,7 +322,7 @@ def test_the_sqs_event_file_is_handled_test_event_route_and_rejection_included(
     submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
 ) -> None:
     handler = submit_handler()
-    event = json.loads((EVENTS / "sqs-s3-put.json").read_text())
+    event = load_event("sqs-s3-put.json")
     for record in event["Records"]:
         body = json.loads(record["body"])
         for s3_record in body.get("Records", []):

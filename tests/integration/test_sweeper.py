@@ -5,22 +5,22 @@ Instead of waiting minutes for a next check, a test runs the sweeper with its cl
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import RunningEmulator
+from tests.support.aws import AwsStack
+from tests.support.events import load_event
 from tests.support.pipeline import Pipeline, start_pipeline
+from xasync.lambda_runtime import LocalLambdaContext
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from xasync.stack import AwsStack, FakeLambdaContext
 from ximilar_async import keys
 from ximilar_async.statuses import Status
 from ximilar_async.submission import CLAIM_LEASE
@@ -217,7 +217,7 @@ def test_a_transient_error_is_submitted_again_with_a_fresh_url(pipeline: Pipelin
     key = "incoming/flows/flaky.png"
     body = png_bytes(11, 11)
     pipeline.stack.put(key, body)
-    pipeline.submit.lambda_handler({"Records": pipeline.stack.receive_uploads(1)}, FakeLambdaContext())
+    pipeline.submit.lambda_handler({"Records": pipeline.stack.receive_uploads(1)}, LocalLambdaContext())
     pipeline.stack.client("s3").delete_object(Bucket=pipeline.stack.bucket, Key=key)  # gone when Ximilar fetches
     error = pipeline.wait_status(key, "ERROR")
     assert "Unable to download image" in error.status_reason
@@ -235,7 +235,7 @@ def test_a_transient_error_is_tried_a_bounded_number_of_times_then_failed(pipeli
     pipeline.emulator.control.set_knobs(created_delay_seconds=0.5)
     key = "incoming/flows/gone.png"
     pipeline.stack.put(key, png_bytes())
-    pipeline.submit.lambda_handler({"Records": pipeline.stack.receive_uploads(1)}, FakeLambdaContext())
+    pipeline.submit.lambda_handler({"Records": pipeline.stack.receive_uploads(1)}, LocalLambdaContext())
     pipeline.stack.client("s3").delete_object(Bucket=pipeline.stack.bucket, Key=key)
     for attempt in range(1, MAX_IMAGE_ATTEMPTS + 1):
         image = pipeline.wait_status(key, "ERROR")
@@ -363,7 +363,37 @@ def test_the_sweep_reads_what_is_due_not_the_table(pipeline: Pipeline) -> None:
 
 
 def test_the_schedule_event_runs_a_sweep(pipeline: Pipeline) -> None:
-    event = json.loads((Path(__file__).resolve().parents[2] / "events" / "schedule.json").read_text())
-    answer = pipeline.sweeper.lambda_handler(event, FakeLambdaContext())
+    event = load_event("schedule.json")
+    answer = pipeline.sweeper.lambda_handler(event, LocalLambdaContext())
     assert answer["stopped"] is None
     assert answer["taken"] == 0
+
+
+@pytest.fixture
+def quick_pipeline(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+) -> Iterator[Pipeline]:
+    """A pipeline whose requests come due for the sweeper one second after submission."""
+    yield from start_pipeline(monkeypatch, aws_stack, emulator, FirstCheckDelaySeconds="1")
+
+
+def test_a_sweep_logs_at_info_only_when_it_found_work(
+    quick_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The schedule fires every minute (every 2 s locally): idle runs must not bury the rest of the log.
+    pipeline = quick_pipeline
+    infos: list[str] = []
+    monkeypatch.setattr(pipeline.sweeper.logger, "info", lambda message, **_: infos.append(message))
+    event = load_event("schedule.json")
+    assert pipeline.sweeper.lambda_handler(event, LocalLambdaContext())["items_read"] == 0
+    assert infos == []
+
+    pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)  # only the sweeper can finish it
+    pipeline.upload("incoming/flows/quiet.png")
+    wait_for(
+        lambda: pipeline.sweeper.lambda_handler(event, LocalLambdaContext())["taken"],
+        timeout=15,
+        interval=0.25,
+        what="the request to come due and be taken",
+    )
+    assert infos == ["sweep finished"]

@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from tests.conftest import RunningEmulator
+from tests.support.aws import AwsStack, create_stack
+from tests.support.events import load_event
 from tests.support.pipeline import Pipeline, start_pipeline
+from xasync.lambda_runtime import LocalLambdaContext, load_function
+from xasync.local_stack import LOCAL_SIGNING_KEY
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from xasync.stack import LOCAL_SIGNING_KEY, AwsStack, FakeLambdaContext, create_stack, load_function
 from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER
-
-EVENTS = Path(__file__).resolve().parents[2] / "events"
 
 
 @pytest.fixture
@@ -223,10 +223,10 @@ def test_verification_mode_records_the_source_not_a_forged_body(
 def test_other_paths_and_methods_are_not_found(pipeline: Pipeline) -> None:
     assert requests.get(pipeline.webhook_url, timeout=5).status_code == 404  # the HTTP API routes POST only
     assert requests.post(f"{pipeline.api.url}/other", timeout=5).status_code == 404
-    event = json.loads((EVENTS / "webhook-done.json").read_text())
+    event = load_event("webhook-done.json")
     event["requestContext"]["http"]["method"] = "GET"
     event["routeKey"] = "GET /webhook"
-    answer = pipeline.webhook.lambda_handler(event, FakeLambdaContext())
+    answer = pipeline.webhook.lambda_handler(event, LocalLambdaContext())
     assert (answer["statusCode"], answer["headers"]["Allow"]) == (405, "POST")
 
 
@@ -247,7 +247,7 @@ def test_the_event_files_get_their_answers_with_the_local_signing_key(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     webhook = load_function(template, "WebhookFunction", environment)
-    answer = webhook.lambda_handler(json.loads((EVENTS / event_file).read_text()), FakeLambdaContext())
+    answer = webhook.lambda_handler(load_event(event_file), LocalLambdaContext())
     assert answer["statusCode"] == status_code, answer["body"]
 
 

@@ -14,10 +14,11 @@ import pytest
 import requests
 
 from tests.conftest import RunningEmulator
+from tests.support.aws import AwsStack, time_shifted
 from xasync.http_api import LocalHttpApi, Route
+from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from xasync.stack import AwsStack, FakeLambdaContext, load_function, time_shifted
 from xasync.template import functions
 from ximilar_async import keys
 from ximilar_async.sweeper import Sweeper, SweepOutcome
@@ -42,7 +43,7 @@ class Pipeline:
         for key in keys_:
             self.stack.put(key, png_bytes(12, 8) if body is None else body)
         records = self.stack.receive_uploads(len(keys_))
-        self.submit.lambda_handler({"Records": records}, FakeLambdaContext())
+        self.submit.lambda_handler({"Records": records}, LocalLambdaContext())
 
     def image(self, key: str) -> Any:
         return self.stack.tables.images.get(keys.image_uri(self.stack.bucket, key))
@@ -94,7 +95,9 @@ def start_pipeline(
         monkeypatch.setenv(name, value)
     webhook = load_function(stack.template, "WebhookFunction", webhook_environment)
     (event,) = functions(stack.template)["WebhookFunction"].events.values()
-    route = Route(event["Properties"]["Method"], event["Properties"]["Path"], webhook.lambda_handler, FakeLambdaContext)
+    route = Route(
+        event["Properties"]["Method"], event["Properties"]["Path"], webhook.lambda_handler, LocalLambdaContext
+    )
     api = LocalHttpApi([route]).start()
     try:
         submit_environment = {**stack.environment("SubmitFunction", **parameters), "WEBHOOK_URL": f"{api.url}/webhook"}

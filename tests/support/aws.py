@@ -1,6 +1,4 @@
-"""A slice of the deployed system on moto server, wired from template.yaml, and a way to run a handler.
-
-Used by the tests and the benchmarks.
+"""A slice of the deployed system on moto server, wired from template.yaml, for tests and benchmarks.
 
 `AwsStack` creates what the template declares for the functions under test (input bucket with its
 S3 -> SQS notification, tables, the token in SSM, the signing key in Secrets Manager) under unique
@@ -9,37 +7,20 @@ names, and gives each function the environment the template would, pointing at t
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
-import os
-import sys
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any
 
 import boto3
 
+from xasync.lambda_runtime import lambda_sqs_record
 from xasync.servers import wait_for
 from xasync.template import Resolver, functions
 from ximilar_async.dal.models import Tables, bind_tables
 from ximilar_async.webhook_auth import WebhookAuth, static_key
-
-
-@dataclass
-class FakeLambdaContext:
-    function_name: str = "test-function"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test-function"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    remaining_millis: int = 60_000
-
-    def get_remaining_time_in_millis(self) -> int:
-        return self.remaining_millis
 
 
 @dataclass
@@ -125,21 +106,6 @@ def count_dynamodb_calls(repository: Any, counter: Counter[str]) -> None:
         )
 
 
-def lambda_sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
-    """An SQS ReceiveMessage message as Lambda's SQS event source hands it to a function."""
-    return {
-        "messageId": message["MessageId"],
-        "receiptHandle": message["ReceiptHandle"],
-        "body": message["Body"],
-        "attributes": message.get("Attributes", {}),
-        "messageAttributes": {},
-        "md5OfBody": message["MD5OfBody"],
-        "eventSource": "aws:sqs",
-        "eventSourceARN": queue_arn,
-        "awsRegion": "us-east-1",
-    }
-
-
 def time_shifted(sweeper: Any, ahead: timedelta) -> Any:
     """A copy of `sweeper` living `ahead` in the future, so a test or benchmark need not wait for due times."""
 
@@ -184,10 +150,6 @@ def create_table_from_template(dynamodb: Any, template: dict[str, Any], logical_
         dynamodb.update_time_to_live(
             TableName=table_name, TimeToLiveSpecification={"AttributeName": ttl["AttributeName"], "Enabled": True}
         )
-
-
-# The signing key of local stacks: events/webhook-done.json carries a token made with it.
-LOCAL_SIGNING_KEY = "local-webhook-signing-key"
 
 
 def create_stack(endpoint: str, template: dict[str, Any], token: str, signing_key: str | None = None) -> AwsStack:
@@ -236,21 +198,3 @@ def create_stack(endpoint: str, template: dict[str, Any], token: str, signing_ke
         signing_key=signing_key.encode(),
         tables=bind_tables(images, requests_, host=endpoint),
     )
-
-
-def load_function(template: dict[str, Any], logical_id: str, environment: dict[str, str]) -> ModuleType:
-    """Import a function's handler module afresh under `environment` (set in os.environ): a cold start.
-
-    The module comes from the function's CodeUri, as Lambda finds it; the layer's package is already
-    importable in this venv.
-    """
-    spec = functions(template)[logical_id]
-    module_name = spec.handler_module
-    if str(spec.code_uri) not in sys.path:
-        sys.path.insert(0, str(spec.code_uri))
-    os.environ.update(environment)
-    # A new process would have no Powertools logger yet: forget the one an earlier cold start made,
-    # whose handler writes to that test's captured stdout.
-    logging.Logger.manager.loggerDict.pop(environment.get("POWERTOOLS_SERVICE_NAME", "service_undefined"), None)
-    sys.modules.pop(module_name, None)
-    return importlib.import_module(module_name)
