@@ -27,6 +27,10 @@ class EmulatorControl:
         """The next `count` API calls answer `status` (with Retry-After when given)."""
         self._call("POST", "faults", json={"status": status, "count": count, "retry_after": retry_after})
 
+    def clear_faults(self) -> None:
+        """Drop the faults still queued (a storm ends)."""
+        self._call("DELETE", "faults")
+
     def calls(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "calls"))
 

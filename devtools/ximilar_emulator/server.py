@@ -380,6 +380,13 @@ def create_app(emulator: EmulatorServer) -> Flask:
             store.faults.append(PendingFault(status_code, count, body.get("retry_after")))
         return jsonify({"queued": count})
 
+    @app.delete("/_emulator/faults")
+    def clear_faults() -> Response:
+        """The storm is over: no more queued faults (requests and logs are kept)."""
+        with store.lock:
+            store.faults.clear()
+        return jsonify({"queued": 0})
+
     @app.get("/_emulator/calls")
     def calls() -> Response:
         with store.lock:

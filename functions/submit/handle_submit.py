@@ -41,6 +41,9 @@ def record_metrics(outcome: SubmitOutcome) -> None:
     metrics.add_metric(name="ImagesSubmitted", unit=MetricUnit.Count, value=outcome.images_submitted)
     metrics.add_metric(name="DuplicateNotifications", unit=MetricUnit.Count, value=outcome.duplicates)
     metrics.add_metric(name="ImagesRetried", unit=MetricUnit.Count, value=len(outcome.retry))
+    metrics.add_metric(name="ImagesHandedOn", unit=MetricUnit.Count, value=outcome.handed_on)
+    if outcome.throttled:
+        metrics.add_metric(name="XimilarThrottled", unit=MetricUnit.Count, value=1)
     for reason, count in outcome.images_failed.items():
         metrics.add_metric(name=f"ImagesFailed.{reason}", unit=MetricUnit.Count, value=count)
 
@@ -55,7 +58,7 @@ def handle_sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str,
             # Not ours to drop: retried, then kept in the DLQ for someone to look at.
             logger.error("message is not an S3 notification", extra={"message_id": record.message_id})
             failures[record.message_id] = str(error)
-    outcome = submitter.submit_uploads(uploads)
+    outcome = submitter.submit_uploads(uploads, remaining_millis=context.get_remaining_time_in_millis)
     record_metrics(outcome)
     failures.update(outcome.retry)
 
@@ -66,9 +69,9 @@ def handle_sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str,
     return dict(process_partial_response(event=event, record_handler=report, processor=processor, context=context))
 
 
-def handle_s3_event(event: dict[str, Any]) -> dict[str, Any]:
+def handle_s3_event(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     uploads = list(uploads_from_notification("s3-event", event))
-    outcome = submitter.submit_uploads(uploads)
+    outcome = submitter.submit_uploads(uploads, remaining_millis=context.get_remaining_time_in_millis)
     record_metrics(outcome)
     if outcome.retry:
         raise RetryLater(f"not submitted yet, S3 will invoke again: {sorted(set(outcome.retry.values()))}")
@@ -86,5 +89,5 @@ def handle_s3_event(event: dict[str, Any]) -> dict[str, Any]:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") or []
     if records and records[0].get("eventSource") == "aws:s3":
-        return handle_s3_event(event)
+        return handle_s3_event(event, context)
     return handle_sqs_batch(event, context)

@@ -182,7 +182,7 @@ def test_429_then_success_submits_once(
     assert image(aws_stack, "incoming/flows/busy.png").status == "CREATED"
 
 
-def test_a_500_storm_reports_exactly_the_affected_messages_and_the_retry_submits_them(
+def test_a_500_storm_hands_exactly_the_affected_images_to_the_sweeper_and_retries_no_message(
     submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
 ) -> None:
     handler = submit_handler()
@@ -190,14 +190,14 @@ def test_a_500_storm_reports_exactly_the_affected_messages_and_the_retry_submits
     records = upload_all(aws_stack, keys_)[1:]
     emulator.control.fail_next(1, status=500)  # the first request (10 images) fails, the second (2) passes
     answer = invoke(handler, records)
-    failed = {failure["itemIdentifier"] for failure in answer["batchItemFailures"]}
-    assert failed == {record["messageId"] for record in records[:10]}
-    assert [image(aws_stack, key).status for key in keys_] == ["SUBMITTING"] * 10 + ["CREATED"] * 2
-
-    retried = [record for record in records if record["messageId"] in failed]
-    assert invoke(handler, retried) == {"batchItemFailures": []}
-    assert {image(aws_stack, key).status for key in keys_} == {"CREATED"}
-    assert [call["status"] for call in posts(emulator)] == [500, 201, 201]
+    assert answer == {"batchItemFailures": []}  # every upload is owned: the pipeline retries, not SQS
+    waiting = [image(aws_stack, key) for key in keys_[:10]]
+    assert [item.status for item in waiting] == ["SUBMITTING"] * 10
+    assert all(item.status_reason.startswith("waiting to be submitted: not accepted yet") for item in waiting)
+    assert [image(aws_stack, key).status for key in keys_[10:]] == ["CREATED"] * 2
+    request = aws_stack.tables.requests.get(waiting[0].submission_id)
+    assert (request.status, request.due_shard is not None) == ("SUBMITTING", True)  # due for the sweeper
+    assert [call["status"] for call in posts(emulator)] == [500, 201]
 
 
 def test_a_400_marks_the_images_failed_with_ximilars_message_and_is_not_retried(

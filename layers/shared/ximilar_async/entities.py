@@ -62,6 +62,7 @@ class TrackedRequest:
     checks: int = 0
     submit_attempts: int = 0
     retry_record_ids: frozenset[str] = frozenset()
+    held_back: bool = False  # its last submission was not tried (throttled, out of time): not a failed attempt
     next_check_at: int | None = None  # epoch seconds; None once it left the due index
     created_at: datetime
     updated_at: datetime

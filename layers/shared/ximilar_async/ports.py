@@ -30,6 +30,10 @@ class XimilarApi(Protocol):
 
     def get(self, request_id: str) -> dict[str, Any]: ...
 
+    def set_deadline(self, deadline: float | None) -> None:
+        """No call or retry runs past `deadline` (a `time.monotonic()` value; None: unbounded)."""
+        ...
+
 
 class ObjectStore(Protocol):
     def read(self, location: ObjectLocation) -> bytes:
@@ -95,7 +99,9 @@ class Store(Protocol):
 
     def mark_request_created(self, submission_id: str, request_id: str, now: datetime, check_at: datetime) -> bool: ...
 
-    def defer_request(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool: ...
+    def defer_request(
+        self, submission_id: str, reason: str, now: datetime, check_at: datetime, *, held_back: bool = False
+    ) -> bool: ...
 
     def restart_request(self, submission_id: str, now: datetime, check_at: datetime) -> bool: ...
 

@@ -28,9 +28,9 @@ from ximilar_async.sweeper import Sweeper
 from ximilar_async.webhook import WebhookReceiver
 from ximilar_async.webhook_auth import WebhookAuth
 from ximilar_async.ximilar import XimilarClient, make_session
+from ximilar_async.ximilar.client import CONNECT_TIMEOUT_SECONDS
 
 SECRET_MAX_AGE: Final = 300  # seconds
-CONNECT_TIMEOUT_SECONDS: Final = 3.05
 
 Clock = Callable[[], datetime]
 

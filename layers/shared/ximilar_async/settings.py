@@ -85,6 +85,7 @@ class SubmitSettings(CommonSettings):
     presigned_url_expiry_seconds: int = Field(alias="PRESIGNED_URL_EXPIRY_SECONDS", ge=60, le=604800)
     submitting_timeout_seconds: int = Field(alias="SUBMITTING_TIMEOUT_SECONDS", ge=30)
     first_check_delay_seconds: int = Field(alias="FIRST_CHECK_DELAY_SECONDS", ge=1)
+    submit_concurrency: int = Field(alias="SUBMIT_CONCURRENCY", ge=1, le=32)
 
 
 class WebhookSettings(CommonSettings):

@@ -1,23 +1,33 @@
 """Submit: turn uploads into Ximilar requests, grouped, limited per type, and submitted once.
 
-For each group of uploads with the same (type, endpoint), in chunks of the type's records limit:
-1. the request item is written SUBMITTING (so nothing sent is ever unrecorded);
-2. each image is claimed SUBMITTING for it (duplicates and stale uploads are skipped);
-3. one POST to Ximilar, with a webhook whose headers authenticate this one request;
-4. on success the request and its images become CREATED with Ximilar's request id; on a transient
-   failure the claims are released and the messages retried; on a 4xx the images end FAILED.
+An invocation works in two phases, so that no upload is ever left without an item:
+1. own: for each group of uploads with the same (type, endpoint), in chunks of the type's records
+   limit, the request item is written SUBMITTING and each image claimed for it (duplicates and
+   stale uploads are skipped). These are quick DynamoDB writes; nothing slow happens before them.
+2. post: the owned requests go to Ximilar through a bounded pool (`SUBMIT_CONCURRENCY`), one POST
+   each, with a webhook whose headers authenticate that one request. No POST starts when the
+   invocation's remaining time is under `start_margin`; after Ximilar throttles, none starts at all
+   (a circuit breaker for the invocation). What is not posted is handed on: its claims released and
+   its request due for the sweeper, which submits it (Retry-After honoured), with the reason on
+   every image. The SQS message is done either way: the pipeline, not redelivery, owns the retry.
+On success the request and its images become CREATED with Ximilar's id; on a 4xx the images end
+FAILED with Ximilar's message.
 """
 
 from __future__ import annotations
 
 import base64
+import contextvars
 import logging
+import threading
+import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from ximilar_async.entities import Image
 from ximilar_async.objects import ObjectGone
@@ -27,14 +37,16 @@ from ximilar_async.settings import SubmitSettings
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Rejection, Upload, rejection_of, route_for
 from ximilar_async.webhook_auth import WebhookAuth
-from ximilar_async.ximilar import InvalidRequest, XimilarRequestError, XimilarTransientError
+from ximilar_async.ximilar import InvalidRequest, XimilarRequestError, XimilarThrottled, XimilarTransientError
+from ximilar_async.ximilar.client import CONNECT_TIMEOUT_SECONDS
 
 logger = logging.getLogger(__name__)
 
 # A claim outlives the submit function's timeout (60 s) so a live submitter is never overtaken,
 # and ends before SQS shows the message again (visibility timeout 360 s).
-CLAIM_LEASE = timedelta(seconds=120)
-
+CLAIM_LEASE: Final = timedelta(seconds=120)
+# Time kept back at the end of an invocation for the writes after the last POST answers.
+BOOKKEEPING_SECONDS: Final = 2.0
 
 T = TypeVar("T")
 
@@ -57,6 +69,9 @@ class SubmitOutcome:
     images_submitted: int = 0
     duplicates: int = 0
     images_failed: Counter[str] = field(default_factory=Counter)  # rejection code -> images
+    handed_on: int = 0  # images owned but not posted: the sweeper submits them
+    throttled: bool = False  # Ximilar throttled this invocation (its breaker opened)
+    max_in_flight: int = 0  # most POSTs out at once
 
     def merge(self, other: SubmitOutcome) -> None:
         self.retry.update(other.retry)
@@ -64,6 +79,33 @@ class SubmitOutcome:
         self.images_submitted += other.images_submitted
         self.duplicates += other.duplicates
         self.images_failed.update(other.images_failed)
+        self.handed_on += other.handed_on
+        self.throttled = self.throttled or other.throttled
+        self.max_in_flight = max(self.max_in_flight, other.max_in_flight)
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A request item written and its images claimed for it: owned by the pipeline, ready to POST."""
+
+    submission_id: str
+    request_type: RequestType
+    endpoint: str
+    uploads: Sequence[Upload]
+
+
+class Breaker:
+    """Opens on the first throttling answer of an invocation: from then on nothing more is posted."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.retry_after: float | None = None
+        self.is_open = False
+
+    def trip(self, retry_after: float | None) -> None:
+        with self._lock:
+            self.is_open = True
+            self.retry_after = max(self.retry_after or 0.0, retry_after or 0.0)
 
 
 @dataclass
@@ -75,7 +117,15 @@ class Submitter:
     settings: SubmitSettings
     clock: Callable[[], datetime] = utc_now
 
-    def submit_uploads(self, uploads: Iterable[Upload]) -> SubmitOutcome:
+    @property
+    def start_margin(self) -> float:
+        """Seconds a POST may take, at worst, with its bookkeeping: none starts with less time left."""
+        return self.settings.ximilar_read_timeout_seconds + CONNECT_TIMEOUT_SECONDS + 2 * BOOKKEEPING_SECONDS
+
+    def submit_uploads(
+        self, uploads: Iterable[Upload], *, remaining_millis: Callable[[], int] | None = None
+    ) -> SubmitOutcome:
+        """Own every upload, then post what the time left and Ximilar allow; hand the rest on."""
         outcome = SubmitOutcome()
         groups: dict[tuple[RequestType, str], list[Upload]] = {}
         for upload in uploads:
@@ -85,13 +135,17 @@ class Submitter:
                 self._reject(upload, rejection or Rejection("no-route", "no route matches the key"), outcome)
                 continue
             groups.setdefault((route.request_type, route.endpoint), []).append(upload)
+        owned: list[Owned] = []
         for (request_type, endpoint), members in groups.items():
             for chunk in chunks(members, self.settings.records_per_request[request_type]):
                 try:
-                    outcome.merge(self.submit_batch(request_type, endpoint, chunk))
+                    owned.extend(self.own(request_type, endpoint, chunk, outcome))
                 except Exception as error:
-                    logger.exception("submitting a batch failed", extra={"keys": [u.key for u in chunk]})
+                    # Not owned (DynamoDB failed): SQS delivers these messages again.
+                    logger.exception("owning a batch failed", extra={"keys": [u.key for u in chunk]})
                     outcome.retry.update({u.message_id: f"{type(error).__name__}" for u in chunk})
+        deadline = None if remaining_millis is None else time.monotonic() + remaining_millis() / 1000
+        self.post_all(owned, deadline, outcome)
         return outcome
 
     def _reject(self, upload: Upload, rejection: Rejection, outcome: SubmitOutcome) -> None:
@@ -109,13 +163,30 @@ class Submitter:
         *,
         submission_id: str | None = None,
         previous: Mapping[str, Image] | None = None,
+        deadline: float | None = None,
     ) -> SubmitOutcome:
-        """One Ximilar request for `uploads` (at most the type's limit), recorded before and after.
+        """One Ximilar request for `uploads` (at most the type's limit), owned, then posted.
 
         The sweeper passes `submission_id` to submit a stuck request again, and `previous` (image
         items by URI, as it read them) to submit images again that had an earlier request.
         """
         outcome = SubmitOutcome()
+        owned = self.own(request_type, endpoint, uploads, outcome, submission_id=submission_id, previous=previous)
+        self.post_all(owned, deadline, outcome)
+        return outcome
+
+    # --- phase 1: own ----------------------------------------------------------------------------------
+    def own(
+        self,
+        request_type: RequestType,
+        endpoint: str,
+        uploads: Sequence[Upload],
+        outcome: SubmitOutcome,
+        *,
+        submission_id: str | None = None,
+        previous: Mapping[str, Image] | None = None,
+    ) -> list[Owned]:
+        """Write the request item and claim its images; [] when nothing is left to post."""
         now = self.clock()
         give_up_at = now + timedelta(seconds=self.settings.submitting_timeout_seconds)
         intended = {upload.record_id: upload.uri for upload in uploads}
@@ -125,7 +196,7 @@ class Submitter:
             if not self.repository.open_request(submission_id, request_type.value, endpoint, intended, now, give_up_at):
                 raise RuntimeError(f"submission id {submission_id} already exists")  # a UUID4 collision
         elif not self.repository.restart_request(submission_id, now, give_up_at):
-            return outcome  # it left SUBMITTING meanwhile (finished, or taken by another attempt)
+            return []  # it left SUBMITTING meanwhile (finished, or taken by another attempt)
 
         claimed: list[Upload] = []
         for upload in uploads:
@@ -141,18 +212,89 @@ class Submitter:
         if not claimed and existing:
             reason = "superseded: its images were submitted in other requests"
             self.repository.finish_request(submission_id, Status.FAILED, now, reason=reason)
-            return outcome
+            return []
         if not claimed:
             # Nothing was sent; if the item is no longer SUBMITTING, someone else owns it: leave it.
             self.repository.forget_request(submission_id)
-            return outcome
+            return []
+        if len(claimed) != len(intended):
+            self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in claimed}, now)
+        return [Owned(submission_id, request_type, endpoint, claimed)]
 
-        records, gone = self._records(claimed)
+    # --- phase 2: post -----------------------------------------------------------------------------------
+    def post_all(self, owned: Sequence[Owned], deadline: float | None, outcome: SubmitOutcome) -> None:
+        """POST each owned request through the pool; hand on what the deadline or the breaker holds back."""
+        if not owned:
+            return
+        # The client's own retries end in time for the bookkeeping after the last answer.
+        self.ximilar.set_deadline(None if deadline is None else deadline - BOOKKEEPING_SECONDS)
+        breaker = Breaker()
+        waiting = deque(owned)
+        running: set[Future[SubmitOutcome]] = set()
+        workers = min(self.settings.submit_concurrency, len(owned))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="submit") as pool:
+            while waiting or running:
+                while waiting and len(running) < workers:
+                    request = waiting.popleft()
+                    held = self._held_back(deadline, breaker)
+                    if held is not None:
+                        outcome.merge(self._hand_on(request, held, breaker))
+                        continue
+                    # A copy of the context per task: log keys and test attribution follow the POST.
+                    context = contextvars.copy_context()
+                    running.add(pool.submit(context.run, self._post_or_hand_on, request, breaker))
+                    outcome.max_in_flight = max(outcome.max_in_flight, len(running))
+                if running:
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        outcome.merge(future.result())
+        outcome.throttled = outcome.throttled or breaker.is_open
+
+    def _held_back(self, deadline: float | None, breaker: Breaker) -> str | None:
+        """Why a POST must not start now, or None."""
+        if breaker.is_open:
+            return "Ximilar is throttling (429)"
+        if deadline is not None and deadline - time.monotonic() < self.start_margin:
+            return "the submit function ran out of time"
+        return None
+
+    def _hand_on(
+        self, request: Owned, reason: str, breaker: Breaker, outcome: SubmitOutcome | None = None
+    ) -> SubmitOutcome:
+        """Leave an owned request to the sweeper: claims released, due when Ximilar may take it again."""
+        now = self.clock()
+        wait_seconds = max(float(self.settings.first_check_delay_seconds), breaker.retry_after or 0.0)
+        text = f"waiting to be submitted: {reason}"
+        uris = [upload.uri for upload in request.uploads]
+        self.repository.release_images(request.submission_id, uris, text, now)
+        # False: the request left SUBMITTING meanwhile; whoever moved it owns it now.
+        self.repository.defer_request(
+            request.submission_id, text, now, now + timedelta(seconds=wait_seconds), held_back=True
+        )
+        logger.warning(
+            "request handed on to the sweeper", extra={"submission_id": request.submission_id, "reason": reason}
+        )
+        outcome = outcome or SubmitOutcome()
+        outcome.handed_on += len(uris)
+        return outcome
+
+    def _post_or_hand_on(self, request: Owned, breaker: Breaker) -> SubmitOutcome:
+        try:
+            return self._post(request, breaker)
+        except Exception:
+            # The request item stays SUBMITTING and due at its submitting timeout: the sweeper takes it.
+            logger.exception("posting a request failed", extra={"submission_id": request.submission_id})
+            return SubmitOutcome()
+
+    def _post(self, request: Owned, breaker: Breaker) -> SubmitOutcome:
+        outcome = SubmitOutcome()
+        submission_id, now = request.submission_id, self.clock()
+        records, gone = self._records(request.uploads)
         for upload in gone:
             self.repository.fail_claimed_images(submission_id, [upload.uri], "the object no longer exists", now)
             outcome.images_failed["object-gone"] += 1
-        sent = [upload for upload in claimed if upload not in gone]
-        if len(sent) != len(intended):
+        sent = [upload for upload in request.uploads if upload not in gone]
+        if gone:
             self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in sent}, now)
         if not sent:
             self.repository.finish_request(submission_id, Status.FAILED, now, reason="no object could be read")
@@ -162,16 +304,15 @@ class Submitter:
         record_ids = [record["_id"] for record in records]
         webhook = self.auth.webhook(self.settings.webhook_url, submission_id, record_ids)
         log_context = {"submission_id": submission_id, "keys": [upload.key for upload in sent]}
+        sending = Owned(submission_id, request.request_type, request.endpoint, sent)
         try:
-            answer = self.ximilar.submit(request_type, endpoint, records, webhook)
+            answer = self.ximilar.submit(request.request_type, request.endpoint, records, webhook)
+        except XimilarThrottled as error:
+            breaker.trip(error.retry_after)
+            return self._hand_on(sending, "Ximilar is throttling (429)", breaker, outcome)
         except XimilarTransientError as error:
-            reason = f"not accepted yet: {error}"
-            logger.warning("Ximilar did not take the request; it will be retried", extra=log_context)
-            self.repository.release_images(submission_id, uris, reason, now)
-            # False: the sweeper finished it meanwhile; the messages are retried all the same.
-            self.repository.defer_request(submission_id, reason, now, give_up_at)
-            outcome.retry.update({upload.message_id: reason for upload in sent})
-            return outcome
+            logger.warning("Ximilar did not take the request; the sweeper will", extra=log_context)
+            return self._hand_on(sending, f"not accepted yet: {error}", breaker, outcome)
         except (XimilarRequestError, InvalidRequest) as error:
             reason = f"Ximilar refused the request: {error}"
             logger.warning("Ximilar refused the request", extra={**log_context, "reason": reason})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,7 +33,7 @@ from ximilar_async.request_types import parse_request_type
 from ximilar_async.results import ResultRecorder, utc_now
 from ximilar_async.settings import SweeperSettings
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
-from ximilar_async.submission import Submitter, chunks
+from ximilar_async.submission import SubmitOutcome, Submitter, chunks
 from ximilar_async.uploads import Upload
 from ximilar_async.ximilar import XimilarNotFound, XimilarThrottled, XimilarTransientError
 
@@ -70,6 +71,7 @@ class Sweeper:
     settings: SweeperSettings
     clock: Callable[[], datetime] = utc_now
     rng: random.Random = field(default_factory=random.Random)
+    deadline: float | None = field(default=None, init=False)  # of the current run, time.monotonic()
 
     def sweep(self, remaining_millis: Callable[[], int]) -> SweepOutcome:
         outcome = SweepOutcome()
@@ -77,6 +79,9 @@ class Sweeper:
         shards = list(range(self.settings.index_shards))
         self.rng.shuffle(shards)
         now = self.clock()
+        # The client's retries end before the run's margin: a run is never killed in a backoff.
+        self.deadline = time.monotonic() + (remaining_millis() - DEADLINE_MARGIN_MS) / 1000
+        self.ximilar.set_deadline(self.deadline)
         for request in self.repository.due_requests(shards, now, counter):
             if remaining_millis() < DEADLINE_MARGIN_MS:
                 outcome.stopped = "deadline"
@@ -192,7 +197,8 @@ class Sweeper:
 
     def _submit_again(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
         """A request still SUBMITTING past its timeout: the submitter died, or Ximilar kept refusing."""
-        if request.submit_attempts >= MAX_SUBMIT_ATTEMPTS:
+        # Attempts Ximilar held back (throttled, no time left) are not failures: the max age bounds those.
+        if (request.submit_attempts >= MAX_SUBMIT_ATTEMPTS and not request.held_back) or self._too_old(request):
             reason = f"not submitted after {request.submit_attempts} attempts: {request.status_reason or 'no answer'}"
             self._give_up(request, Status.SUBMITTING.value, reason, outcome)
             return
@@ -209,8 +215,9 @@ class Sweeper:
             [Upload.of_image(image) for image in images],
             submission_id=request.submission_id,
             previous={image.uri: image for image in images},
+            deadline=self.deadline,
         )
-        outcome.resubmitted_images += result.images_submitted
+        self._count_resubmission(result, outcome)
 
     def _resubmit_elsewhere(self, request: TrackedRequest, state: str, outcome: SweepOutcome) -> None:
         """Ximilar will not finish this request (quota): its unfinished images go out in new requests."""
@@ -249,5 +256,11 @@ class Sweeper:
                 request.endpoint,
                 [Upload.of_image(image) for image in chunk],
                 previous={image.uri: image for image in chunk},
+                deadline=self.deadline,
             )
-            outcome.resubmitted_images += result.images_submitted
+            self._count_resubmission(result, outcome)
+
+    def _count_resubmission(self, result: SubmitOutcome, outcome: SweepOutcome) -> None:
+        outcome.resubmitted_images += result.images_submitted
+        if result.throttled:  # the submitter handed it on; this run stops calling Ximilar
+            raise XimilarThrottled("Ximilar throttled a resubmission")

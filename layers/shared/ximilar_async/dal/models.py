@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynamodb.attributes import (
+    BooleanAttribute,
     MapAttribute,
     NumberAttribute,
     TTLAttribute,
@@ -108,6 +109,7 @@ class RequestItem(Model):
     images = MapAttribute[str, Any]()  # record `_id` -> image URI
     checks = NumberAttribute(default=0)
     submit_attempts = NumberAttribute(default=0)
+    held_back = BooleanAttribute(null=True)  # its last submission was not tried (throttled, out of time)
     retry_record_ids = UnicodeSetAttribute(null=True)  # images whose ERROR is worth another try
     due_shard = UnicodeAttribute(null=True)
     next_check_at = NumberAttribute(null=True)  # epoch seconds

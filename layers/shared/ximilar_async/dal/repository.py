@@ -80,6 +80,7 @@ def _request(item: RequestItem) -> TrackedRequest:
         checks=int(item.checks or 0),
         submit_attempts=int(item.submit_attempts or 0),
         retry_record_ids=frozenset(item.retry_record_ids or ()),
+        held_back=bool(item.held_back),
         next_check_at=None if item.next_check_at is None else int(item.next_check_at),
         created_at=item.created_at,
         updated_at=item.updated_at,
@@ -258,19 +259,24 @@ class Repository:
             requests.status.set(Status.CREATED.value),
             requests.ximilar_status.set(Status.CREATED.value),
             requests.status_reason.remove(),
+            requests.held_back.remove(),
             requests.next_check_at.set(epoch(check_at)),
             requests.updated_at.set(now),
         ]
         submitting = requests.status == Status.SUBMITTING.value
         return _applied(lambda: requests(submission_id).update(actions=actions, condition=submitting))
 
-    def defer_request(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool:
+    def defer_request(
+        self, submission_id: str, reason: str, now: datetime, check_at: datetime, *, held_back: bool = False
+    ) -> bool:
         """Ximilar did not take it this time: keep it SUBMITTING, due for the sweeper at `check_at`.
 
+        `held_back`: it was not tried (throttled, or no time left), which is not a failed attempt.
         False when the request is no longer SUBMITTING.
         """
         requests = self.tables.requests
         actions: list[Action] = [
+            requests.held_back.set(held_back),
             requests.status_reason.set(reason),
             requests.next_check_at.set(epoch(check_at)),
             requests.updated_at.set(now),

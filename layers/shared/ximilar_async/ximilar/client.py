@@ -6,8 +6,9 @@ to results and typed errors, and refuses locally what the API would refuse.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Self
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,19 +30,47 @@ from ximilar_async.ximilar.exceptions import (
 )
 
 REQUEST_PATH: Final = "/account/v2/request"
+CONNECT_TIMEOUT_SECONDS: Final = 3.05  # a little over a TCP retransmission window
 RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
 
 JsonObject = dict[str, Any]
 
 
+class RetryPastDeadline(Exception):
+    """The next retry would wait past the caller's deadline; `status` is the last answer's, if any."""
+
+    def __init__(self, status: int | None) -> None:
+        super().__init__(f"no time left to retry (last status {status})")
+        self.status = status
+
+
 class BoundedRetry(Retry):
-    """urllib3's Retry, with Retry-After capped: a Lambda must not sleep past its own deadline."""
+    """urllib3's Retry, bounded in time: Retry-After is capped, and no wait runs past `deadline`.
+
+    `deadline` is a `time.monotonic()` value (None: no deadline). urllib3 copies a Retry for every
+    request through `new`, so the copy carries it on. A wait that would pass it raises
+    `RetryPastDeadline` instead of sleeping: a Lambda must not be killed in a backoff.
+    """
 
     retry_after_cap_seconds: float = 20.0
+    deadline: float | None = None
+
+    def new(self, **kwargs: Any) -> Self:
+        retry = super().new(**kwargs)
+        retry.deadline = self.deadline
+        return retry
 
     def get_retry_after(self, response: Any) -> float | None:
         seconds = super().get_retry_after(response)
         return None if seconds is None else min(seconds, self.retry_after_cap_seconds)
+
+    def sleep(self, response: Any = None) -> None:
+        if self.deadline is not None:
+            retry_after = self.get_retry_after(response) if response is not None else None
+            wait = retry_after if retry_after is not None else self.get_backoff_time()
+            if time.monotonic() + wait > self.deadline:
+                raise RetryPastDeadline(getattr(response, "status", None))
+        super().sleep(response)
 
 
 def default_retry(attempts: int = 4, backoff_factor: float = 0.5, backoff_max: float = 10.0) -> Retry:
@@ -124,6 +153,18 @@ class XimilarClient:
         self.session = session
         self.timeout = timeout
         self.records_per_request = records_per_request
+        self.deadline: float | None = None
+
+    def set_deadline(self, deadline: float | None) -> None:
+        """No call or retry of this client runs past `deadline` (a `time.monotonic()` value; None: unbounded).
+
+        A Lambda handler sets it from its remaining time, so the client's own retries never outlast it.
+        """
+        self.deadline = deadline
+        for adapter in self.session.adapters.values():
+            retry = getattr(adapter, "max_retries", None)
+            if isinstance(retry, BoundedRetry):
+                retry.deadline = deadline
 
     def submit(
         self,
@@ -173,9 +214,22 @@ class XimilarClient:
     def _call(self, method: str, path: str, **kwargs: Any) -> JsonObject:
         return self._call_url(method, f"{self.base_url}{path}", **kwargs)
 
+    def _timeout(self, method: str, url: str) -> tuple[float, float]:
+        """The (connect, read) timeout, shortened so that the call ends by the deadline."""
+        if self.deadline is None:
+            return self.timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise XimilarTransientError(f"{method} {_path_of(url)}: not sent, no time left before the deadline")
+        return (min(self.timeout[0], left), min(self.timeout[1], left))
+
     def _call_url(self, method: str, url: str, **kwargs: Any) -> JsonObject:
         try:
-            response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+            response = self.session.request(method, url, timeout=self._timeout(method, url), **kwargs)
+        except RetryPastDeadline as error:
+            if error.status == 429:
+                raise XimilarThrottled(f"{method} {_path_of(url)}: throttled until past the deadline") from None
+            raise XimilarTransientError(f"{method} {_path_of(url)}: {error}", status_code=error.status) from None
         except requests.exceptions.RetryError as error:  # only when urllib3 raises instead of returning
             raise XimilarTransientError(f"{method} {_path_of(url)}: retries exhausted: {error}") from None
         except (requests.ConnectionError, requests.Timeout) as error:
@@ -185,7 +239,9 @@ class XimilarClient:
             return _json_object(response)
         message = _error_message(response)
         if code == 429:
-            raise XimilarThrottled(f"{method} {_path_of(url)}: throttled: {message}", status_code=code)
+            raise XimilarThrottled(
+                f"{method} {_path_of(url)}: throttled: {message}", retry_after=_retry_after(response)
+            )
         if code >= 500:
             raise XimilarTransientError(f"{method} {_path_of(url)}: {code}: {message}", status_code=code)
         if code in (401, 403):
@@ -198,6 +254,13 @@ class XimilarClient:
 def _path_of(url: str) -> str:
     """The URL without its query: never log query strings (they can carry signatures)."""
     return url.split("?", 1)[0]
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Retry-After in seconds (urllib3 parses both forms: seconds and an HTTP date)."""
+    if "Retry-After" not in response.headers:
+        return None
+    return default_retry().parse_retry_after(response.headers["Retry-After"])
 
 
 def _cause(error: Exception) -> str:

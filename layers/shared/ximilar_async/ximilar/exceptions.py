@@ -37,4 +37,8 @@ class XimilarTransientError(XimilarError):
 
 
 class XimilarThrottled(XimilarTransientError):
-    """429 after every retry."""
+    """429 after every retry the deadline allowed; `retry_after`: Ximilar's Retry-After in seconds, if sent."""
+
+    def __init__(self, message: str, status_code: int | None = 429, retry_after: float | None = None) -> None:
+        super().__init__(message, status_code)
+        self.retry_after = retry_after
