@@ -39,7 +39,9 @@ def run_batches(stack: AwsStack, handler: Any, images: int, batch_size: int) -> 
     return failed, time.perf_counter() - started
 
 
-def bench(endpoint: str, emulator_url: str, prefix: str, images: int, batch_size: int) -> dict[str, Any]:
+def bench(
+    endpoint: str, emulator_url: str, prefix: str, images: int, batch_size: int, response_delay: float = 0.0
+) -> dict[str, Any]:
     control = EmulatorControl(emulator_url)
     control.reset()
     control.set_knobs(webhook_drop_rate=1.0)  # webhooks are the webhook function's business
@@ -53,6 +55,7 @@ def bench(endpoint: str, emulator_url: str, prefix: str, images: int, batch_size
     body = png_bytes(8, 8)
     for n in range(images):
         stack.put(f"{prefix}img-{n:05d}.png", body)
+    control.set_knobs(response_delay_seconds=response_delay)
     failed, seconds = run_batches(stack, handler, images, batch_size)
     ximilar_calls = len(control.calls())
     return {
@@ -62,6 +65,7 @@ def bench(endpoint: str, emulator_url: str, prefix: str, images: int, batch_size
         "dynamodb_calls": sum(counter.values()),
         "dynamodb_by_operation": dict(counter),
         "seconds": seconds,
+        "most_in_flight": control.most_in_flight(),
     }
 
 
@@ -85,6 +89,12 @@ def cold_import_seconds(environment: dict[str, str], runs: int = 7) -> list[floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument(
+        "--response-delay",
+        type=float,
+        default=0.0,
+        help="seconds the emulator takes to answer each call (slow Ximilar)",
+    )
     args = parser.parse_args()
     os.environ.update(
         {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -94,17 +104,30 @@ def main() -> int:
     fast = ["--created-delay-seconds", "0.01", "--processing-delay-seconds", "0.01"]
     with moto_server() as endpoint, emulator_process(TOKEN, *fast) as emulator_url:
         results = [
-            ("card-grader (10 per request)", bench(endpoint, emulator_url, "incoming/cards/", args.images, batch_size)),
-            ("upscaler (1 per request)", bench(endpoint, emulator_url, "incoming/", args.images, batch_size)),
+            (
+                "card-grader (10 per request)",
+                bench(endpoint, emulator_url, "incoming/cards/", args.images, batch_size, args.response_delay),
+            ),
+            (
+                "upscaler (1 per request)",
+                bench(endpoint, emulator_url, "incoming/", args.images, batch_size, args.response_delay),
+            ),
         ]
         environment = create_stack(endpoint, template, TOKEN).environment("SubmitFunction")
-    print(f"submit benchmark: {args.images} images per run, SQS batches of {batch_size}")
-    print(f"{'route':<30} {'requests':>8} {'failed':>6} {'ximilar/img':>11} {'dynamodb/img':>12}  dynamodb calls")
+    print(
+        f"submit benchmark: {args.images} images per run, SQS batches of {batch_size}, "
+        f"Ximilar answering after {args.response_delay} s"
+    )
+    print(
+        f"{'route':<30} {'requests':>8} {'failed':>6} {'ximilar/img':>11} {'dynamodb/img':>12} {'in flight':>9}"
+        "  dynamodb calls"
+    )
     for name, result in results:
         per_image = result["images"]
         print(
             f"{name:<30} {result['ximilar_calls']:>8} {result['failed_messages']:>6} "
-            f"{result['ximilar_calls'] / per_image:>11.3f} {result['dynamodb_calls'] / per_image:>12.3f}  "
+            f"{result['ximilar_calls'] / per_image:>11.3f} {result['dynamodb_calls'] / per_image:>12.3f} "
+            f"{result['most_in_flight']:>9}  "
             f"{result['dynamodb_by_operation']}  ({result['seconds']:.1f} s wall here)"
         )
     timings = cold_import_seconds(environment)

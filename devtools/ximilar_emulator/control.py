@@ -34,6 +34,18 @@ class EmulatorControl:
     def calls(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "calls"))
 
+    def most_in_flight(self) -> int:
+        """The most API calls the emulator was answering at one moment."""
+        edges = sorted(
+            [(call["started"], 1) for call in self.calls()] + [(call["at"], -1) for call in self.calls()],
+            key=lambda edge: (edge[0], edge[1]),  # an answer before an arrival at the same instant
+        )
+        most = current = 0
+        for _, step in edges:
+            current += step
+            most = max(most, current)
+        return most
+
     def webhooks(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "webhooks"))
 

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import requests
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from ximilar_async.request_types import DOCUMENTED_ENDPOINTS as DOCUMENTED
@@ -248,6 +248,7 @@ def create_app(emulator: EmulatorServer) -> Flask:
     def gate() -> Response | None:
         if not request.path.startswith(API_PREFIX):
             return None
+        g.started = time.time()
         delay = store.knobs.response_delay_seconds
         if delay:
             time.sleep(delay)  # the knob *is* a slow server
@@ -259,7 +260,7 @@ def create_app(emulator: EmulatorServer) -> Flask:
     @app.after_request
     def log(response: Response) -> Response:
         if request.path.startswith(API_PREFIX):
-            store.log_call(request.method, request.path, response.status_code)
+            store.log_call(request.method, request.path, response.status_code, g.get("started", time.time()))
         return response
 
     @app.post(API_PREFIX)

@@ -145,9 +145,10 @@ class Store:
             fault.remaining -= 1
             return fault
 
-    def log_call(self, method: str, path: str, status: int) -> None:
+    def log_call(self, method: str, path: str, status: int, started: float) -> None:
+        """One API call: `started` when it arrived, `at` when it was answered (epoch seconds)."""
         with self.lock:
-            self.calls.append({"method": method, "path": path, "status": status, "at": time.time()})
+            self.calls.append({"method": method, "path": path, "status": status, "started": started, "at": time.time()})
 
     def log_webhook(self, request_id: str, attempt: int, outcome: str) -> None:
         with self.lock:

@@ -185,7 +185,7 @@ def test_429_then_success_submits_once(
 def test_a_500_storm_hands_exactly_the_affected_images_to_the_sweeper_and_retries_no_message(
     submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
 ) -> None:
-    handler = submit_handler()
+    handler = submit_handler(SubmitConcurrency="1")  # one POST at a time: the first one meets the fault
     keys_ = [f"incoming/flows/storm-{n:02d}.png" for n in range(12)]
     records = upload_all(aws_stack, keys_)[1:]
     emulator.control.fail_next(1, status=500)  # the first request (10 images) fails, the second (2) passes

@@ -47,6 +47,10 @@ DEADLINE_MARGIN_MS: Final = 15_000  # stop taking work this long before the Lamb
 CALLS_PER_REQUEST: Final = 2  # at most: /status then the details
 
 
+class ResubmissionThrottled(Exception):
+    """Ximilar throttled a resubmission; the submitter has already made the request due again."""
+
+
 @dataclass
 class SweepOutcome:
     items_read: int = 0  # items DynamoDB returned from the due index
@@ -79,13 +83,14 @@ class Sweeper:
         shards = list(range(self.settings.index_shards))
         self.rng.shuffle(shards)
         now = self.clock()
-        # The client's retries end before the run's margin: a run is never killed in a backoff.
-        self.deadline = time.monotonic() + (remaining_millis() - DEADLINE_MARGIN_MS) / 1000
-        self.ximilar.set_deadline(self.deadline)
         for request in self.repository.due_requests(shards, now, counter):
-            if remaining_millis() < DEADLINE_MARGIN_MS:
+            left = remaining_millis()
+            if left < DEADLINE_MARGIN_MS:
                 outcome.stopped = "deadline"
                 break
+            # The client's retries end before the run's margin: a run is never killed in a backoff.
+            self.deadline = time.monotonic() + (left - DEADLINE_MARGIN_MS) / 1000
+            self.ximilar.set_deadline(self.deadline)
             if outcome.api_calls + CALLS_PER_REQUEST > self.settings.max_api_calls_per_run:
                 outcome.stopped = "budget"
                 break
@@ -94,6 +99,9 @@ class Sweeper:
             outcome.taken += 1
             try:
                 self._sweep_one(request, outcome)
+            except ResubmissionThrottled:
+                outcome.stopped = "throttled"  # the submitter already handed the request on
+                break
             except XimilarThrottled:
                 self._reschedule(request, self.clock() + RETRY_AFTER_THROTTLE, None, outcome)
                 outcome.stopped = "throttled"
@@ -197,8 +205,9 @@ class Sweeper:
 
     def _submit_again(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
         """A request still SUBMITTING past its timeout: the submitter died, or Ximilar kept refusing."""
-        # Attempts Ximilar held back (throttled, no time left) are not failures: the max age bounds those.
-        if (request.submit_attempts >= MAX_SUBMIT_ATTEMPTS and not request.held_back) or self._too_old(request):
+        # Attempts held back (throttled, no time left) are not failures: the max age bounds those.
+        exhausted = self._too_old(request) if request.held_back else request.submit_attempts >= MAX_SUBMIT_ATTEMPTS
+        if exhausted:
             reason = f"not submitted after {request.submit_attempts} attempts: {request.status_reason or 'no answer'}"
             self._give_up(request, Status.SUBMITTING.value, reason, outcome)
             return
@@ -263,4 +272,4 @@ class Sweeper:
     def _count_resubmission(self, result: SubmitOutcome, outcome: SweepOutcome) -> None:
         outcome.resubmitted_images += result.images_submitted
         if result.throttled:  # the submitter handed it on; this run stops calling Ximilar
-            raise XimilarThrottled("Ximilar throttled a resubmission")
+            raise ResubmissionThrottled
