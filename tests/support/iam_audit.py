@@ -65,6 +65,17 @@ NOT_OBSERVABLE: dict[str, str] = {
     "sqs:ChangeMessageVisibility": "the Lambda service's SQS poller",
 }
 
+# Grants whose code path exists but no test reaches yet, each with the code that needs it. A grant
+# listed here and used by a test is fine; remove the entry when a test covers it.
+NEEDED_BUT_UNTESTED: dict[tuple[str, str], str] = {
+    # Submitter.submit_batch -> Repository.forget_request, when a resubmission's POST is refused.
+    ("SweeperFunction", "dynamodb:DeleteItem"): "the sweeper's resubmission forgetting a refused request",
+    # ResultRecorder stores records over the item limit; tests send large results only by webhook.
+    ("SweeperFunction", "s3:PutObject"): "a large result recorded by the sweeper instead of the webhook",
+    # Resubmitting an image of a versioned bucket presigns its version (submit's test proves the action).
+    ("SweeperFunction", "s3:GetObjectVersion"): "resubmitting an image of a versioned input bucket",
+}
+
 _TRANSACT_ACTIONS = {
     "Put": "PutItem",
     "Update": "UpdateItem",
@@ -228,7 +239,9 @@ class Audit:
         return sorted(
             grant
             for grant in self.grants
-            if grant.action not in NOT_OBSERVABLE and not any(grant.allows(call) for call in self.calls)
+            if grant.action not in NOT_OBSERVABLE
+            and (grant.function, grant.action) not in NEEDED_BUT_UNTESTED
+            and not any(grant.allows(call) for call in self.calls)
         )
 
     def report(self) -> list[str]:
