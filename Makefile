@@ -2,13 +2,14 @@
 PYTHON ?= python3
 VENV := .venv
 SAM_VENV := .venv-sam
+CHECKOV_VENV := .venv-checkov
 PY := $(VENV)/bin/python
 SAM := $(SAM_VENV)/bin/sam
 # SAM builds the python3.13 layer with pyenv's 3.13 next to the machine's 3.11.
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv sam-venv demo up test lint validate build deploy emulator clean
+.PHONY: venv sam-venv checkov-venv demo up test lint security validate build deploy emulator clean
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +24,15 @@ $(SAM_VENV)/.installed: requirements-sam.txt
 	$(SAM_VENV)/bin/python -m pip install --quiet -r requirements-sam.txt
 	touch $@
 
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $@
+
 venv: $(VENV)/.installed
 sam-venv: $(SAM_VENV)/.installed
+checkov-venv: $(CHECKOV_VENV)/.installed
 
 demo: venv  ## the pipeline on the embedded local stack: sample images in, results table out
 	$(VENV)/bin/xasync demo
@@ -40,6 +48,11 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/cfn-lint template.yaml
+
+# Any failed check fails the target; a check skipped on purpose carries its reason in the resource's
+# Metadata (checkov: skip:). --skip-download: no Prisma Cloud guideline lookups (CI has no internet).
+security: checkov-venv  ## checkov on template.yaml (AWS::Serverless resources included)
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --compact --quiet --skip-download
 
 validate: sam-venv
 	$(SAM) validate --lint --region us-east-1

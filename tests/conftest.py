@@ -6,11 +6,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 
+from tests.support import iam_audit
 from tests.support.aws import AwsStack, create_stack, create_table_from_template
 from xasync.servers import emulator_process, moto_server
 from xasync.template import load_template
@@ -86,3 +88,70 @@ def tables(dynamodb: Any, template: dict[str, Any], aws_endpoint: str) -> Tables
     create_table_from_template(dynamodb, template, "ImagesTable", images)
     create_table_from_template(dynamodb, template, "RequestsTable", requests_)
     return bind_tables(images, requests_, host=aws_endpoint)
+
+
+# --- IAM proven, not read (tests/support/iam_audit.py) ------------------------------------------
+# The functions' AWS calls are recorded for the whole session and compared with the template's
+# statements when it ends. A call the template does not allow fails every run, even a run of one
+# test. A grant no call used fails only a complete run (every test path, nothing deselected, no
+# failure), since a subset of tests cannot be expected to use everything.
+_deselected: list[int] = []
+_verdict: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    iam_audit.install(load_template())  # before any function's client exists
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    audit = iam_audit.current()
+    if audit is not None:
+        iam_audit.wrap_load_function(audit)  # every module that imported load_function is imported now
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _deselected.append(len(items))
+
+
+def _complete_run(session: pytest.Session) -> bool:
+    config = session.config
+    arguments = [Path(config.invocation_params.dir, argument) for argument in config.args]
+    testpaths = [config.rootpath / path for path in config.getini("testpaths")]
+    covered = all(
+        any("::" not in str(argument) and path.resolve().is_relative_to(argument.resolve()) for argument in arguments)
+        for path in testpaths
+    )
+    return covered and not _deselected and session.testsfailed == 0 and not session.shouldstop
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    audit = iam_audit.current()
+    if audit is None or not audit.calls:
+        return
+    disallowed, unused = audit.disallowed(), audit.unused()
+    lines = audit.report()
+    if disallowed:
+        lines.append("FAILED: calls the template does not allow the function to make:")
+        lines += [f"  {call.function}: {call.action} on {call.resource}" for call in disallowed]
+    if audit.unreadable:
+        lines.append("FAILED: policies this audit cannot read (inline statements only):")
+        lines += [f"  {policy}" for policy in audit.unreadable]
+    complete = _complete_run(session)
+    if unused:
+        lines.append(("FAILED" if complete else "not checked (a partial run)") + ": grants no test used:")
+        lines += [f"  {grant.function} {grant.sid}: {grant.action} on {grant.resource}" for grant in unused]
+    ok = not disallowed and not audit.unreadable and not (complete and unused)
+    lines.append(
+        f"IAM audit: {'OK' if ok else 'FAILED'} ({len(audit.calls)} distinct calls, {len(audit.grants)} grants, "
+        f"{'unused grants checked' if complete else 'unused grants not checked: partial run'})"
+    )
+    _verdict[:] = lines
+    if not ok:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _verdict:
+        terminalreporter.section("IAM audit: the functions' AWS calls against template.yaml")
+        for line in _verdict:
+            terminalreporter.write_line(line)

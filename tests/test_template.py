@@ -181,3 +181,37 @@ def test_every_common_setting_is_a_global_variable(template: dict[str, Any]) -> 
     assert json.dumps(sorted(global_variables - CommonSettings.variable_names())) == json.dumps(
         sorted(READ_BY_POWERTOOLS)
     )
+
+
+def test_every_checkov_skip_says_why(template: dict[str, Any]) -> None:
+    for logical_id, resource in template["Resources"].items():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert skip["id"].startswith("CKV_") and len(skip.get("comment", "")) > 20, (logical_id, skip)
+
+
+def test_the_webhook_reserves_concurrency_unless_the_parameter_is_zero(template: dict[str, Any]) -> None:
+    reserved = template["Resources"]["WebhookFunction"]["Properties"]["ReservedConcurrentExecutions"]
+    assert reserved == {
+        "Fn::If": ["WebhookConcurrencyReserved", {"Ref": "WebhookReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+    assert Resolver(template).condition("WebhookConcurrencyReserved")
+    assert not Resolver(template, parameters={"WebhookReservedConcurrency": "0"}).condition(
+        "WebhookConcurrencyReserved"
+    )
+
+
+def test_the_http_api_logs_access_without_headers_to_a_log_group_with_retention(template: dict[str, Any]) -> None:
+    settings = template["Resources"]["HttpApi"]["Properties"]["AccessLogSettings"]
+    assert settings["DestinationArn"] == {"Fn::GetAtt": ["HttpApiAccessLogs", "Arn"]}
+    fields = json.loads(settings["Format"])
+    for variable in (
+        "$context.identity.sourceIp",
+        "$context.status",
+        "$context.responseLatency",
+        "$context.requestId",
+        "$context.routeKey",
+    ):
+        assert variable in fields.values()
+    assert "header" not in settings["Format"].lower()
+    log_group = template["Resources"]["HttpApiAccessLogs"]["Properties"]
+    assert log_group["RetentionInDays"] == {"Ref": "AccessLogRetentionDays"}

@@ -2,7 +2,7 @@
 
 Tests and local tooling read the template instead of keeping a second list of resources, so the
 two cannot drift. The resolver covers the intrinsics the template uses (Ref, Sub, GetAtt, If, Join,
-Select, Split, Equals); anything deployed-only (physical ids, ARNs) resolves to a stable placeholder
+Select, Split, Equals, Not); anything deployed-only (physical ids, ARNs) resolves to a stable placeholder
 or to what the caller passes in `physical_ids`.
 """
 
@@ -108,6 +108,9 @@ class Resolver:
         if name == "Fn::If":
             condition, when_true, when_false = argument
             return self.resolve(when_true if self.condition(condition) else when_false)
+        if name == "Fn::Not":
+            (inner,) = argument
+            return not self.resolve(inner)
         if name == "Fn::Equals":
             left, right = (self.resolve(item) for item in argument)
             return str(left) == str(right)

@@ -130,6 +130,34 @@ def test_keys_that_need_decoding_are_stored_decoded_and_really_fetched(
     assert (record["_width"], record["_height"], record["_id"]) == (37, 19, stored.record_id)
 
 
+@pytest.mark.parametrize("inline_max_bytes", ["0", "100000"], ids=["presigned", "inline"])
+def test_in_a_versioned_bucket_the_uploaded_version_is_the_one_sent(
+    submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator, inline_max_bytes: str
+) -> None:
+    # Versioning is the owner's choice (README); reading a given version needs s3:GetObjectVersion.
+    aws_stack.client("s3").put_bucket_versioning(Bucket=aws_stack.bucket, VersioningConfiguration={"Status": "Enabled"})
+    handler = submit_handler(InlineBase64MaxBytes=inline_max_bytes)
+    records = upload_all(aws_stack, ["incoming/versioned.png"], png_bytes(21, 13))
+    s3 = aws_stack.client("s3")
+    version = s3.head_object(Bucket=aws_stack.bucket, Key="incoming/versioned.png")["VersionId"]
+    # S3's notifications of a versioned bucket carry the versionId; moto's leave it out.
+    body = json.loads(records[1]["body"])
+    body["Records"][0]["s3"]["object"]["versionId"] = version
+    records[1]["body"] = json.dumps(body)
+    aws_stack.put("incoming/versioned.png", png_bytes(5, 5))  # a newer version, not the one notified
+    invoke(handler, records)
+    stored = image(aws_stack, "incoming/versioned.png")
+    assert stored.version_id
+
+    def fetched() -> dict[str, Any] | None:
+        details = ximilar_request(emulator, stored.request_id)
+        return details if details["status"] == "DONE" else None
+
+    record = wait_for(fetched, what="the emulator to process the versioned image")["response"]["records"][0]
+    assert record["_status"]["code"] == 200, record["_status"]
+    assert (record["_width"], record["_height"]) == (21, 13)
+
+
 def test_the_test_event_alone_does_nothing(
     submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
 ) -> None:

@@ -1,0 +1,361 @@
+"""IAM proven, not read: every AWS call a function makes during the tests, against the template's grants.
+
+Attribution (the functions run in this process, some from the local stack's threads):
+- `ACTING`, a contextvar, names the function while its cold start (the module import) or its handler
+  runs: the module `load_function` returns has its handler wrapped to set it. A contextvar follows the
+  code into a thread pool that copies the context (the submit function's pool will); the local stack's
+  threads call the wrapped handler, so they set it themselves.
+- A botocore client created while `ACTING` is set belongs to that function, and every call through it
+  counts for that function, also when a test drives the function's objects outside its handler
+  (`pipeline.sweep(...)` runs `Sweeper.sweep` directly). pynamodb creates its clients on first use,
+  so the cold start creates them for the module's tables.
+- Calls with neither (the tests' own set-up and checks) are not the functions' and are not recorded.
+
+Comparison, per function: the IAM action (S3 reads with a VersionId need GetObjectVersion) and the
+resource by logical id. The template's statements are resolved with each resource standing for
+`@<LogicalId>` (ARNs `arn:@:<LogicalId>`); the names a call uses are mapped back to logical ids
+through the function's environment (the template sets those variables with !Ref) and, for the input
+bucket, which no variable names, through the prefix of the name the template computes for it.
+
+A presigned URL makes no call but is only good if the signer may s3:GetObject (GetObjectVersion with
+a VersionId): `generate_presigned_url` is recorded as that action.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import fnmatch
+import functools
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import botocore.client
+import botocore.signers
+
+from xasync import lambda_runtime
+from xasync.template import Resolver, functions
+
+ACTING: contextvars.ContextVar[str | None] = contextvars.ContextVar("xasync_acting_function", default=None)
+_OWNER = "_xasync_iam_owner"
+
+# Actions a function's role may hold that no botocore call in this process can show. None of them is
+# in the template's statements today; they are here so that granting one is a decision, not a failure.
+NOT_OBSERVABLE: dict[str, str] = {
+    # SSM decrypts a SecureString server side for ssm:GetParameter(WithDecryption); a parameter under a
+    # customer managed key needs kms:Decrypt on the role, which the function never calls itself.
+    "kms:Decrypt": "used by SSM on the function's behalf (SecureString under a customer managed key)",
+    # Written by the Lambda runtime and the X-Ray daemon, not by the function's code (SAM grants them
+    # with AWSLambdaBasicExecutionRole and, for Tracing: Active, AWSXrayWriteOnlyAccess).
+    "logs:CreateLogGroup": "the Lambda runtime",
+    "logs:CreateLogStream": "the Lambda runtime",
+    "logs:PutLogEvents": "the Lambda runtime",
+    "xray:PutTraceSegments": "the X-Ray daemon",
+    "xray:PutTelemetryRecords": "the X-Ray daemon",
+    # The SQS event source mapping polls with the function's role (SAM: AWSLambdaSQSQueueExecutionRole);
+    # locally the local stack's poller does it, outside any function.
+    "sqs:ReceiveMessage": "the Lambda service's SQS poller",
+    "sqs:DeleteMessage": "the Lambda service's SQS poller",
+    "sqs:GetQueueAttributes": "the Lambda service's SQS poller",
+    "sqs:ChangeMessageVisibility": "the Lambda service's SQS poller",
+}
+
+# Grants whose code path exists but no test reaches yet, each with the code that needs it. A grant
+# listed here and used by a test is fine; remove the entry when a test covers it.
+NEEDED_BUT_UNTESTED: dict[tuple[str, str], str] = {
+    # Submitter.submit_batch -> Repository.forget_request, when a resubmission's POST is refused.
+    ("SweeperFunction", "dynamodb:DeleteItem"): "the sweeper's resubmission forgetting a refused request",
+    # ResultRecorder stores records over the item limit; tests send large results only by webhook.
+    ("SweeperFunction", "s3:PutObject"): "a large result recorded by the sweeper instead of the webhook",
+    # Resubmitting an image of a versioned bucket presigns its version (submit's test proves the action).
+    ("SweeperFunction", "s3:GetObjectVersion"): "resubmitting an image of a versioned input bucket",
+}
+
+_TRANSACT_ACTIONS = {
+    "Put": "PutItem",
+    "Update": "UpdateItem",
+    "Delete": "DeleteItem",
+    "ConditionCheck": "ConditionCheckItem",
+    "Get": "GetItem",
+}
+
+
+@dataclass(frozen=True, order=True)
+class Call:
+    function: str
+    action: str
+    resource: str
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    function: str
+    sid: str
+    action: str
+    resource: str
+
+    def allows(self, call: Call) -> bool:
+        return (
+            call.function == self.function
+            and fnmatch.fnmatchcase(call.action.lower(), self.action.lower())
+            and fnmatch.fnmatchcase(call.resource, self.resource)
+        )
+
+
+def grants_of(template: dict[str, Any]) -> tuple[list[Grant], list[str]]:
+    """Every (action, resource) an Allow statement gives a function, resolved to logical ids; and
+    the policies this audit cannot read (managed policies, SAM policy templates)."""
+    resources = template["Resources"]
+    resolver = Resolver(
+        template,
+        parameters={name: f"@{name}" for name in template.get("Parameters", {})},
+        physical_ids={logical_id: f"@{logical_id}" for logical_id in resources},
+        attributes={f"{logical_id}.Arn": f"arn:@:{logical_id}" for logical_id in resources},
+    )
+    grants: list[Grant] = []
+    unreadable: list[str] = []
+    for logical_id in functions(template):
+        for policy in resources[logical_id]["Properties"].get("Policies", []):
+            if not (isinstance(policy, dict) and set(policy) == {"Statement"}):
+                unreadable.append(f"{logical_id}: {policy}")
+                continue
+            for number, statement in enumerate(policy["Statement"]):
+                if statement.get("Effect") != "Allow":
+                    continue
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                targets = resolver.resolve(statement["Resource"])
+                for action in actions:
+                    for target in targets if isinstance(targets, list) else [targets]:
+                        grants.append(Grant(logical_id, statement.get("Sid", f"#{number}"), action, str(target)))
+    return grants, unreadable
+
+
+def bucket_name_prefixes(template: dict[str, Any]) -> dict[str, str]:
+    """Name prefix -> logical id of buckets whose name the template computes as `Join` of a literal and more."""
+    prefixes: dict[str, str] = {}
+    for logical_id, resource in template["Resources"].items():
+        name = resource.get("Properties", {}).get("BucketName") if resource["Type"] == "AWS::S3::Bucket" else None
+        if isinstance(name, dict) and "Fn::Join" in name:
+            separator, parts = name["Fn::Join"]
+            if parts and isinstance(parts[0], str):
+                prefixes[parts[0] + separator] = logical_id
+    return prefixes
+
+
+def names_in_environment(template: dict[str, Any], logical_id: str, environment: dict[str, str]) -> dict[str, str]:
+    """Physical name -> logical id (resource or parameter), read from the variables the template sets by !Ref."""
+    raw = {
+        **template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}),
+        **template["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {}),
+    }
+    names: dict[str, str] = {}
+    for variable, value in raw.items():
+        if isinstance(value, dict) and set(value) == {"Ref"} and variable in environment:
+            names[environment[variable]] = value["Ref"]
+    return names
+
+
+@dataclass
+class Audit:
+    template: dict[str, Any]
+    calls: Counter[Call] = field(default_factory=Counter)
+    names: dict[str, dict[str, str]] = field(default_factory=dict)  # function -> physical name -> logical id
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.grants, self.unreadable = grants_of(self.template)
+        self.prefixes = bucket_name_prefixes(self.template)
+        self.pseudo = Resolver(self.template).pseudo
+
+    # --- recording ---------------------------------------------------------------------------
+    def learn_names(self, function: str, environment: dict[str, str]) -> None:
+        with self.lock:
+            self.names.setdefault(function, {}).update(names_in_environment(self.template, function, environment))
+
+    def logical(self, function: str, name: str) -> str | None:
+        known = self.names.get(function, {}).get(name)
+        if known:
+            return known
+        return next((logical_id for prefix, logical_id in self.prefixes.items() if name.startswith(prefix)), None)
+
+    def record(self, function: str, service: str, operation: str, params: dict[str, Any]) -> None:
+        found = [
+            Call(function, action, resource) for action, resource in self.actions(function, service, operation, params)
+        ]
+        with self.lock:
+            self.calls.update(found)
+
+    def actions(self, function: str, service: str, operation: str, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """The IAM (action, resource) pairs one API call needs, with resources as the grants spell them."""
+
+        def arn(name: str) -> str:
+            logical_id = self.logical(function, name)
+            return f"arn:@:{logical_id}" if logical_id else f"arn:unknown:{name}"
+
+        if service == "dynamodb":
+            if operation in ("BatchGetItem", "BatchWriteItem"):
+                return [(f"dynamodb:{operation}", arn(table)) for table in params["RequestItems"]]
+            if operation in ("TransactWriteItems", "TransactGetItems"):
+                pairs = []
+                for item in params["TransactItems"]:
+                    ((kind, body),) = item.items()
+                    pairs.append((f"dynamodb:{_TRANSACT_ACTIONS[kind]}", arn(body["TableName"])))
+                return pairs
+            index = f"/index/{params['IndexName']}" if "IndexName" in params else ""
+            return [(f"dynamodb:{operation}", arn(params["TableName"]) + index)]
+        if service == "s3":
+            if "Key" not in params:
+                action = "ListBucket" if operation.startswith("ListObjects") else operation
+                return [(f"s3:{action}", arn(params["Bucket"]))]
+            action = "GetObject" if operation == "HeadObject" else operation
+            if action == "GetObject" and params.get("VersionId"):
+                action = "GetObjectVersion"
+            return [(f"s3:{action}", f"{arn(params['Bucket'])}/{params['Key']}")]
+        if service == "ssm":
+            names = params["Names"] if operation == "GetParameters" else [params["Name"]]
+            region, account = self.pseudo["AWS::Region"], self.pseudo["AWS::AccountId"]
+            return [
+                (f"ssm:{operation}", f"arn:aws:ssm:{region}:{account}:parameter{self._ref(function, name)}")
+                for name in names
+            ]
+        if service == "secretsmanager":
+            return [(f"secretsmanager:{operation}", self._ref(function, params["SecretId"]))]
+        return [(f"{service}:{operation}", "*")]
+
+    def _ref(self, function: str, name: str) -> str:
+        logical_id = self.logical(function, name)
+        return f"@{logical_id}" if logical_id else name
+
+    # --- verdicts ----------------------------------------------------------------------------
+    def disallowed(self) -> list[Call]:
+        return sorted(call for call in self.calls if not any(grant.allows(call) for grant in self.grants))
+
+    def unused(self) -> list[Grant]:
+        return sorted(
+            grant
+            for grant in self.grants
+            if grant.action not in NOT_OBSERVABLE
+            and (grant.function, grant.action) not in NEEDED_BUT_UNTESTED
+            and not any(grant.allows(call) for call in self.calls)
+        )
+
+    def report(self) -> list[str]:
+        """Calls per function, action and resource; S3 objects counted per bucket, not listed by key."""
+        grouped: Counter[tuple[str, str, str]] = Counter()
+        for call, count in self.calls.items():
+            resource = call.resource
+            if call.action.startswith("s3:") and resource.startswith("arn:@:") and "/" in resource:
+                resource = resource.split("/", 1)[0] + "/<key>"
+            grouped[(call.function, call.action, resource)] += count
+        lines = ["calls made by each function (count):"]
+        for (function, action, resource), count in sorted(grouped.items()):
+            lines.append(f"  {function:16} {action:32} {resource}  x{count}")
+        return lines
+
+
+# --- hooks -----------------------------------------------------------------------------------
+_AUDIT: Audit | None = None
+
+
+def current() -> Audit | None:
+    return _AUDIT
+
+
+@contextmanager
+def acting_as(function: str) -> Iterator[None]:
+    token = ACTING.set(function)
+    try:
+        yield
+    finally:
+        ACTING.reset(token)
+
+
+def _function_of(client: Any) -> str | None:
+    acting = ACTING.get()
+    return acting if acting is not None else getattr(client, _OWNER, None)
+
+
+def install(template: dict[str, Any]) -> Audit:
+    """Start recording: botocore's client creation and calls, presigning, and the functions' cold starts."""
+    global _AUDIT
+    if _AUDIT is not None:
+        return _AUDIT
+    audit = _AUDIT = Audit(template)
+
+    client_class: Any = botocore.client.BaseClient  # patched: its stubs do not declare the private method
+    original_init = client_class.__init__
+    original_call = client_class._make_api_call
+    original_presign = botocore.signers.generate_presigned_url
+
+    @functools.wraps(original_init)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        function = ACTING.get()
+        if function is not None:
+            setattr(self, _OWNER, function)
+
+    @functools.wraps(original_call)
+    def make_api_call(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
+        function = _function_of(self)
+        if function is not None:
+            audit.record(function, self.meta.service_model.signing_name, operation_name, api_params)
+        return original_call(self, operation_name, api_params)
+
+    # Client classes take this function when they are created (botocore's creating-client-class
+    # handler reads the module attribute), so it is replaced before any function's client exists.
+    @functools.wraps(original_presign)
+    def generate_presigned_url(self: Any, ClientMethod: str, Params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        function = _function_of(self)
+        if function is not None:
+            operation = self.meta.method_to_api_mapping.get(ClientMethod, ClientMethod)
+            audit.record(function, self.meta.service_model.signing_name, operation, dict(Params or {}))
+        return original_presign(self, ClientMethod, Params, *args, **kwargs)
+
+    client_class.__init__ = init
+    client_class._make_api_call = make_api_call
+    botocore.signers.generate_presigned_url = generate_presigned_url
+    return audit
+
+
+def wrap_load_function(audit: Audit) -> None:
+    """Make every `load_function` already imported (the tests', the local stack's, the CLI's) an audited one."""
+    original: Callable[..., ModuleType] = lambda_runtime.load_function
+
+    @functools.wraps(original)
+    def load_function(template: dict[str, Any], logical_id: str, environment: dict[str, str]) -> ModuleType:
+        audit.learn_names(logical_id, environment)
+        with acting_as(logical_id):
+            module = original(template, logical_id, environment)
+            _create_table_clients(module)
+        handler_name = functions(template)[logical_id].handler_name
+        handler = getattr(module, handler_name)
+
+        @functools.wraps(handler)
+        def audited_handler(*args: Any, **kwargs: Any) -> Any:
+            with acting_as(logical_id):
+                return handler(*args, **kwargs)
+
+        setattr(module, handler_name, audited_handler)
+        return module
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "load_function", None) is original:
+            setattr(module, "load_function", load_function)  # noqa: B010 - any module, not a known type
+
+
+def _create_table_clients(module: ModuleType) -> None:
+    """pynamodb makes its botocore client on first use: make the cold start's models make theirs now."""
+    for service in vars(module).values():
+        # The handlers hold their services (submitter, sweeper, receiver); the repository holds the tables.
+        repository = getattr(service, "repository", None) or getattr(
+            getattr(service, "recorder", None), "repository", None
+        )
+        tables = getattr(repository, "tables", None)
+        for model in (getattr(tables, "images", None), getattr(tables, "requests", None)):
+            if model is not None and hasattr(model, "_get_connection"):
+                model._get_connection().connection.client  # noqa: B018 - the property creates the client
