@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -87,8 +88,8 @@ class _Failure:
 
 
 def ok(**results: Any) -> dict[str, Any]:
-    """A record's `_status` (and results) for an image Ximilar processed."""
-    return {"_status": {"code": 200, "text": "OK"}, **results}
+    """A record's `_status` (and results) for an image Ximilar processed, with the `request_id` it sends."""
+    return {"_status": {"code": 200, "text": "OK", "request_id": str(uuid.uuid4())}, **results}
 
 
 def error(code: int, text: str) -> dict[str, Any]:
