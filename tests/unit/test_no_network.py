@@ -9,5 +9,5 @@ from pytest_socket import SocketBlockedError
 
 
 def test_a_unit_test_cannot_open_a_socket() -> None:
-    with pytest.raises(SocketBlockedError):
+    with pytest.raises(SocketBlockedError), pytest.warns(UserWarning, match="socket"):  # pytest-socket also warns
         socket.create_connection(("127.0.0.1", 9))
