@@ -1,0 +1,130 @@
+"""The unit layer: the domain's logic against in-memory collaborators, with the network blocked.
+
+Every test here runs with sockets disabled (pytest-socket), so nothing can reach moto server, the
+emulator or AWS by accident; they are enabled again after each test, for the integration layer.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pytest_socket import disable_socket, enable_socket
+
+from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, empty_tables, in_process_tables
+from ximilar_async.dal.models import Tables
+from ximilar_async.dal.repository import Repository
+from ximilar_async.results import ResultRecorder
+from ximilar_async.settings import SweeperSettings
+from ximilar_async.submission import Submitter
+from ximilar_async.sweeper import Sweeper
+from ximilar_async.webhook import WebhookReceiver
+from ximilar_async.webhook_auth import WebhookAuth, static_key
+
+RESULTS_BUCKET = "results-bucket"
+SIGNING_KEY = b"unit-test-signing-key"
+
+SETTINGS_ENVIRONMENT = {
+    "IMAGES_TABLE": "images",
+    "REQUESTS_TABLE": "requests",
+    "INDEX_SHARDS": "4",
+    "XIMILAR_API_URL": "https://api.ximilar.com",
+    "XIMILAR_TOKEN_PARAMETER": "/ximilar-async/api-token",
+    "XIMILAR_READ_TIMEOUT_SECONDS": "10",
+    "RECORDS_PER_REQUEST": "",
+    "REQUEST_RETENTION_DAYS": "30",
+    "WEBHOOK_URL": "https://example.execute-api.us-east-1.amazonaws.com/webhook",
+    "WEBHOOK_SECRET_ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:key",
+    "ROUTES": "incoming/=upscaler:upscale_2x;incoming/flows/=flows:my-flow",
+    "MAX_IMAGE_BYTES": "1000",
+    "INLINE_BASE64_MAX_BYTES": "100",
+    "PRESIGNED_URL_EXPIRY_SECONDS": "3600",
+    "SUBMITTING_TIMEOUT_SECONDS": "900",
+    "FIRST_CHECK_DELAY_SECONDS": "120",
+    "RESULTS_BUCKET": RESULTS_BUCKET,
+    "MAX_REQUEST_AGE_SECONDS": "3600",
+    "MAX_API_CALLS_PER_RUN": "100",
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_network() -> Iterator[None]:
+    disable_socket(allow_unix_socket=False)
+    yield
+    enable_socket()
+
+
+@pytest.fixture(scope="package")
+def _tables(template: dict[str, Any]) -> Iterator[Tables]:
+    """Created once for the unit tests (moto's in-process mock ends with them, before other packages)."""
+    with in_process_tables(template) as tables:
+        yield tables
+
+
+@pytest.fixture
+def settings() -> SweeperSettings:
+    """Settings of the sweeper, which include the submitter's: max 1000 bytes an image, inline up to 100."""
+    return SweeperSettings.from_env(SETTINGS_ENVIRONMENT)
+
+
+@pytest.fixture
+def repository(_tables: Tables, settings: SweeperSettings) -> Repository:
+    empty_tables(_tables)
+    return Repository(_tables, settings.index_shards, timedelta(days=settings.request_retention_days))
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ximilar() -> FakeXimilar:
+    return FakeXimilar()
+
+
+@pytest.fixture
+def objects() -> FakeObjectStore:
+    return FakeObjectStore()
+
+
+@pytest.fixture
+def auth() -> WebhookAuth:
+    return WebhookAuth(static_key(SIGNING_KEY))
+
+
+@pytest.fixture
+def submitter(
+    repository: Repository,
+    ximilar: FakeXimilar,
+    objects: FakeObjectStore,
+    auth: WebhookAuth,
+    settings: SweeperSettings,
+    clock: FakeClock,
+) -> Submitter:
+    return Submitter(repository, ximilar, objects, auth, settings, clock=clock)
+
+
+@pytest.fixture
+def recorder(repository: Repository, objects: FakeObjectStore, clock: FakeClock) -> ResultRecorder:
+    return ResultRecorder(repository, objects, RESULTS_BUCKET, clock=clock)
+
+
+@pytest.fixture
+def sweeper(
+    repository: Repository,
+    ximilar: FakeXimilar,
+    recorder: ResultRecorder,
+    submitter: Submitter,
+    settings: SweeperSettings,
+    clock: FakeClock,
+) -> Sweeper:
+    return Sweeper(repository, ximilar, recorder, submitter, settings, clock=clock, rng=random.Random(7))
+
+
+@pytest.fixture
+def receiver(recorder: ResultRecorder, auth: WebhookAuth) -> WebhookReceiver:
+    return WebhookReceiver(recorder, auth, max_body_bytes=64_000)

@@ -1,0 +1,298 @@
+"""Sweeper: no request stays pending; each run bounded by the Lambda deadline, its call budget and throttling."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+import pytest
+
+from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, SentRequest, error
+from tests.unit.given import a_submitted_request, image_of, request_of, submission_id
+from ximilar_async.dal.repository import Repository, epoch
+from ximilar_async.payloads import parse_outcome
+from ximilar_async.results import ResultRecorder
+from ximilar_async.statuses import Status
+from ximilar_async.submission import Submitter
+from ximilar_async.sweeper import RETRY_AFTER_THROTTLE, Sweeper
+from ximilar_async.uploads import Upload
+from ximilar_async.ximilar import XimilarThrottled, XimilarTransientError
+
+PAST_FIRST_CHECK = timedelta(minutes=3)  # the first check is due 120 s after submission
+
+
+def plenty_of_time() -> int:
+    return 60_000
+
+
+@pytest.fixture
+def submitted(submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar) -> tuple[SentRequest, list[Upload]]:
+    """A request of two images Ximilar accepted, that no webhook has finished."""
+    return a_submitted_request(submitter, objects, ximilar, "incoming/flows/a.png", "incoming/flows/b.png")
+
+
+@pytest.fixture
+def sent(submitted: tuple[SentRequest, list[Upload]]) -> SentRequest:
+    return submitted[0]
+
+
+def several_requests(
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, count: int
+) -> list[SentRequest]:
+    """`count` requests of one image each (the upscaler takes one record a request)."""
+    return [a_submitted_request(submitter, objects, ximilar, f"incoming/photo-{n}.png")[0] for n in range(count)]
+
+
+def seconds_until(moment: int | None, now: datetime) -> int:
+    assert moment is not None, "the request is not due at all"
+    return moment - epoch(now)
+
+
+def test_a_request_not_yet_due_is_not_checked(sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar) -> None:
+    outcome = sweeper.sweep(plenty_of_time)
+
+    assert (outcome.taken, outcome.api_calls) == (0, 0)
+    assert ("status", sent.id) not in ximilar.calls
+
+
+def test_a_pending_request_is_checked_again_later_with_growing_backoff(
+    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+) -> None:
+    # Given a request Ximilar is still processing, past its first check
+    ximilar.set_state(sent.id, "PROCESSING")
+    clock.advance(PAST_FIRST_CHECK)
+
+    # When the sweeper runs, and again when the next check is due
+    first = sweeper.sweep(plenty_of_time)
+    after_first = request_of(repository, sent)
+    first_wait = seconds_until(after_first.next_check_at, clock())
+    clock.advance(seconds=first_wait)
+    second = sweeper.sweep(plenty_of_time)
+    after_second = request_of(repository, sent)
+    second_wait = seconds_until(after_second.next_check_at, clock())
+
+    # Then it is rescheduled each time with Ximilar's state, each wait twice the last (jittered over its upper half)
+    assert (first.rescheduled, first.by_state, first.api_calls) == (1, {"PROCESSING": 1}, 1)
+    assert (after_first.status, after_first.ximilar_status, after_first.checks) == (Status.CREATED, "PROCESSING", 1)
+    assert second.rescheduled == 1
+    assert after_second.checks == 2
+    assert 120 <= first_wait <= 240
+    assert 240 <= second_wait <= 480
+
+
+def test_a_request_done_at_ximilar_whose_webhook_was_lost_is_recorded_from_its_details(
+    sweeper: Sweeper,
+    submitted: tuple[SentRequest, list[Upload]],
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    sent, uploads = submitted
+    details = ximilar.finish(sent.id)
+    clock.advance(PAST_FIRST_CHECK)
+
+    outcome = sweeper.sweep(plenty_of_time)
+
+    assert (outcome.recorded, outcome.by_state, outcome.api_calls) == (2, {"DONE": 1}, 2)
+    assert [image_of(repository, upload).result for upload in uploads] == details["response"]["records"]
+    assert request_of(repository, sent).status is Status.DONE
+    assert sweeper.sweep(plenty_of_time).taken == 0  # nothing left due
+
+
+def test_a_request_pending_past_the_maximum_age_ends_failed(
+    sweeper: Sweeper,
+    submitted: tuple[SentRequest, list[Upload]],
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    sent, uploads = submitted
+    ximilar.set_state(sent.id, "PROCESSING")
+    clock.advance(minutes=61)  # MAX_REQUEST_AGE_SECONDS 3600
+
+    outcome = sweeper.sweep(plenty_of_time)
+
+    reason = "not finished after 3600 s (last state PROCESSING)"
+    assert (outcome.failed_too_old, outcome.rescheduled) == (1, 0)
+    assert [(image_of(repository, u).status, image_of(repository, u).status_reason) for u in uploads] == [
+        (Status.FAILED, reason)
+    ] * 2
+    request = request_of(repository, sent)
+    assert (request.status, request.status_reason, request.next_check_at) == (Status.FAILED, reason, None)
+
+
+def test_a_request_ximilar_does_not_know_ends_failed(
+    sweeper: Sweeper,
+    submitted: tuple[SentRequest, list[Upload]],
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    sent, uploads = submitted
+    ximilar.forget(sent.id)
+    clock.advance(PAST_FIRST_CHECK)
+
+    sweeper.sweep(plenty_of_time)
+
+    reason = "Ximilar does not know the request"
+    assert {(image_of(repository, u).status, image_of(repository, u).status_reason) for u in uploads} == {
+        (Status.FAILED, reason)
+    }
+    request = request_of(repository, sent)
+    assert (request.status, request.ximilar_status, request.status_reason) == (Status.FAILED, "NOT_FOUND", reason)
+
+
+def test_a_throttled_check_stops_the_run_and_retries_that_request_a_minute_later(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    # Given three requests due, and Ximilar throttling the next call
+    requests = several_requests(submitter, objects, ximilar, 3)
+    clock.advance(PAST_FIRST_CHECK)
+    ximilar.fail_next(XimilarThrottled("throttled", 429))
+
+    # When the sweeper runs
+    outcome = sweeper.sweep(plenty_of_time)
+
+    # Then it stops after that one call; the throttled request waits a minute, the others stay due
+    assert (outcome.stopped, outcome.taken, outcome.rescheduled) == ("throttled", 1, 0)
+    assert [method for method, _ in ximilar.calls if method != "submit"] == ["status"]
+    next_checks = sorted(seconds_until(request_of(repository, sent).next_check_at, clock()) for sent in requests)
+    assert next_checks[-1] == RETRY_AFTER_THROTTLE.total_seconds()
+    assert all(wait <= 0 for wait in next_checks[:-1])
+
+
+def test_ximilar_unavailable_during_a_check_reschedules_the_request_and_the_run_goes_on(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    clock: FakeClock,
+) -> None:
+    several_requests(submitter, objects, ximilar, 2)
+    clock.advance(PAST_FIRST_CHECK)
+    ximilar.fail_next(XimilarTransientError("503: unavailable", 503))
+
+    outcome = sweeper.sweep(plenty_of_time)
+
+    assert (outcome.stopped, outcome.taken, outcome.rescheduled) == (None, 2, 2)
+
+
+def test_a_webhook_finishing_a_request_during_its_check_is_counted_and_the_run_goes_on(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    # Given two pending requests due, and a webhook that finishes the first one checked while /status answers
+    requests = several_requests(submitter, objects, ximilar, 2)
+    by_id = {sent.id: sent for sent in requests}
+    clock.advance(PAST_FIRST_CHECK)
+    finished: list[str] = []
+
+    def webhook_finishes_it(request_id: str) -> None:
+        if not finished:
+            finished.append(request_id)
+            repository.finish_request(submission_id(by_id[request_id]), Status.DONE, clock(), request_id=request_id)
+
+    ximilar.during_status = webhook_finishes_it
+
+    # When the sweeper runs
+    outcome = sweeper.sweep(plenty_of_time)
+
+    # Then the lost race is counted (the reschedule did not apply), and the other request is still checked
+    assert (outcome.taken, outcome.finished_meanwhile, outcome.rescheduled, outcome.stopped) == (2, 1, 1, None)
+    (done,) = finished
+    assert request_of(repository, by_id[done]).status is Status.DONE
+    assert request_of(repository, by_id[done]).next_check_at is None
+
+
+def test_a_run_takes_no_work_this_close_to_the_lambda_deadline(
+    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, clock: FakeClock
+) -> None:
+    clock.advance(PAST_FIRST_CHECK)
+
+    outcome = sweeper.sweep(lambda: 14_999)  # under DEADLINE_MARGIN_MS
+
+    assert (outcome.stopped, outcome.taken, outcome.api_calls) == ("deadline", 0, 0)
+    assert ("status", sent.id) not in ximilar.calls
+
+
+def test_a_run_stops_before_its_api_call_budget_is_exceeded(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    clock: FakeClock,
+) -> None:
+    # Given five pending requests due and a budget of four calls a run (two kept for a request's worst case)
+    requests = several_requests(submitter, objects, ximilar, 5)
+    for sent in requests:
+        ximilar.set_state(sent.id, "PROCESSING")
+    clock.advance(PAST_FIRST_CHECK)
+    budgeted = replace(sweeper, settings=sweeper.settings.model_copy(update={"max_api_calls_per_run": 4}))
+
+    # When the sweeper runs
+    outcome = budgeted.sweep(plenty_of_time)
+
+    # Then it checks three (1 + 1 + 1, a fourth might need 2 more) and says why it stopped
+    assert (outcome.stopped, outcome.taken, outcome.api_calls) == ("budget", 3, 3)
+
+
+def test_a_request_ximilar_never_took_is_submitted_again_once_its_submit_timed_out(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    # Given uploads Ximilar did not take (503), and no redelivery of their messages
+    uploads = [objects.put(f"incoming/flows/stuck-{n}.png", b"\x89PNG" + bytes(20)) for n in range(2)]
+    ximilar.fail_next(XimilarTransientError("503: unavailable", 503), on=["submit"])
+    submitter.submit_uploads(uploads)
+
+    # When the sweeper runs past the submitting timeout (900 s)
+    clock.advance(minutes=16)
+    outcome = sweeper.sweep(plenty_of_time)
+
+    # Then the same request is submitted again, with the same record ids
+    assert outcome.resubmitted_images == 2
+    (sent,) = ximilar.sent
+    assert sorted(sent.record_ids) == sorted(upload.record_id for upload in uploads)
+    request = request_of(repository, sent)
+    assert (request.status, request.request_id, request.submit_attempts) == (Status.CREATED, sent.id, 2)
+
+
+def test_images_whose_download_failed_are_submitted_again_in_a_new_request(
+    sweeper: Sweeper,
+    submitted: tuple[SentRequest, list[Upload]],
+    ximilar: FakeXimilar,
+    recorder: ResultRecorder,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    # Given a DONE request one of whose images failed to download
+    sent, (fine, failed) = submitted
+    recorder.record(
+        submission_id(sent),
+        parse_outcome(ximilar.finish(sent.id, {failed.record_id: error(500, "Image download failed")})),
+    )
+
+    # When the sweeper runs after the retry delay
+    clock.advance(minutes=2)
+    outcome = sweeper.sweep(plenty_of_time)
+
+    # Then that image alone goes out again, in a new request
+    assert outcome.resubmitted_images == 1
+    again = ximilar.sent[-1]
+    assert (again.id != sent.id, again.record_ids) == (True, [failed.record_id])
+    assert (image_of(repository, failed).status, image_of(repository, failed).attempts) == (Status.CREATED, 2)
+    assert image_of(repository, fine).status is Status.DONE
+    assert request_of(repository, sent).retry_record_ids == frozenset()

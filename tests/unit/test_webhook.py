@@ -1,0 +1,183 @@
+"""WebhookReceiver: a delivery is authenticated before anything in it is believed, then recorded once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.support.fakes import FakeObjectStore, FakeXimilar, SentRequest
+from tests.unit.conftest import RESULTS_BUCKET
+from tests.unit.given import a_submitted_request, image_of, submission_id
+from ximilar_async.dal.repository import Repository
+from ximilar_async.statuses import Status
+from ximilar_async.submission import Submitter
+from ximilar_async.uploads import Upload
+from ximilar_async.webhook import Refusal, WebhookReceiver, WebhookRefused
+from ximilar_async.webhook_auth import WebhookAuth, static_key
+
+
+@pytest.fixture
+def submitted(submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar) -> tuple[SentRequest, list[Upload]]:
+    return a_submitted_request(submitter, objects, ximilar, "incoming/flows/a.png", "incoming/flows/b.png")
+
+
+def delivery(sent: SentRequest, payload: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    """What Ximilar posts: the headers submit gave it for this request, the payload as JSON."""
+    return {"Content-Type": "application/json", **sent.webhook_headers}, json.dumps(payload).encode()
+
+
+def refusal(receiver: WebhookReceiver, headers: dict[str, str], body: bytes) -> Refusal:
+    with pytest.raises(WebhookRefused) as refused:
+        receiver.receive(headers, body)
+    return refused.value.refusal
+
+
+def test_a_valid_signed_delivery_is_recorded(
+    receiver: WebhookReceiver,
+    submitted: tuple[SentRequest, list[Upload]],
+    ximilar: FakeXimilar,
+    repository: Repository,
+) -> None:
+    sent, uploads = submitted
+    headers, body = delivery(sent, ximilar.finish(sent.id))
+
+    receipt = receiver.receive(headers, body)
+
+    assert (receipt.outcome.recorded, receipt.stored_at) == (2, None)
+    assert {image_of(repository, upload).status for upload in uploads} == {Status.DONE}
+
+
+def test_headers_are_read_in_any_letter_case(
+    receiver: WebhookReceiver, submitted: tuple[SentRequest, list[Upload]], ximilar: FakeXimilar
+) -> None:
+    sent, _ = submitted
+    headers, body = delivery(sent, ximilar.finish(sent.id))
+
+    receipt = receiver.receive({name.lower(): value for name, value in headers.items()}, body)
+
+    assert receipt.outcome.recorded == 2
+
+
+def test_a_repeated_delivery_records_nothing_twice(
+    receiver: WebhookReceiver, submitted: tuple[SentRequest, list[Upload]], ximilar: FakeXimilar
+) -> None:
+    sent, _ = submitted
+    headers, body = delivery(sent, ximilar.finish(sent.id))
+    receiver.receive(headers, body)
+
+    again = receiver.receive(headers, body)
+
+    assert (again.outcome.recorded, again.outcome.duplicates, again.stored_at) == (0, 2, None)
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(
+    receiver: WebhookReceiver, submitted: tuple[SentRequest, list[Upload]]
+) -> None:
+    sent, _ = submitted
+    headers, _ = delivery(sent, {})
+
+    assert refusal(receiver, headers, b"{" + b" " * receiver.max_body_bytes + b"}") is Refusal.TOO_LARGE
+
+
+@pytest.mark.parametrize("missing", ["X-Xasync-Submission", "X-Xasync-Token"])
+def test_a_delivery_without_the_webhook_headers_is_refused(
+    receiver: WebhookReceiver, submitted: tuple[SentRequest, list[Upload]], ximilar: FakeXimilar, missing: str
+) -> None:
+    sent, _ = submitted
+    headers, body = delivery(sent, ximilar.finish(sent.id))
+    del headers[missing]
+
+    assert refusal(receiver, headers, body) is Refusal.MISSING_TOKEN
+
+
+@pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b'{"status": "DONE",'])
+def test_a_body_that_is_not_json_is_refused(
+    receiver: WebhookReceiver, submitted: tuple[SentRequest, list[Upload]], body: bytes
+) -> None:
+    sent, _ = submitted
+    headers, _ = delivery(sent, {})
+
+    assert refusal(receiver, headers, body) is Refusal.NOT_JSON
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"status": "DONE", "id": "r"},  # no records
+        {"status": "DONE", "id": "r", "response": {"records": []}},
+        {"status": "DONE", "id": "r", "response": {"records": [{"_status": {"code": 200}}]}},  # no _id
+        ["a", "list"],
+    ],
+)
+def test_json_that_is_not_a_webhook_payload_is_refused(
+    receiver: WebhookReceiver, submitted: tuple[SentRequest, list[Upload]], payload: Any
+) -> None:
+    sent, _ = submitted
+    headers = {"Content-Type": "application/json", **sent.webhook_headers}
+
+    assert refusal(receiver, headers, json.dumps(payload).encode()) is Refusal.NOT_A_PAYLOAD
+
+
+def test_a_signed_payload_missing_what_the_recorder_needs_is_refused_after_the_token_check(
+    receiver: WebhookReceiver, submitted: tuple[SentRequest, list[Upload]], ximilar: FakeXimilar
+) -> None:
+    sent, _ = submitted
+    payload = ximilar.finish(sent.id)
+    del payload["id"]
+    headers, body = delivery(sent, payload)
+
+    assert refusal(receiver, headers, body) is Refusal.NOT_A_PAYLOAD
+
+
+def test_a_token_made_with_another_key_is_refused_and_nothing_is_written(
+    receiver: WebhookReceiver,
+    submitted: tuple[SentRequest, list[Upload]],
+    ximilar: FakeXimilar,
+    repository: Repository,
+) -> None:
+    sent, uploads = submitted
+    payload = ximilar.finish(sent.id)
+    forged = WebhookAuth(static_key(b"not-the-stack-key")).headers(submission_id(sent), sent.record_ids)
+    _, body = delivery(sent, payload)
+
+    assert refusal(receiver, forged, body) is Refusal.BAD_TOKEN
+    assert {image_of(repository, upload).status for upload in uploads} == {Status.CREATED}
+
+
+def test_a_valid_token_replayed_with_another_requests_records_is_refused(
+    receiver: WebhookReceiver,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    submitted: tuple[SentRequest, list[Upload]],
+) -> None:
+    sent, _ = submitted
+    other, _ = a_submitted_request(submitter, objects, ximilar, "incoming/flows/other.png")
+    headers, _ = delivery(sent, {})
+    _, other_body = delivery(other, ximilar.finish(other.id))
+
+    assert refusal(receiver, headers, other_body) is Refusal.BAD_TOKEN
+
+
+def test_a_signed_delivery_naming_nothing_known_is_kept_for_inspection(
+    receiver: WebhookReceiver, auth: WebhookAuth, objects: FakeObjectStore
+) -> None:
+    # Given a delivery signed with the stack's key for a submission the tables do not hold (it expired)
+    payload = {
+        "id": "an-old-request",
+        "status": "DONE",
+        "response": {"records": [{"_id": "r-1", "_status": {"code": 200, "text": "OK"}}]},
+    }
+    headers = auth.headers("an-expired-submission", ["r-1"])
+    body = json.dumps(payload).encode()
+
+    # When it is received
+    receipt = receiver.receive(headers, body)
+
+    # Then nothing is recorded and the body is stored in the results bucket, as it came
+    assert receipt.outcome.matched_nothing
+    assert receipt.stored_at is not None
+    assert receipt.stored_at.startswith(f"s3://{RESULTS_BUCKET}/unmatched/2026/11/30/an-old-request-")
+    assert objects.objects[receipt.stored_at] == body
