@@ -29,7 +29,7 @@ from urllib.parse import quote
 import boto3
 from moto import mock_aws
 
-from xasync.stack import create_table_from_template
+from tests.support.aws import create_table_from_template
 from ximilar_async import keys
 from ximilar_async.dal.models import Tables, bind_tables
 from ximilar_async.entities import ObjectLocation
@@ -111,8 +111,12 @@ class FakeXimilar:
     details: dict[str, dict[str, Any]] = field(default_factory=dict)  # request id -> what `get` answers
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, request id or type)
     during_status: Callable[[str], None] | None = None  # runs while `/status` is being answered
+    deadline: float | None = None  # what the caller last bounded its calls by
     _failures: list[_Failure] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def set_deadline(self, deadline: float | None) -> None:
+        self.deadline = deadline
 
     # what the test tells it
     def fail_next(self, error: XimilarError, times: int = 1, *, on: Sequence[str] = METHODS) -> None:

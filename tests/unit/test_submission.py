@@ -144,14 +144,21 @@ def test_a_rejected_upload_notified_twice_is_a_duplicate_the_second_time(
 
 
 @pytest.mark.parametrize(
-    "failure", [XimilarTransientError("503: unavailable", 503), XimilarThrottled("throttled", 429)], ids=["503", "429"]
+    ("failure", "why", "held_back"),
+    [
+        (XimilarTransientError("503: unavailable", 503), "not accepted yet: 503: unavailable", False),
+        (XimilarThrottled("throttled", 429), "Ximilar is throttling (429)", True),
+    ],
+    ids=["503", "429"],
 )
-def test_a_transient_ximilar_failure_releases_the_claims_and_reports_the_messages_for_retry(
+def test_a_transient_ximilar_failure_hands_the_request_to_the_sweeper_with_its_claims_released(
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
     repository: Repository,
     failure: XimilarTransientError,
+    why: str,
+    held_back: bool,
 ) -> None:
     # Given Ximilar will not take the next request
     uploads = [objects.put(f"incoming/flows/retry-{n}.png", SMALL) for n in range(3)]
@@ -160,15 +167,16 @@ def test_a_transient_ximilar_failure_releases_the_claims_and_reports_the_message
     # When the uploads are submitted
     outcome = submitter.submit_uploads(uploads)
 
-    # Then their messages are reported for retry, the request stays SUBMITTING (for the sweeper) ...
-    reason = f"not accepted yet: {failure}"
-    assert outcome.retry == {upload.message_id: reason for upload in uploads}
+    # Then no message is retried: the uploads are owned, waiting with the reason, due for the sweeper ...
+    reason = f"waiting to be submitted: {why}"
+    assert (outcome.retry, outcome.handed_on, outcome.throttled) == ({}, 3, held_back)
     assert outcome.requests_submitted == 0
     image = repository.image(uploads[0].uri)
     assert image is not None and (image.status, image.status_reason) == (Status.SUBMITTING, reason)
     request = repository.get_request(str(image.submission_id))
     assert request is not None and (request.status, request.status_reason) == (Status.SUBMITTING, reason)
-    # ... and the claims are released: SQS's redelivery takes them at once, without waiting for the lease
+    assert request.next_check_at is not None and request.held_back is held_back
+    # ... and the claims are released: a redelivered notification takes them at once, without the lease
     again = submitter.submit_uploads(uploads)
     assert (again.images_submitted, again.duplicates, again.retry) == (3, 0, {})
     assert all(upload in ximilar for upload in uploads)

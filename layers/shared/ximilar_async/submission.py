@@ -259,9 +259,18 @@ class Submitter:
         return None
 
     def _hand_on(
-        self, request: Owned, reason: str, breaker: Breaker, outcome: SubmitOutcome | None = None
+        self,
+        request: Owned,
+        reason: str,
+        breaker: Breaker,
+        outcome: SubmitOutcome | None = None,
+        *,
+        held_back: bool = True,
     ) -> SubmitOutcome:
-        """Leave an owned request to the sweeper: claims released, due when Ximilar may take it again."""
+        """Leave an owned request to the sweeper: claims released, due when Ximilar may take it again.
+
+        `held_back`: it was not tried (throttling, no time left), so it is not a failed attempt.
+        """
         now = self.clock()
         wait_seconds = max(float(self.settings.first_check_delay_seconds), breaker.retry_after or 0.0)
         text = f"waiting to be submitted: {reason}"
@@ -269,7 +278,7 @@ class Submitter:
         self.repository.release_images(request.submission_id, uris, text, now)
         # False: the request left SUBMITTING meanwhile; whoever moved it owns it now.
         self.repository.defer_request(
-            request.submission_id, text, now, now + timedelta(seconds=wait_seconds), held_back=True
+            request.submission_id, text, now, now + timedelta(seconds=wait_seconds), held_back=held_back
         )
         logger.warning(
             "request handed on to the sweeper", extra={"submission_id": request.submission_id, "reason": reason}
@@ -312,7 +321,7 @@ class Submitter:
             return self._hand_on(sending, "Ximilar is throttling (429)", breaker, outcome)
         except XimilarTransientError as error:
             logger.warning("Ximilar did not take the request; the sweeper will", extra=log_context)
-            return self._hand_on(sending, f"not accepted yet: {error}", breaker, outcome)
+            return self._hand_on(sending, f"not accepted yet: {error}", breaker, outcome, held_back=False)
         except (XimilarRequestError, InvalidRequest) as error:
             reason = f"Ximilar refused the request: {error}"
             logger.warning("Ximilar refused the request", extra={**log_context, "reason": reason})
