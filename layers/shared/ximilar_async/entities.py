@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from ximilar_async.statuses import Status
@@ -20,6 +21,21 @@ class ObjectLocation:
     bucket: str
     key: str
     version_id: str | None = None
+
+
+class OutputState(StrEnum):
+    PENDING = "PENDING"  # Ximilar hosts it; the copy into the output location is queued
+    STORED = "STORED"  # copied: `uri` is the user's own S3 object
+    FAILED = "FAILED"  # could not be copied (expired, missing); `reason` says why
+
+
+@dataclass(frozen=True)
+class Output:
+    """One artifact Ximilar made for an image (the upscaled image, a crop), and where its copy is."""
+
+    uri: str  # s3://bucket/key of the copy (where it is or will be)
+    state: OutputState
+    reason: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +59,7 @@ class Image:
     result: dict[str, Any] | None = None
     result_s3_uri: str | None = None
     attempts: int = 0
+    outputs: dict[str, Output] = field(default_factory=dict)  # artifact name (e.g. "upscaled") -> its copy
     created_at: datetime
     updated_at: datetime
 

@@ -79,6 +79,7 @@ class ImageItem(Model):
     request_id = UnicodeAttribute(null=True)
     result = MapAttribute[str, Any](null=True)  # the record as Ximilar answered it
     result_s3_uri = UnicodeAttribute(null=True)  # where the record is when too large for an item
+    outputs = MapAttribute[str, Any](null=True)  # artifact name -> {uri, state, reason}: copies of Ximilar's files
     attempts = NumberAttribute(default=0)  # submissions of this version to Ximilar
     lease_until = NumberAttribute(null=True)  # epoch seconds: a SUBMITTING claim is held until then
     created_at = UTCDateTimeAttribute()

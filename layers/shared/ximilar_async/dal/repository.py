@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.condition import Condition
@@ -22,7 +22,7 @@ from pynamodb.expressions.update import Action
 
 from ximilar_async import keys
 from ximilar_async.dal.models import ImageItem, RequestItem, Tables
-from ximilar_async.entities import DueCounter, Image, ImageResult, TrackedRequest
+from ximilar_async.entities import DueCounter, Image, ImageResult, Output, OutputState, TrackedRequest
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
 
@@ -61,9 +61,17 @@ def _image(item: ImageItem) -> Image:
         result=result,
         result_s3_uri=item.result_s3_uri,
         attempts=int(item.attempts or 0),
+        outputs=_outputs(item.outputs.as_dict() if item.outputs is not None else {}),  # type: ignore[no-untyped-call]
         created_at=item.created_at,
         updated_at=item.updated_at,
     )
+
+
+def _outputs(stored: dict[str, Any]) -> dict[str, Output]:
+    return {
+        name: Output(uri=str(value["uri"]), state=OutputState(value["state"]), reason=value.get("reason"))
+        for name, value in stored.items()
+    }
 
 
 def _request(item: RequestItem) -> TrackedRequest:
