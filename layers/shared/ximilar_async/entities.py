@@ -62,6 +62,8 @@ class TrackedRequest:
     checks: int = 0
     submit_attempts: int = 0
     retry_record_ids: frozenset[str] = frozenset()
+    incomplete_answers: int = 0  # DONE answers of Ximilar's that left some of its images without a record
+    sweep_failures: int = 0  # sweeps of this request that ended in an unexpected error
     next_check_at: int | None = None  # epoch seconds; None once it left the due index
     created_at: datetime
     updated_at: datetime

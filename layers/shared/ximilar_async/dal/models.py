@@ -109,6 +109,8 @@ class RequestItem(Model):
     checks = NumberAttribute(default=0)
     submit_attempts = NumberAttribute(default=0)
     retry_record_ids = UnicodeSetAttribute(null=True)  # images whose ERROR is worth another try
+    incomplete_answers = NumberAttribute(default=0)  # DONE answers that left some images without a record
+    sweep_failures = NumberAttribute(default=0)  # sweeps of this request that ended in an unexpected error
     due_shard = UnicodeAttribute(null=True)
     next_check_at = NumberAttribute(null=True)  # epoch seconds
     created_at = UTCDateTimeAttribute()
