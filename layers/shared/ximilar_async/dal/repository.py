@@ -308,12 +308,15 @@ class Repository:
         Raises `ItemTooLarge` when the result does not fit in the item.
         """
         images = self.tables.images
-        actions = [*self._status_actions(result.uri, result.status, now), images.request_id.set(result.request_id)]
-        actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
+        # The result first: DynamoDB applies an update whole or not at all, but moto (the tests' DynamoDB)
+        # applies actions in order and keeps those before an item-size refusal.
+        actions: list[Action] = []
         if result.record is not None:
             actions += [images.result.set(result.record), images.result_s3_uri.remove()]
         elif result.result_s3_uri is not None:
             actions += [images.result_s3_uri.set(result.result_s3_uri), images.result.remove()]
+        actions += [*self._status_actions(result.uri, result.status, now), images.request_id.set(result.request_id)]
+        actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
         replaceable = [status.value for status in (*UNFINISHED, Status.FAILED)]
         condition = (images.record_id == result.record_id) & images.status.is_in(*replaceable)
         return _applied(lambda: images(result.uri).update(actions=actions, condition=condition))
