@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -346,12 +347,19 @@ def test_a_losing_duplicate_never_overwrites_the_winners_stored_result(quiet_pip
     assert pipeline.post(first, headers).json() == {"recorded": 1, "duplicates": 0, "unmatched": 0}
     winner = pipeline.image("incoming/flows/twice.png")
 
-    # When a second Ximilar request of the same upload (submitted twice, e.g. after a crash) answers too
-    client = pipeline.submit.submitter.ximilar
-    second_id = client.submit("flows", "my-flow", [{"_id": item.record_id, "_base64": base64_png()}])["id"]
-    second = pipeline.done_details(second_id)
+    # When a second submission of the same upload answers too (its message came again after a crash
+    # between the POST and the write, and the claim's lease had run out: the README's double submission)
+    submitter = pipeline.submit.submitter
+    again = f"again-{item.record_id[:8]}"
+    now = datetime.now(UTC)
+    assert submitter.repository.open_request(
+        again, "flows", "my-flow", {item.record_id: item.image_uri}, now, now + timedelta(minutes=15)
+    )
+    record = {"_id": item.record_id, "_base64": base64_png()}
+    second = pipeline.done_details(submitter.ximilar.submit("flows", "my-flow", [record])["id"])
     second["response"]["records"][0]["_objects"] = [{"name": "second" * 200, "n": n} for n in range(450)]
-    assert pipeline.post(second, headers).json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
+    answer = pipeline.post(second, pipeline.signed_headers(again, second))
+    assert answer.json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
 
     # Then the item still points at the winner's object, and that object still holds the winner's record
     final = pipeline.image("incoming/flows/twice.png")
