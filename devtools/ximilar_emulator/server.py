@@ -134,7 +134,7 @@ class EmulatorServer:
             for record in stored.records
         ]
         with self.store.lock:
-            stored.response = {"records": records}
+            stored.response = {"records": incomplete(records, knobs.dropped_records, knobs.renamed_records)}
             stored.status, stored.modified = "DONE", timestamp()
         if stored.webhook:
             self._schedule_webhooks(stored)
@@ -176,6 +176,17 @@ class EmulatorServer:
             self.scheduler.at(backoff, lambda: self._deliver(stored, attempt + 1))
         elif failed:
             self.store.log_webhook(stored.id, attempt, "gave up")
+
+
+def incomplete(records: list[dict[str, Any]], dropped: int, renamed: int) -> list[dict[str, Any]]:
+    """An answer as a misbehaving service might give it: the last `dropped` records left out, then the
+    last `renamed` of the rest under an `_id` that was never sent."""
+    kept = records[: max(0, len(records) - dropped)]
+    first_renamed = max(0, len(kept) - renamed)
+    return [
+        {**record, "_id": f"{record['_id']}-renamed"} if index >= first_renamed else record
+        for index, record in enumerate(kept)
+    ]
 
 
 def _error(status: int, body: Any, retry_after: float | None = None) -> Response:

@@ -30,6 +30,8 @@ class Knobs:
     webhook_max_attempts: int = 5  # deliveries tried when the receiver is down or answers 5xx
     webhook_retry_backoff_seconds: float = 0.5  # doubled after each failed delivery
     image_fetch_timeout_seconds: float = 10.0
+    dropped_records: int = 0  # the last N records of each DONE answer are left out (details and webhook)
+    renamed_records: int = 0  # the last N records kept carry an `_id` that was never sent
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}

@@ -27,7 +27,18 @@ sweeper = runtime.sweeper(settings)
 
 
 def record_metrics(outcome: SweepOutcome) -> None:
-    for name in ("items_read", "api_calls", "recorded", "rescheduled", "failed_too_old", "resubmitted_images"):
+    names = (
+        "items_read",
+        "api_calls",
+        "recorded",
+        "rescheduled",
+        "failed_too_old",
+        "resubmitted_images",
+        "incomplete",
+        "errors",
+        "failed_after_errors",
+    )
+    for name in names:
         metrics.add_metric(
             name="Sweep" + name.title().replace("_", ""), unit=MetricUnit.Count, value=getattr(outcome, name)
         )

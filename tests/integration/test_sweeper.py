@@ -22,9 +22,10 @@ from xasync.lambda_runtime import LocalLambdaContext
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from ximilar_async import keys
+from ximilar_async.results import MAX_INCOMPLETE_ANSWERS
 from ximilar_async.statuses import Status
 from ximilar_async.submission import CLAIM_LEASE
-from ximilar_async.sweeper import MAX_IMAGE_ATTEMPTS
+from ximilar_async.sweeper import HOLD, MAX_IMAGE_ATTEMPTS, MAX_SWEEP_FAILURES
 from ximilar_async.uploads import Upload, uploads_from_notification
 
 LATER = timedelta(minutes=3)  # past the first check of a fresh request
@@ -397,3 +398,145 @@ def test_a_sweep_logs_at_info_only_when_it_found_work(
         what="the request to come due and be taken",
     )
     assert infos == ["sweep finished"]
+
+
+def detail_fetches(pipeline: Pipeline, request_id: str) -> int:
+    path = f"/account/v2/request/{request_id}"
+    return sum(1 for call in pipeline.emulator.control.calls() if call["method"] == "GET" and call["path"] == path)
+
+
+@pytest.mark.parametrize(
+    ("knob", "note"),
+    [("dropped_records", ""), ("renamed_records", " (1 with an _id that was not sent)")],
+)
+def test_an_answer_missing_a_record_keeps_the_request_due_until_the_image_ends_with_a_reason(
+    pipeline: Pipeline, knob: str, note: str
+) -> None:
+    # Given Ximilar answers DONE without one of the request's two records (and no webhook arrives)
+    pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0, **{knob: 1})
+    keys_ = ["incoming/flows/kept.png", "incoming/flows/lost.png"]
+    pipeline.upload(*keys_)
+    request_id = pipeline.image(keys_[0]).request_id
+    answered = {record["_id"] for record in pipeline.done_details(request_id)["response"]["records"]}
+    (lost_key,) = [key for key in keys_ if pipeline.image(key).record_id not in answered]
+    (kept_key,) = [key for key in keys_ if key != lost_key]
+
+    fetched_before = detail_fetches(pipeline, request_id)
+
+    # When the sweeper records the answer
+    first = pipeline.sweep(LATER)
+
+    # Then the answered image is DONE, and the request stays due with the reason
+    assert (first.recorded, first.incomplete) == (1, 1)
+    assert (pipeline.image(kept_key).status, pipeline.image(lost_key).status) == ("DONE", "CREATED")
+    submission_id = pipeline.image(kept_key).submission_id
+    request = pipeline.stack.tables.requests.get(submission_id)
+    assert (request.status, request.status_reason, request.incomplete_answers) == (
+        "PROCESSING",
+        f"1 record missing from Ximilar's answer{note}",
+        1,
+    )
+    assert request.due_shard is not None
+
+    # When the sweeper checks again, up to the bound, and the answer stays incomplete
+    for check in range(2, MAX_INCOMPLETE_ANSWERS + 1):
+        assert pipeline.image(lost_key).status == "CREATED"
+        assert pipeline.sweep(LATER + timedelta(minutes=10 * check)).taken == 1
+
+    # Then the image ends FAILED with the cause, and the request DONE, off the due index
+    lost = pipeline.image(lost_key)
+    assert (lost.status, lost.status_reason) == (
+        "FAILED",
+        f"no record for this image in Ximilar's answer after {MAX_INCOMPLETE_ANSWERS} checks",
+    )
+    assert pipeline.image(kept_key).status == "DONE"
+    request = pipeline.stack.tables.requests.get(submission_id)
+    assert request.status == "DONE"
+    assert request.due_shard is None
+    assert request.status_reason.startswith(f"1 record missing from Ximilar's answer{note} after")
+    # fetched again at each check
+    assert detail_fetches(pipeline, request_id) - fetched_before == MAX_INCOMPLETE_ANSWERS
+    assert pipeline.sweep(timedelta(hours=2)).taken == 0
+
+
+class FailingFor:
+    """Ximilar's client, where asking about one request hits an unexpected error (a bug)."""
+
+    def __init__(self, real: Any, request_id: str) -> None:
+        self.real, self.request_id = real, request_id
+
+    def status(self, request_id: str) -> str:
+        if request_id == self.request_id:
+            raise ValueError("boom: an unexpected bug")
+        state: str = self.real.status(request_id)
+        return state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_an_error_in_one_request_does_not_stop_the_sweep_and_after_n_the_request_ends_failed(
+    pipeline: Pipeline,
+) -> None:
+    # Given three pending requests, and one whose check fails every time
+    keys_ = make_processing_requests(pipeline, 3)
+    broken = pipeline.image(keys_[0])
+
+    def sweep(ahead: timedelta) -> Any:
+        real = pipeline.sweeper.sweeper.ximilar
+        return replace(pipeline.sweeper_at(ahead), ximilar=FailingFor(real, broken.request_id)).sweep(lambda: 60_000)
+
+    # When a sweep runs
+    first = sweep(LATER)
+
+    # Then the others are checked, and the failure is counted on the request, which stays due
+    assert (first.taken, first.errors, first.rescheduled) == (3, 1, 2)
+    request = pipeline.stack.tables.requests.get(broken.submission_id)
+    assert (request.status, request.sweep_failures, request.due_shard is not None) == ("CREATED", 1, True)
+    assert request.status_reason == f"sweep failed (1 of {MAX_SWEEP_FAILURES}): ValueError: boom: an unexpected bug"
+
+    # When it keeps failing, up to the bound (each run past the backoff, capped at 30 minutes)
+    for failure in range(2, MAX_SWEEP_FAILURES + 1):
+        assert sweep(timedelta(hours=failure)).errors == 1
+
+    # Then the request and its image end FAILED with the error, off the due index
+    request = pipeline.stack.tables.requests.get(broken.submission_id)
+    reason = f"gave up after {MAX_SWEEP_FAILURES} failed sweeps: ValueError: boom: an unexpected bug"
+    assert (request.status, request.status_reason) == ("FAILED", reason)
+    assert request.due_shard is None
+    image = pipeline.image(keys_[0])
+    assert (image.status, image.status_reason) == ("FAILED", reason)
+    assert sweep(timedelta(hours=10)).errors == 0
+
+
+class BookkeepingFails:
+    """The repository, where recording a failed sweep fails too."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def note_sweep_failure(self, *args: Any, **kwargs: Any) -> bool:
+        raise RuntimeError("DynamoDB unavailable")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_when_even_the_failure_cannot_be_recorded_the_sweep_goes_on_and_the_hold_brings_it_back(
+    pipeline: Pipeline,
+) -> None:
+    keys_ = make_processing_requests(pipeline, 2)
+    broken = pipeline.image(keys_[0])
+    sweeper = pipeline.sweeper_at(LATER)
+    sweeper = replace(
+        sweeper,
+        ximilar=FailingFor(sweeper.ximilar, broken.request_id),
+        repository=BookkeepingFails(sweeper.repository),
+    )
+    outcome = sweeper.sweep(lambda: 60_000)
+    assert (outcome.taken, outcome.errors, outcome.rescheduled) == (2, 1, 1)
+    held = pipeline.stack.tables.requests.get(broken.submission_id)
+    assert (held.sweep_failures, held.checks) == (0, 0)  # nothing could be written
+    assert pipeline.sweep(LATER).taken == 0  # held, and the other one rescheduled
+    assert pipeline.sweep(LATER + HOLD + timedelta(seconds=5)).taken == 2  # back after the hold
+    assert pipeline.stack.tables.requests.get(broken.submission_id).checks == 1

@@ -3,8 +3,10 @@ and every way a webhook can be wrong."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.local_stack import LOCAL_SIGNING_KEY
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
+from ximilar_async import item_size
 from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER
 
 
@@ -281,3 +284,88 @@ def test_a_finished_image_stays_finished_when_its_request_was_not_marked_done(qu
     assert pipeline.post(late, headers).json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
     assert pipeline.image("incoming/flows/half.png").status == "DONE"
     assert requests_table.get(item.submission_id).status == "DONE"
+
+
+def stored_result(pipeline: Pipeline, location: str) -> Any:
+    bucket, key = location.removeprefix("s3://").split("/", 1)
+    assert bucket == pipeline.stack.results_bucket
+    return json.loads(pipeline.stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_a_result_over_dynamodbs_item_size_but_under_300_kb_of_json_lands_in_s3(quiet_pipeline: Pipeline) -> None:
+    # Given a record of many tiny values: 2 bytes each in JSON, 3 by DynamoDB's rules
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/tiny.png")
+    item = pipeline.image("incoming/flows/tiny.png")
+    payload = pipeline.done_details(item.request_id)
+    record = payload["response"]["records"][0]
+    record["_objects"] = [0] * 140_000
+    assert len(json.dumps(record, separators=(",", ":"))) < 300_000
+    assert item_size.attribute_size("result", record) > item_size.ITEM_MAX_BYTES
+
+    # When its webhook arrives
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+
+    # Then the record is in S3, under its image and request, and the item points to it
+    assert answer.status_code == 200, answer.text
+    landed = pipeline.image("incoming/flows/tiny.png")
+    assert (landed.status, landed.result) == ("DONE", None)
+    assert landed.result_s3_uri.endswith(f"/results/{item.record_id}/{item.request_id}.json")
+    assert stored_result(pipeline, landed.result_s3_uri) == record
+
+
+def test_a_result_dynamodb_refuses_as_too_large_is_stored_in_s3_instead(
+    quiet_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a recorder whose size estimate lets a too-large record through (as if its margin were wrong)
+    pipeline = quiet_pipeline
+    monkeypatch.setattr(pipeline.webhook.receiver.recorder, "inline_max_bytes", 10 * item_size.ITEM_MAX_BYTES)
+    pipeline.upload("incoming/flows/refused.png")
+    item = pipeline.image("incoming/flows/refused.png")
+    payload = pipeline.done_details(item.request_id)
+    record = payload["response"]["records"][0]
+    record["_text"] = "y" * 420_000
+
+    # When its webhook arrives, and DynamoDB refuses the item write as too large
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+
+    # Then the record went to S3 after all, with the pointer in the item
+    assert answer.status_code == 200, answer.text
+    landed = pipeline.image("incoming/flows/refused.png")
+    assert (landed.status, landed.result) == ("DONE", None)
+    assert stored_result(pipeline, landed.result_s3_uri) == record
+
+
+def test_a_losing_duplicate_never_overwrites_the_winners_stored_result(quiet_pipeline: Pipeline) -> None:
+    # Given an image whose large result is recorded from its request
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/twice.png")
+    item = pipeline.image("incoming/flows/twice.png")
+    first = pipeline.done_details(item.request_id)
+    first["response"]["records"][0]["_objects"] = [{"name": "first" * 200, "n": n} for n in range(450)]
+    headers = pipeline.signed_headers(item.submission_id, first)
+    assert pipeline.post(first, headers).json() == {"recorded": 1, "duplicates": 0, "unmatched": 0}
+    winner = pipeline.image("incoming/flows/twice.png")
+
+    # When a second submission of the same upload answers too (its message came again after a crash
+    # between the POST and the write, and the claim's lease had run out: the README's double submission)
+    submitter = pipeline.submit.submitter
+    again = f"again-{item.record_id[:8]}"
+    now = datetime.now(UTC)
+    assert submitter.repository.open_request(
+        again, "flows", "my-flow", {item.record_id: item.image_uri}, now, now + timedelta(minutes=15)
+    )
+    record = {"_id": item.record_id, "_base64": base64_png()}
+    second = pipeline.done_details(submitter.ximilar.submit("flows", "my-flow", [record])["id"])
+    second["response"]["records"][0]["_objects"] = [{"name": "second" * 200, "n": n} for n in range(450)]
+    answer = pipeline.post(second, pipeline.signed_headers(again, second))
+    assert answer.json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
+
+    # Then the item still points at the winner's object, and that object still holds the winner's record
+    final = pipeline.image("incoming/flows/twice.png")
+    assert (final.result_s3_uri, final.request_id) == (winner.result_s3_uri, item.request_id)
+    assert stored_result(pipeline, final.result_s3_uri) == first["response"]["records"][0]
+
+
+def base64_png() -> str:
+    return base64.b64encode(png_bytes(12, 8)).decode()

@@ -188,7 +188,7 @@ def test_a_record_too_large_for_an_item_is_stored_in_the_results_bucket(
 
     outcome = recorder.record(submission_id(sent), parse_outcome(payload))
 
-    stored = f"s3://{RESULTS_BUCKET}/results/{upload.record_id}.json"
+    stored = f"s3://{RESULTS_BUCKET}/results/{upload.record_id}/{sent.id}.json"  # one object per request: no overwrite
     assert outcome.stored_in_s3 == [stored]
     assert stored in objects
     assert objects.json(stored) == payload["response"]["records"][0]

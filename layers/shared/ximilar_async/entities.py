@@ -80,6 +80,8 @@ class TrackedRequest:
     submit_attempts: int = 0
     retry_record_ids: frozenset[str] = frozenset()
     held_back: bool = False  # its last submission was not tried (throttled, out of time): not a failed attempt
+    incomplete_answers: int = 0  # DONE answers of Ximilar's that left some of its images without a record
+    sweep_failures: int = 0  # sweeps of this request that ended in an unexpected error
     next_check_at: int | None = None  # epoch seconds; None once it left the due index
     created_at: datetime
     updated_at: datetime

@@ -3,6 +3,9 @@
 - `XimilarApi`: `ximilar.XimilarClient` over HTTP;
 - `ObjectStore`: `objects.S3Objects` on a boto3 client;
 - `Store`: `dal.Repository` on the two DynamoDB tables.
+
+A `Store` raises `ItemTooLarge` when a write would make an item larger than DynamoDB allows; every
+other refusal of a conditional write is a False, and any other error propagates.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from ximilar_async.entities import DueCounter, Image, ImageResult, ObjectLocatio
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
+
+
+class ItemTooLarge(Exception):
+    """DynamoDB refused a write because the item would exceed its size limit."""
 
 
 class XimilarApi(Protocol):
@@ -120,6 +127,18 @@ class Store(Protocol):
 
     def get_request(self, submission_id: str) -> TrackedRequest | None: ...
 
+    def await_missing_records(
+        self,
+        submission_id: str,
+        reason: str,
+        now: datetime,
+        check_at: datetime,
+        *,
+        ximilar_status: str,
+        request_id: str,
+        retry_record_ids: Collection[str] = (),
+    ) -> bool: ...
+
     # the sweeper
     def due_requests(
         self, shard_order: Iterable[int], now: datetime, counter: DueCounter
@@ -130,6 +149,8 @@ class Store(Protocol):
     def reschedule(
         self, submission_id: str, check_at: datetime, now: datetime, *, ximilar_status: str | None = None
     ) -> bool: ...
+
+    def note_sweep_failure(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool: ...
 
     def clear_retries(self, submission_id: str, now: datetime) -> None: ...
 

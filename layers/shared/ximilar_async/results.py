@@ -2,8 +2,23 @@
 
 Each record is matched to its image through the request item's `images` map (record `_id` -> image
 URI), then written with a conditional update that never moves a finished image back and never lets
-an older upload's result replace a newer upload's. A record too large for a DynamoDB item goes to the
-results bucket, with a pointer in the item.
+an older upload's result replace a newer upload's. A record too large for a DynamoDB item (measured
+as DynamoDB measures items, `item_size`) goes to the results bucket, with a pointer in the item.
+
+A request is DONE only when every one of its images is finished (DONE, ERROR or FAILED) or no longer
+belongs to it (uploaded again, or submitted again in another request). An answer that leaves some
+without a record (Ximilar left them out, or named an `_id` it was not sent) keeps the request due, so
+the sweeper fetches the answer again; after `MAX_INCOMPLETE_ANSWERS` such answers those images end
+FAILED with the reason and the request is DONE.
+
+Large results are stored under `results/<record_id>/<request_id>.json`: one object per image *and*
+Ximilar request, written before the conditional item write. A losing duplicate (another request of
+the same upload, e.g. one submitted twice) writes its own object, never the winner's, and only the
+winner's key is ever referenced by the item. Two writers of the same key are two deliveries of the
+same Ximilar request (webhook and sweeper), whose record is the same. Writing after winning instead
+would leave a pointer to nothing if the function died between the two writes. A loser's object is
+left in place (it cannot be told from the winner's without another read); the results bucket's
+lifecycle, if any, applies to it.
 """
 
 from __future__ import annotations
@@ -11,22 +26,31 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Final
 
-from ximilar_async.entities import ImageResult
-from ximilar_async.payloads import RequestOutcome
-from ximilar_async.ports import ObjectStore, Store
+from ximilar_async import item_size
+from ximilar_async.entities import ImageResult, TrackedRequest
+from ximilar_async.payloads import RequestOutcome, ResultRecord
+from ximilar_async.ports import ItemTooLarge, ObjectStore, Store
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
 
 logger = logging.getLogger(__name__)
 
-# DynamoDB items stop at 400 KB; leave room for the item's other attributes.
-INLINE_RESULT_MAX_BYTES: Final = 300_000
+# The rest of an image item (its keys, up to 1 KB each, the status reason, times, ids) fits well in this.
+OTHER_ATTRIBUTES_MARGIN: Final = 16 * 1024
+# The most a `result` attribute may hold, by DynamoDB's own item size rules.
+INLINE_RESULT_MAX_BYTES: Final = item_size.ITEM_MAX_BYTES - OTHER_ATTRIBUTES_MARGIN
+# Ximilar's error text is kept whole in the result; the reason (an indexed, listed attribute) is bounded.
+MAX_REASON_CHARS: Final = 1024
 # A record that failed for a passing reason (its URL expired, the download failed) is tried again.
 RETRY_ERRORS_AFTER: Final = timedelta(minutes=1)
+# DONE answers that leave images without a record before those images end FAILED.
+MAX_INCOMPLETE_ANSWERS: Final = 3
+# An incomplete answer is fetched again after this, doubled for each incomplete answer before it.
+RECHECK_INCOMPLETE_AFTER: Final = timedelta(minutes=1)
 
 
 def is_transient_record_error(code: int, text: str) -> bool:
@@ -40,6 +64,7 @@ class RecordingOutcome:
     recorded: int = 0  # images that changed to DONE, ERROR or FAILED
     duplicates: int = 0  # records whose image had already finished (or was uploaded again)
     unmatched: int = 0  # records whose `_id` the request does not name
+    missing: int = 0  # images the answer left unfinished: the request stays due for another look
     request_known: bool = True
     stored_in_s3: list[str] = field(default_factory=list)
 
@@ -52,12 +77,26 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def result_key(record_id: str, request_id: str) -> str:
+    """Where a large result of one image from one Ximilar request is stored (see the module's docstring)."""
+    return f"results/{record_id}/{request_id}.json"
+
+
+def missing_reason(missing: int, unmatched: int) -> str:
+    records = "record" if missing == 1 else "records"
+    reason = f"{missing} {records} missing from Ximilar's answer"
+    if unmatched:
+        reason += f" ({unmatched} with an _id that was not sent)"
+    return reason
+
+
 @dataclass
 class ResultRecorder:
     repository: Store
     objects: ObjectStore
     results_bucket: str
     clock: Callable[[], datetime] = utc_now
+    inline_max_bytes: int = INLINE_RESULT_MAX_BYTES
 
     def record(self, submission_id: str, outcome: RequestOutcome) -> RecordingOutcome:
         """Record `outcome` (a webhook payload, or a request's details) for the request `submission_id`."""
@@ -67,7 +106,7 @@ class ResultRecorder:
                 request_known=False, unmatched=len(outcome.response.records if outcome.response else [])
             )
         if request.status is Status.DONE:
-            # Every record was written before the request became DONE: a repeat changes nothing.
+            # Every image had finished before the request became DONE: a repeat changes nothing.
             return RecordingOutcome(duplicates=len(outcome.response.records if outcome.response else []))
         images = request.images
         now = self.clock()
@@ -84,39 +123,67 @@ class ResultRecorder:
             return RecordingOutcome(unmatched=0)  # nothing final to record yet
 
         result = RecordingOutcome()
-        retry: list[str] = []
+        # Retries noted by an earlier, incomplete answer are kept until the request is DONE.
+        retry: set[str] = set(request.retry_record_ids)
+        answered: set[str] = set()
         for record in outcome.response.records:
             uri = images.get(record.record_id)
             if uri is None:
                 result.unmatched += 1
                 continue
-            image_result = self._image_result(
-                uri, outcome.id, record.as_stored(), record.status.code, record.status.text
-            )
+            answered.add(record.record_id)
+            image_result, applied = self._record_image(uri, outcome.id, record, now)
             if image_result.result_s3_uri:
                 result.stored_in_s3.append(image_result.result_s3_uri)
-            if self.repository.record_image_result(image_result, now):
+            if applied:
                 result.recorded += 1
                 if image_result.status is Status.ERROR and is_transient_record_error(
                     record.status.code, record.status.text
                 ):
-                    retry.append(record.record_id)
+                    retry.add(record.record_id)
             else:
                 result.duplicates += 1
+
+        unanswered = {record_id: uri for record_id, uri in images.items() if record_id not in answered}
+        unfinished = self._unfinished(request, unanswered)
+        context = {"submission_id": submission_id, "request_id": outcome.id}
+        request_reason: str | None = None
+        if unfinished:
+            request_reason = missing_reason(len(unfinished), result.unmatched)
+            answers = request.incomplete_answers + 1
+            if answers < MAX_INCOMPLETE_ANSWERS:
+                result.missing = len(unfinished)
+                check_at = now + RECHECK_INCOMPLETE_AFTER * 2**request.incomplete_answers
+                if not self.repository.await_missing_records(
+                    submission_id,
+                    request_reason,
+                    now,
+                    check_at,
+                    ximilar_status=outcome.status,
+                    request_id=outcome.id,
+                    retry_record_ids=retry,
+                ):
+                    logger.info("request finished while an incomplete answer was recorded", extra=context)
+                logger.warning("Ximilar's answer is incomplete", extra={**context, "reason": request_reason})
+                return result
+            image_reason = f"no record for this image in Ximilar's answer after {answers} checks"
+            result.recorded += self.repository.fail_unfinished_images(unfinished, image_reason, now)
+            request_reason = f"{request_reason} after {answers} checks: their images ended FAILED"
+            logger.warning("images without a record given up", extra={**context, "reason": request_reason})
         self.repository.finish_request(
             submission_id,
             Status.DONE,
             now,
             ximilar_status=outcome.status,
             request_id=outcome.id,
+            reason=request_reason,
             retry_record_ids=retry,
             retry_at=now + RETRY_ERRORS_AFTER,
         )
         logger.info(
             "results recorded",
             extra={
-                "submission_id": submission_id,
-                "request_id": outcome.id,
+                **context,
                 "recorded": result.recorded,
                 "duplicates": result.duplicates,
                 "unmatched": result.unmatched,
@@ -124,14 +191,44 @@ class ResultRecorder:
         )
         return result
 
-    def _image_result(self, uri: str, request_id: str, record: dict[str, Any], code: int, text: str) -> ImageResult:
+    def _unfinished(self, request: TrackedRequest, candidates: Mapping[str, str]) -> dict[str, str]:
+        """Of `candidates` (record `_id` -> URI), the images still waiting for this request's answer.
+
+        An image uploaded again (another `_id`) or submitted again in another request is no longer
+        this request's to finish; nor is one that finished (through another request of the same upload).
+        """
+        if not candidates:
+            return {}  # the common case: every image was answered, and nothing is read
+        found = self.repository.images_by_uri(candidates.values())
+        return {
+            record_id: uri
+            for record_id, uri in candidates.items()
+            if (image := found.get(uri)) is not None
+            and image.record_id == record_id
+            and image.submission_id == request.submission_id
+            and not image.status.is_terminal
+        }
+
+    def _record_image(self, uri: str, request_id: str, record: ResultRecord, now: datetime) -> tuple[ImageResult, bool]:
+        """Write one image's result (inline, or in S3 with a pointer); returns it and whether it applied."""
+        stored = record.as_stored()
+        code, text = record.status.code, record.status.text
         status = Status.DONE if code == 200 else Status.ERROR
-        reason = None if status is Status.DONE else f"{code}: {text}"
-        encoded = json.dumps(record, separators=(",", ":"))
-        if len(encoded.encode()) <= INLINE_RESULT_MAX_BYTES:
-            return ImageResult(uri, record["_id"], request_id, status, reason, record)
-        location = self.objects.put_json(self.results_bucket, f"results/{record['_id']}.json", encoded.encode())
-        return ImageResult(uri, record["_id"], request_id, status, reason, None, location)
+        reason = None if status is Status.DONE else f"{code}: {text}"[:MAX_REASON_CHARS]
+        if item_size.attribute_size("result", stored) <= self.inline_max_bytes:
+            inline = ImageResult(uri, record.record_id, request_id, status, reason, stored)
+            try:
+                return inline, self.repository.record_image_result(inline, now)
+            except ItemTooLarge:
+                # The margin for the item's other attributes was not enough: store less in the item.
+                logger.warning(
+                    "result too large for its item after all; storing it in S3",
+                    extra={"request_id": request_id, "record_id": record.record_id},
+                )
+        body = json.dumps(stored, separators=(",", ":")).encode()
+        location = self.objects.put_json(self.results_bucket, result_key(record.record_id, request_id), body)
+        pointer = ImageResult(uri, record.record_id, request_id, status, reason, None, location)
+        return pointer, self.repository.record_image_result(pointer, now)
 
     def store_unmatched(self, body: bytes, request_id: str) -> str:
         """Keep a payload that names nothing known, for someone to inspect; returns where."""

@@ -9,7 +9,14 @@ For each due request (from the sparse, sharded `due` index; shards in random ord
 - SUBMITTING past its timeout (submit died before or during the POST): submitted again through the
   submit code path, same `_id`s, a bounded number of times;
 - DONE with transient ERROR images (their URL expired, the download failed): those images are
-  submitted again with fresh URLs, a bounded number of times, then FAILED.
+  submitted again with fresh URLs, a bounded number of times, then FAILED;
+- DONE at Ximilar but some images without a record in its answer (kept due by the recorder): the
+  details are fetched again, a bounded number of times (`results.MAX_INCOMPLETE_ANSWERS`).
+
+A sweep survives any one request: an unexpected error (a bug, a DynamoDB refusal) is logged with the
+request's ids, counted, and the request is checked again later; after `MAX_SWEEP_FAILURES` of them it
+ends FAILED with the error as reason. Should even that bookkeeping fail, the run goes on: the hold
+taken on the request brings it back after `HOLD`.
 
 Each request is taken with a conditional write before any call, so overlapping runs never both work
 on it. A run stops taking work before the Lambda deadline, at its API call budget, and on a 429.
@@ -35,7 +42,7 @@ from ximilar_async.settings import SweeperSettings
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
 from ximilar_async.submission import SubmitOutcome, Submitter, chunks
 from ximilar_async.uploads import Upload
-from ximilar_async.ximilar import XimilarNotFound, XimilarThrottled, XimilarTransientError
+from ximilar_async.ximilar import XimilarAuthError, XimilarNotFound, XimilarThrottled, XimilarTransientError
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +52,8 @@ MAX_SUBMIT_ATTEMPTS: Final = 5  # submissions of one request before its images e
 MAX_IMAGE_ATTEMPTS: Final = 3  # submissions of one image (transient ERRORs) before it ends FAILED
 DEADLINE_MARGIN_MS: Final = 15_000  # stop taking work this long before the Lambda deadline
 CALLS_PER_REQUEST: Final = 2  # at most: /status then the details
+MAX_SWEEP_FAILURES: Final = 5  # sweeps of one request ending in an unexpected error before it ends FAILED
+MAX_ERROR_CHARS: Final = 500  # of an exception's message kept in a reason
 
 
 class ResubmissionThrottled(Exception):
@@ -62,6 +71,9 @@ class SweepOutcome:
     failed_by_ximilar: int = 0
     resubmitted_images: int = 0
     finished_meanwhile: int = 0  # requests a webhook finished while this run was checking them
+    incomplete: int = 0  # requests Ximilar answered DONE with images missing: checked again later
+    errors: int = 0  # requests whose sweep ended in an unexpected error
+    failed_after_errors: int = 0  # requests given up after MAX_SWEEP_FAILURES such errors
     stopped: str | None = None  # why the run stopped early: deadline, budget, throttled
     by_state: dict[str, int] = field(default_factory=dict)
 
@@ -97,25 +109,69 @@ class Sweeper:
             if not self.repository.take_due(request, self.clock() + HOLD):
                 continue  # another run has it
             outcome.taken += 1
-            try:
-                self._sweep_one(request, outcome)
-            except ResubmissionThrottled:
-                outcome.stopped = "throttled"  # the submitter already handed the request on
-                break
-            except XimilarThrottled:
-                self._reschedule(request, self.clock() + RETRY_AFTER_THROTTLE, None, outcome)
+            if not self._sweep_isolated(request, outcome):
                 outcome.stopped = "throttled"
                 break
-            except XimilarTransientError as error:
-                logger.warning("Ximilar unavailable; checking again later", extra=self._context(request, error))
-                self._check_later(request, None, outcome)
         outcome.items_read = counter.items_read
         return outcome
 
+    def _sweep_isolated(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
+        """Sweep one request; nothing it raises stops the run. False when Ximilar throttles (stop the run)."""
+        try:
+            try:
+                self._sweep_one(request, outcome)
+            except ResubmissionThrottled:
+                return False  # the submitter already handed the request on
+            except XimilarThrottled:
+                self._reschedule(request, self.clock() + RETRY_AFTER_THROTTLE, None, outcome)
+                return False
+            except XimilarTransientError as error:
+                logger.warning("Ximilar unavailable; checking again later", extra=self._context(request, error))
+                self._check_later(request, None, outcome)
+        except XimilarAuthError:
+            raise  # the token is wrong for every request: fail the run loudly, blame no request
+        except Exception as error:  # one request's failure must not end the others' sweep
+            outcome.errors += 1
+            logger.exception("sweeping a request failed", extra=self._context(request, error))
+            try:
+                self._after_error(request, error, outcome)
+            except Exception as bookkeeping:  # the hold taken by take_due brings the request back later
+                logger.exception(
+                    "recording a failed sweep failed; the request comes back after its hold",
+                    extra=self._context(request, bookkeeping),
+                )
+        return True
+
+    def _after_error(self, request: TrackedRequest, error: Exception, outcome: SweepOutcome) -> None:
+        """Count the failure on the request and check it again later; give up after MAX_SWEEP_FAILURES."""
+        failures = request.sweep_failures + 1
+        cause = f"{type(error).__name__}: {str(error)[:MAX_ERROR_CHARS]}"
+        if failures < MAX_SWEEP_FAILURES:
+            first = timedelta(seconds=self.settings.first_check_delay_seconds)
+            check_at = self.clock() + schedule.next_check_delay(first, failures, self.rng)
+            reason = f"sweep failed ({failures} of {MAX_SWEEP_FAILURES}): {cause}"
+            if not self.repository.note_sweep_failure(request.submission_id, reason, self.clock(), check_at):
+                outcome.finished_meanwhile += 1
+            return
+        reason = f"gave up after {failures} failed sweeps: {cause}"
+        outcome.failed_after_errors += 1
+        if request.status is Status.DONE:
+            # DONE is never undone: what still waited for it (ERROR images to retry) ends FAILED instead.
+            waiting = {
+                record_id: uri for record_id, uri in request.images.items() if record_id in request.retry_record_ids
+            }
+            logger.warning("retries given up", extra={**self._context(request), "reason": reason})
+            self.repository.fail_unfinished_images(waiting, reason, self.clock(), from_statuses=(Status.ERROR,))
+            self.repository.clear_retries(request.submission_id, self.clock())
+            return
+        self._give_up(request, request.ximilar_status or request.status.value, reason, outcome)
+
     def _context(self, request: TrackedRequest, error: Exception | None = None) -> dict[str, object]:
+        # Ids and the error only: no record (its URLs are presigned) and no token.
         context: dict[str, object] = {"submission_id": request.submission_id, "request_id": request.request_id}
         if error is not None:
             context["error"] = str(error)
+            context["error_type"] = type(error).__name__
         return context
 
     def _sweep_one(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
@@ -148,7 +204,10 @@ class Sweeper:
                 logger.error("Ximilar's details do not parse", extra=self._context(request, error))
                 self._check_later(request, state, outcome)
                 return
-            outcome.recorded += self.recorder.record(request.submission_id, details).recorded
+            recorded = self.recorder.record(request.submission_id, details)
+            outcome.recorded += recorded.recorded
+            if recorded.missing:
+                outcome.incomplete += 1
         elif kind is XimilarStateKind.FAILED:
             recorded = self.recorder.record(request.submission_id, RequestOutcome(status=state, id=request_id))
             outcome.failed_by_ximilar += recorded.recorded

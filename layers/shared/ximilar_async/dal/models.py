@@ -112,6 +112,8 @@ class RequestItem(Model):
     submit_attempts = NumberAttribute(default=0)
     held_back = BooleanAttribute(null=True)  # its last submission was not tried (throttled, out of time)
     retry_record_ids = UnicodeSetAttribute(null=True)  # images whose ERROR is worth another try
+    incomplete_answers = NumberAttribute(default=0)  # DONE answers that left some images without a record
+    sweep_failures = NumberAttribute(default=0)  # sweeps of this request that ended in an unexpected error
     due_shard = UnicodeAttribute(null=True)
     next_check_at = NumberAttribute(null=True)  # epoch seconds
     created_at = UTCDateTimeAttribute()

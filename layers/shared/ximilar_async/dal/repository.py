@@ -5,7 +5,8 @@ moves a finished image back, never lets an older upload of a key replace a newer
 lets two submitters hold the same upload at once (the SUBMITTING claim carries a lease).
 
 One rule for a lost race: every conditional write returns whether it applied (`_applied`), and its
-caller decides what a lost race means there. Any other DynamoDB error propagates. Items never leave
+caller decides what a lost race means there. A write that would make an item too large raises
+`ItemTooLarge` (the caller can store less); any other DynamoDB error propagates. Items never leave
 this module: reads return the domain's values (`entities`).
 """
 
@@ -23,10 +24,12 @@ from pynamodb.expressions.update import Action
 from ximilar_async import keys
 from ximilar_async.dal.models import ImageItem, RequestItem, Tables
 from ximilar_async.entities import DueCounter, Image, ImageResult, Output, OutputState, TrackedRequest
+from ximilar_async.ports import ItemTooLarge
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
 
 CONDITION_FAILED: Final = "ConditionalCheckFailedException"
+VALIDATION_FAILED: Final = "ValidationException"
 UNFINISHED: Final = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)
 
 
@@ -37,8 +40,20 @@ def _applied(write: Callable[[], object]) -> bool:
     except (PutError, UpdateError, DeleteError) as error:
         if error.cause_response_code == CONDITION_FAILED:
             return False
+        if _is_item_too_large(error):
+            raise ItemTooLarge(error.cause_response_message or "item size exceeded") from error
         raise
     return True
+
+
+def _is_item_too_large(error: PutError | UpdateError | DeleteError) -> bool:
+    """DynamoDB's item-size refusal: a ValidationException whose message says so (it has no code of its own).
+
+    PutItem says "Item size has exceeded the maximum allowed size", UpdateItem "Item size to update
+    has exceeded the maximum allowed size".
+    """
+    message = (error.cause_response_message or "").lower()
+    return error.cause_response_code == VALIDATION_FAILED and "item size" in message and "exceeded" in message
 
 
 def _image(item: ImageItem) -> Image:
@@ -89,6 +104,8 @@ def _request(item: RequestItem) -> TrackedRequest:
         submit_attempts=int(item.submit_attempts or 0),
         retry_record_ids=frozenset(item.retry_record_ids or ()),
         held_back=bool(item.held_back),
+        incomplete_answers=int(item.incomplete_answers or 0),
+        sweep_failures=int(item.sweep_failures or 0),
         next_check_at=None if item.next_check_at is None else int(item.next_check_at),
         created_at=item.created_at,
         updated_at=item.updated_at,
@@ -300,17 +317,57 @@ class Repository:
             return None
 
     def record_image_result(self, result: ImageResult, now: datetime) -> bool:
-        """Finish one image DONE or ERROR; False when it is already finished or was uploaded again since."""
+        """Finish one image DONE or ERROR; False when it is already finished or was uploaded again since.
+
+        Raises `ItemTooLarge` when the result does not fit in the item.
+        """
         images = self.tables.images
-        actions = [*self._status_actions(result.uri, result.status, now), images.request_id.set(result.request_id)]
-        actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
+        # The result first: DynamoDB applies an update whole or not at all, but moto (the tests' DynamoDB)
+        # applies actions in order and keeps those before an item-size refusal.
+        actions: list[Action] = []
         if result.record is not None:
             actions += [images.result.set(result.record), images.result_s3_uri.remove()]
         elif result.result_s3_uri is not None:
             actions += [images.result_s3_uri.set(result.result_s3_uri), images.result.remove()]
+        actions += [*self._status_actions(result.uri, result.status, now), images.request_id.set(result.request_id)]
+        actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
         replaceable = [status.value for status in (*UNFINISHED, Status.FAILED)]
         condition = (images.record_id == result.record_id) & images.status.is_in(*replaceable)
         return _applied(lambda: images(result.uri).update(actions=actions, condition=condition))
+
+    def await_missing_records(
+        self,
+        submission_id: str,
+        reason: str,
+        now: datetime,
+        check_at: datetime,
+        *,
+        ximilar_status: str,
+        request_id: str,
+        retry_record_ids: Collection[str] = (),
+    ) -> bool:
+        """Ximilar answered DONE but some images are still unfinished: keep the request due at `check_at`.
+
+        The request is PROCESSING (not SUBMITTING: Ximilar has it, so it must not be submitted again),
+        back on the due index, with `reason`, one more incomplete answer counted, and `retry_record_ids`
+        added to those already waiting. False when it became DONE meanwhile.
+        """
+        requests = self.tables.requests
+        actions: list[Action] = [
+            requests.status.set(Status.PROCESSING.value),
+            requests.ximilar_status.set(ximilar_status),
+            requests.request_id.set(request_id),
+            requests.status_reason.set(reason),
+            requests.incomplete_answers.add(1),
+            requests.due_shard.set(keys.due_shard(submission_id, self.shards)),
+            requests.next_check_at.set(epoch(check_at)),
+            requests.updated_at.set(now),
+            requests.expires_at.remove(),  # a FAILED request answered late is not finished any more
+        ]
+        if retry_record_ids:
+            actions.append(requests.retry_record_ids.add(set(retry_record_ids)))
+        not_done = requests.status != Status.DONE.value
+        return _applied(lambda: requests(submission_id).update(actions=actions, condition=not_done))
 
     def fail_unfinished_images(
         self,
@@ -415,6 +472,21 @@ class Repository:
         ]
         submitting = requests.status == Status.SUBMITTING.value
         return _applied(lambda: requests(submission_id).update(actions=actions, condition=submitting))
+
+    def note_sweep_failure(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool:
+        """One more sweep of this request failed with `reason`: count it, check again at `check_at`.
+
+        False when the request left the due index meanwhile (it finished).
+        """
+        requests = self.tables.requests
+        actions: list[Action] = [
+            requests.sweep_failures.add(1),
+            requests.status_reason.set(reason),
+            requests.next_check_at.set(epoch(check_at)),
+            requests.updated_at.set(now),
+        ]
+        due = requests.due_shard.exists()
+        return _applied(lambda: requests(submission_id).update(actions=actions, condition=due))
 
     def clear_retries(self, submission_id: str, now: datetime) -> None:
         requests = self.tables.requests
