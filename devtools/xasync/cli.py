@@ -26,7 +26,7 @@ from rich.table import Table
 
 from xasync import local_stack, views
 from xasync.servers import wait_for
-from xasync.stack import FakeLambdaContext, load_function
+from xasync.stack import FakeLambdaContext, freshly_signed, load_function
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async import keys
 from ximilar_async.dal.models import bind_tables
@@ -93,6 +93,7 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
     ) as local:
         local_stack.write_state(local)
         sam_env = local_stack.write_sam_env_vars(local)
+        events = local_stack.write_signed_events()
         console.print("[bold green]ximilar-async local stack is up[/]")
         for name in ("InputBucketName", "ImagesTableName", "RequestsTableName", "WebhookUrl", "SubmitQueueUrl"):
             console.print(f"  {name:<18} {local.outputs[name]}")
@@ -104,6 +105,7 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
         )
         console.print(f"  aws s3 cp photo.jpg s3://{local.outputs['InputBucketName']}/incoming/")
         console.print(f"\nWith Docker: sam local invoke SubmitFunction -e events/sqs-s3-put.json --env-vars {sam_env}")
+        console.print(f"  (webhook events with fresh tokens: {events}/webhook-done.json)")
         console.print("\nCtrl-C stops everything.")
         try:
             while True:
@@ -223,7 +225,8 @@ def invoke_function(function: str, event: dict[str, Any], env_vars: Path | None 
     target = target_for(None)
     environment = {**target.environments[function], **sam_env_vars(env_vars, function)}
     module = load_function(load_template(), function, environment)
-    return module.lambda_handler(event, FakeLambdaContext(function_name=function))
+    # The signed webhook examples carry tokens that expire: sign them again, as `xasync up` does.
+    return module.lambda_handler(freshly_signed(event), FakeLambdaContext(function_name=function))
 
 
 @main.command()

@@ -34,7 +34,7 @@ import boto3
 
 from xasync.http_api import LocalHttpApi, Route
 from xasync.servers import emulator_process, moto_server
-from xasync.stack import LOCAL_SIGNING_KEY, FakeLambdaContext, lambda_sqs_record, load_function
+from xasync.stack import LOCAL_SIGNING_KEY, FakeLambdaContext, freshly_signed, lambda_sqs_record, load_function
 from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
 
 logger = logging.getLogger("xasync.local")
@@ -188,7 +188,7 @@ def deploy_resources(
         )
     secrets = _aws(endpoint, "secretsmanager")
     for logical_id in resources_of_type(template, "AWS::SecretsManager::Secret"):
-        # The local key is fixed, so the signed example in events/ verifies against a local stack.
+        # The local key is fixed, so the signed examples in events/ verify (signed again) against a local stack.
         physical[logical_id] = secrets.create_secret(Name=f"{STACK_NAME}-{logical_id}", SecretString=LOCAL_SIGNING_KEY)[
             "ARN"
         ]
@@ -487,6 +487,16 @@ def write_sam_env_vars(local: LocalStack, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(docker_view, indent=2))
     return path
+
+
+def write_signed_events(directory: Path | None = None) -> Path:
+    """events/webhook-*.json with tokens made now, for `sam local invoke` (the committed ones expire)."""
+    directory = directory or STATE_FILE.parent / "events"
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in sorted((PROJECT_ROOT / "events").glob("webhook-*.json")):
+        event = freshly_signed(json.loads(source.read_text()))
+        (directory / source.name).write_text(json.dumps(event, indent=2) + "\n")
+    return directory
 
 
 def read_state(path: Path | None = None) -> dict[str, Any]:

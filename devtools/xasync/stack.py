@@ -26,7 +26,7 @@ import boto3
 from xasync.servers import wait_for
 from xasync.template import Resolver, functions
 from ximilar_async.dal.models import Tables, bind_tables
-from ximilar_async.webhook_auth import WebhookAuth, static_key
+from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, WebhookAuth, static_keys
 
 
 @dataclass
@@ -60,7 +60,8 @@ class AwsStack:
     @property
     def auth(self) -> WebhookAuth:
         """Webhook authentication with this stack's signing key, as the functions build it."""
-        return WebhookAuth(static_key(self.signing_key))
+        max_age = int(self.template["Parameters"]["MaxRequestAgeSeconds"]["Default"])
+        return WebhookAuth(static_keys(self.signing_key), timedelta(seconds=max_age))
 
     def client(self, service: str) -> Any:
         factory: Any = boto3.client  # its overloads want a literal service name
@@ -186,8 +187,24 @@ def create_table_from_template(dynamodb: Any, template: dict[str, Any], logical_
         )
 
 
-# The signing key of local stacks: events/webhook-done.json carries a token made with it.
+# The signing key of local stacks: events/webhook-*.json carry tokens made with it.
 LOCAL_SIGNING_KEY = "local-webhook-signing-key"
+
+
+def freshly_signed(event: dict[str, Any], key: str = LOCAL_SIGNING_KEY) -> dict[str, Any]:
+    """A webhook event (HTTP API 2.0) whose token, if `key` made it, is made again now.
+
+    Tokens expire (MaxRequestAgeSeconds), so the signed examples in events/ are signed again when they
+    are used: by `xasync invoke`, by `xasync up` for `sam local invoke` (.xasync/events/), by the tests.
+    A token of another key, or no token of ours (the wrong-token example), is left as it is.
+    """
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    token, submission_id = headers.get(TOKEN_HEADER.lower()), headers.get(SUBMISSION_HEADER.lower())
+    auth = WebhookAuth(static_keys(key))
+    if not token or not submission_id or not auth.signs(token):
+        return event
+    fresh = auth.headers(submission_id)[TOKEN_HEADER]
+    return {**event, "headers": {**headers, TOKEN_HEADER.lower(): fresh}}
 
 
 def create_stack(endpoint: str, template: dict[str, Any], token: str, signing_key: str | None = None) -> AwsStack:

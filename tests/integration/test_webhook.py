@@ -15,7 +15,14 @@ from tests.conftest import RunningEmulator
 from tests.support.pipeline import Pipeline, start_pipeline
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from xasync.stack import LOCAL_SIGNING_KEY, AwsStack, FakeLambdaContext, create_stack, load_function
+from xasync.stack import (
+    LOCAL_SIGNING_KEY,
+    AwsStack,
+    FakeLambdaContext,
+    create_stack,
+    freshly_signed,
+    load_function,
+)
 from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER
 
 EVENTS = Path(__file__).resolve().parents[2] / "events"
@@ -84,22 +91,33 @@ def test_wrong_tokens_get_401_and_write_nothing(quiet_pipeline: Pipeline, forge:
     pipeline.upload("incoming/flows/t1.png", "incoming/t2.png")
     first, second = pipeline.image("incoming/flows/t1.png"), pipeline.image("incoming/t2.png")
     payload = pipeline.done_details(first.request_id)
-    headers = pipeline.signed_headers(first.submission_id, payload)
-    other_headers = pipeline.signed_headers(second.submission_id, pipeline.done_details(second.request_id))
+    headers = pipeline.signed_headers(first.submission_id)
+    other_headers = pipeline.signed_headers(second.submission_id)
     headers[TOKEN_HEADER] = forge(headers[TOKEN_HEADER], other_headers[TOKEN_HEADER])
     answer = pipeline.post(payload, headers)
     assert answer.status_code == 401
     assert pipeline.image("incoming/flows/t1.png").status == "CREATED"
 
 
-def test_a_valid_token_replayed_with_another_requests_payload_gets_401(quiet_pipeline: Pipeline) -> None:
-    pipeline = quiet_pipeline
-    pipeline.upload("incoming/flows/r1.png", "incoming/r2.png")
-    first, second = pipeline.image("incoming/flows/r1.png"), pipeline.image("incoming/r2.png")
-    headers = pipeline.signed_headers(first.submission_id, pipeline.done_details(first.request_id))
-    answer = pipeline.post(pipeline.done_details(second.request_id), headers)
-    assert answer.status_code == 401
-    assert pipeline.image("incoming/r2.png").status == "CREATED"
+@pytest.mark.parametrize(("source", "status_code"), [("ximilar", 200), ("payload", 422)])
+def test_a_valid_token_replayed_with_another_requests_payload_records_nothing_of_it(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator, source: str, status_code: int
+) -> None:
+    # The token no longer names records: by default the body is ignored and the first request gets
+    # Ximilar's own answer; trusting the body, its records must be the request's (422 otherwise).
+    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, WebhookResultSource=source):
+        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
+        pipeline.upload("incoming/flows/r1.png", "incoming/r2.png")
+        first, second = pipeline.image("incoming/flows/r1.png"), pipeline.image("incoming/r2.png")
+        pipeline.done_details(first.request_id)
+        headers = pipeline.signed_headers(first.submission_id)
+        answer = pipeline.post(pipeline.done_details(second.request_id), headers)
+        assert answer.status_code == status_code, answer.text
+        assert pipeline.image("incoming/r2.png").status == "CREATED"
+        first_now = pipeline.image("incoming/flows/r1.png")
+        assert first_now.status == ("DONE" if source == "ximilar" else "CREATED")
+        if source == "ximilar":
+            assert first_now.result.as_dict() == pipeline.details(first.request_id)["response"]["records"][0]
 
 
 def test_missing_token_headers_get_401(quiet_pipeline: Pipeline) -> None:
@@ -114,7 +132,9 @@ def test_malformed_not_a_payload_and_oversized_bodies_are_refused(
     monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
 ) -> None:
     for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, MaxWebhookBodyBytes="2048"):
-        headers = {SUBMISSION_HEADER: "s", TOKEN_HEADER: "t", "Content-Type": "application/json"}
+        unsigned = {SUBMISSION_HEADER: "s", TOKEN_HEADER: "t", "Content-Type": "application/json"}
+        assert pipeline.post(b'{"status": "DONE", "response": ', unsigned).status_code == 401  # never parsed
+        headers = pipeline.signed_headers("s")
         malformed = pipeline.post(b'{"status": "DONE", "response": ', headers)
         assert (malformed.status_code, malformed.json()["message"]) == (400, "the body is not JSON")
         not_a_payload = pipeline.post({"status": "DONE", "id": "x"}, headers)
@@ -122,7 +142,7 @@ def test_malformed_not_a_payload_and_oversized_bodies_are_refused(
         assert "response.records" in not_a_payload.json()["message"]
         no_ids = pipeline.post({"status": "DONE", "id": "x", "response": {"records": [{"_url": "u"}]}}, headers)
         assert (no_ids.status_code, "_id" in no_ids.json()["message"]) == (422, True)
-        oversized = pipeline.post(b"{" + b" " * 4096 + b"}", headers)
+        oversized = pipeline.post(b"{" + b" " * 4096 + b"}", unsigned)
         assert oversized.status_code == 413
 
 
@@ -132,7 +152,7 @@ def test_a_signed_payload_missing_required_fields_gets_422(quiet_pipeline: Pipel
     item = pipeline.image("incoming/flows/f.png")
     payload = pipeline.done_details(item.request_id)
     del payload["response"]["records"][0]["_status"]
-    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id))
     assert answer.status_code == 422
     assert "_status" in answer.json()["message"]
     assert pipeline.image("incoming/flows/f.png").status == "CREATED"
@@ -150,7 +170,7 @@ def test_a_payload_lands_when_its_request_id_never_reached_dynamodb(quiet_pipeli
     )
     images(item.image_uri).update(actions=[images.status.set("SUBMITTING"), images.request_id.remove()])
 
-    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id))
     assert answer.status_code == 200, answer.text
     landed = pipeline.image("incoming/flows/crash.png")
     assert (landed.status, landed.request_id) == ("DONE", payload["id"])
@@ -165,7 +185,7 @@ def test_a_payload_that_names_nothing_known_is_stored_and_answered_2xx(quiet_pip
         "type": "flows",
         "response": {"records": [{"_id": "nobody", "_status": {"code": 200, "text": "OK"}}]},
     }
-    answer = pipeline.post(payload, pipeline.signed_headers("no-such-submission", payload))
+    answer = pipeline.post(payload, pipeline.signed_headers("no-such-submission"))
     assert answer.status_code == 202
     location = answer.json()["stored"]
     bucket, key = location.removeprefix("s3://").split("/", 1)
@@ -179,7 +199,7 @@ def test_a_late_or_out_of_order_webhook_never_moves_a_done_image_back(quiet_pipe
     pipeline.upload("incoming/flows/late.png")
     item = pipeline.image("incoming/flows/late.png")
     payload = pipeline.done_details(item.request_id)
-    headers = pipeline.signed_headers(item.submission_id, payload)
+    headers = pipeline.signed_headers(item.submission_id)
     assert pipeline.post(payload, headers).json() == {"recorded": 1, "duplicates": 0, "unmatched": 0}
     late = json.loads(json.dumps(payload))
     late["response"]["records"][0]["_status"] = {"code": 500, "text": "late failure"}
@@ -188,13 +208,21 @@ def test_a_late_or_out_of_order_webhook_never_moves_a_done_image_back(quiet_pipe
     assert (final.status, final.result["_status"]["code"]) == ("DONE", 200)
 
 
-def test_a_result_too_large_for_an_item_lands_in_s3_with_a_pointer(quiet_pipeline: Pipeline) -> None:
-    pipeline = quiet_pipeline
+def test_a_result_too_large_for_an_item_lands_in_s3_with_a_pointer(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    # The emulator's results are small: the large one is posted, so the body must be what is recorded.
+    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, WebhookResultSource="payload"):
+        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
+        check_a_large_result_lands_in_s3(pipeline)
+
+
+def check_a_large_result_lands_in_s3(pipeline: Pipeline) -> None:
     pipeline.upload("incoming/flows/big.png")
     item = pipeline.image("incoming/flows/big.png")
     payload = pipeline.done_details(item.request_id)
     payload["response"]["records"][0]["_objects"] = [{"name": "x" * 1000, "n": n} for n in range(450)]
-    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id))
     assert answer.status_code == 200, answer.text
     landed = pipeline.image("incoming/flows/big.png")
     assert (landed.status, landed.result) == ("DONE", None)
@@ -204,20 +232,19 @@ def test_a_result_too_large_for_an_item_lands_in_s3_with_a_pointer(quiet_pipelin
     assert bucket != pipeline.stack.bucket  # never the input bucket: it cannot trigger submit
 
 
-def test_verification_mode_records_the_source_not_a_forged_body(
-    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+def test_by_default_a_signed_body_is_a_notification_and_what_ximilar_says_is_recorded(
+    quiet_pipeline: Pipeline,
 ) -> None:
-    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, VerifyWithSource="true"):
-        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
-        pipeline.upload("incoming/flows/v.png")
-        item = pipeline.image("incoming/flows/v.png")
-        real = pipeline.done_details(item.request_id)
-        forged = json.loads(json.dumps(real))
-        forged["response"]["records"][0]["_tags"] = {"Category": [{"name": "Forged", "prob": 1.0}]}
-        answer = pipeline.post(forged, pipeline.signed_headers(item.submission_id, forged))
-        assert answer.status_code == 200, answer.text
-        recorded = pipeline.image("incoming/flows/v.png").result.as_dict()
-        assert recorded["_tags"] == real["response"]["records"][0]["_tags"]
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/v.png")
+    item = pipeline.image("incoming/flows/v.png")
+    real = pipeline.done_details(item.request_id)
+    forged = json.loads(json.dumps(real))
+    forged["response"]["records"][0]["_tags"] = {"Category": [{"name": "Forged", "prob": 1.0}]}
+    answer = pipeline.post(forged, pipeline.signed_headers(item.submission_id))
+    assert answer.status_code == 200, answer.text
+    recorded = pipeline.image("incoming/flows/v.png").result.as_dict()
+    assert recorded["_tags"] == real["response"]["records"][0]["_tags"]
 
 
 def test_other_paths_and_methods_are_not_found(pipeline: Pipeline) -> None:
@@ -247,7 +274,9 @@ def test_the_event_files_get_their_answers_with_the_local_signing_key(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     webhook = load_function(template, "WebhookFunction", environment)
-    answer = webhook.lambda_handler(json.loads((EVENTS / event_file).read_text()), FakeLambdaContext())
+    # The committed tokens expire (MaxRequestAgeSeconds): the files are used as `xasync invoke` uses them.
+    event = freshly_signed(json.loads((EVENTS / event_file).read_text()))
+    answer = webhook.lambda_handler(event, FakeLambdaContext())
     assert answer["statusCode"] == status_code, answer["body"]
 
 
@@ -260,7 +289,7 @@ def test_an_older_uploads_result_never_replaces_a_newer_uploads_state(quiet_pipe
     new = pipeline.image("incoming/flows/again.png")
     assert new.record_id != old.record_id
 
-    answer = pipeline.post(old_payload, pipeline.signed_headers(old.submission_id, old_payload))
+    answer = pipeline.post(old_payload, pipeline.signed_headers(old.submission_id))
     assert answer.json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
     current = pipeline.image("incoming/flows/again.png")
     assert (current.record_id, current.status, current.result) == (new.record_id, "CREATED", None)
@@ -271,7 +300,7 @@ def test_a_finished_image_stays_finished_when_its_request_was_not_marked_done(qu
     pipeline.upload("incoming/flows/half.png")
     item = pipeline.image("incoming/flows/half.png")
     payload = pipeline.done_details(item.request_id)
-    headers = pipeline.signed_headers(item.submission_id, payload)
+    headers = pipeline.signed_headers(item.submission_id)
     pipeline.post(payload, headers)
     # As if the first delivery died after the image writes, before the request's.
     requests_table = pipeline.stack.tables.requests

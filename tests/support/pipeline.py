@@ -75,9 +75,9 @@ class Pipeline:
     def sweep(self, ahead: timedelta, remaining_millis: Callable[[], int] = lambda: 60_000) -> SweepOutcome:
         return self.sweeper_at(ahead).sweep(remaining_millis)
 
-    def signed_headers(self, submission_id: str, payload: dict[str, Any]) -> dict[str, str]:
-        record_ids = [record["_id"] for record in payload["response"]["records"]]
-        return {"Content-Type": "application/json", **self.stack.auth.headers(submission_id, record_ids)}
+    def signed_headers(self, submission_id: str) -> dict[str, str]:
+        """The headers submit gave Ximilar for this request (a token made now)."""
+        return {"Content-Type": "application/json", **self.stack.auth.headers(submission_id)}
 
 
 def start_pipeline(

@@ -8,15 +8,15 @@ results bucket, with a pointer in the item.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
-from ximilar_async.entities import ImageResult
+from ximilar_async.entities import ImageResult, TrackedRequest
 from ximilar_async.payloads import RequestOutcome
 from ximilar_async.ports import ObjectStore, Store
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 INLINE_RESULT_MAX_BYTES: Final = 300_000
 # A record that failed for a passing reason (its URL expired, the download failed) is tried again.
 RETRY_ERRORS_AFTER: Final = timedelta(minutes=1)
+# Ximilar's error texts are short; a longer one is cut so the item stays far from 400 KB.
+MAX_REASON_CHARS: Final = 1000
+# Payloads for unknown requests are kept for inspection, not as an archive: larger ones are only logged.
+UNMATCHED_MAX_BYTES: Final = 256 * 1024
 
 
 def is_transient_record_error(code: int, text: str) -> bool:
@@ -66,6 +70,11 @@ class ResultRecorder:
             return RecordingOutcome(
                 request_known=False, unmatched=len(outcome.response.records if outcome.response else [])
             )
+        return self.record_for(request, outcome)
+
+    def record_for(self, request: TrackedRequest, outcome: RequestOutcome) -> RecordingOutcome:
+        """`record` for a request item the caller has just read (the webhook reads it first to check it)."""
+        submission_id = request.submission_id
         if request.status is Status.DONE:
             # Every record was written before the request became DONE: a repeat changes nothing.
             return RecordingOutcome(duplicates=len(outcome.response.records if outcome.response else []))
@@ -126,15 +135,20 @@ class ResultRecorder:
 
     def _image_result(self, uri: str, request_id: str, record: dict[str, Any], code: int, text: str) -> ImageResult:
         status = Status.DONE if code == 200 else Status.ERROR
-        reason = None if status is Status.DONE else f"{code}: {text}"
+        reason = None if status is Status.DONE else f"{code}: {text}"[:MAX_REASON_CHARS]
         encoded = json.dumps(record, separators=(",", ":"))
         if len(encoded.encode()) <= INLINE_RESULT_MAX_BYTES:
             return ImageResult(uri, record["_id"], request_id, status, reason, record)
         location = self.objects.put_json(self.results_bucket, f"results/{record['_id']}.json", encoded.encode())
         return ImageResult(uri, record["_id"], request_id, status, reason, None, location)
 
-    def store_unmatched(self, body: bytes, request_id: str) -> str:
-        """Keep a payload that names nothing known, for someone to inspect; returns where."""
-        now = self.clock()
-        key = f"unmatched/{now:%Y/%m/%d}/{request_id or 'no-id'}-{uuid.uuid4().hex[:8]}.json"
+    def store_unmatched(self, body: bytes) -> str | None:
+        """Keep a payload for a request the tables do not know, for someone to inspect; returns where.
+
+        The key is the body's hash, so a replayed payload makes no new object; None when the body is
+        over `UNMATCHED_MAX_BYTES` (not kept: only authenticated senders get here, but keys leak).
+        """
+        if len(body) > UNMATCHED_MAX_BYTES:
+            return None
+        key = f"unmatched/{hashlib.sha256(body).hexdigest()}.json"
         return self.objects.put_json(self.results_bucket, key, body)
