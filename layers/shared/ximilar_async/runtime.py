@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, Protocol
 
 import boto3
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
@@ -77,6 +77,14 @@ class SecretSources:
         return str(value).encode()
 
 
+class KeyVersions(Protocol):
+    """The signing key's current and previous versions (`SecretSources`, or a fake)."""
+
+    def signing_key(self, secret_arn: str, *, force_fetch: bool = False) -> bytes: ...
+
+    def previous_signing_key(self, secret_arn: str, *, force_fetch: bool = False) -> bytes | None: ...
+
+
 @dataclass
 class SecretSigningKeys:
     """`webhook_auth.SigningKeys` from Secrets Manager: current, then previous (if any), cached.
@@ -84,7 +92,7 @@ class SecretSigningKeys:
     "No previous version" is remembered for `SECRET_MAX_AGE` too (Powertools does not cache errors).
     """
 
-    secrets: SecretSources
+    secrets: KeyVersions
     secret_arn: str
     monotonic: Callable[[], float] = time.monotonic
     _no_previous_until: float = field(default=float("-inf"), init=False)
