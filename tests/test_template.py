@@ -13,7 +13,14 @@ from cfnlint.api import lint_all
 
 from xasync.template import PROJECT_ROOT, TEMPLATE_PATH, Resolver, functions, resources_of_type
 from ximilar_async.dal.models import ImageItem, RequestItem, bind_tables
-from ximilar_async.settings import CommonSettings, SettingsError, SubmitSettings, SweeperSettings, WebhookSettings
+from ximilar_async.settings import (
+    MAX_WEBHOOK_BODY_LIMIT,
+    CommonSettings,
+    SettingsError,
+    SubmitSettings,
+    SweeperSettings,
+    WebhookSettings,
+)
 
 SETTINGS_OF: dict[str, type[CommonSettings]] = {
     "SubmitFunction": SubmitSettings,
@@ -181,3 +188,9 @@ def test_every_common_setting_is_a_global_variable(template: dict[str, Any]) -> 
     assert json.dumps(sorted(global_variables - CommonSettings.variable_names())) == json.dumps(
         sorted(READ_BY_POWERTOOLS)
     )
+
+
+def test_the_webhook_body_limit_of_the_template_is_the_one_the_settings_enforce(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["MaxWebhookBodyBytes"]
+    assert parameter["MaxValue"] == MAX_WEBHOOK_BODY_LIMIT
+    assert parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"]
