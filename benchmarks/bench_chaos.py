@@ -68,7 +68,9 @@ def dynamodb_throttling(share: float, rng: random.Random, counter: Counter[str])
         if not hit:
             return None
         counter["dynamodb throttled"] += 1
-        headers = HTTPHeaders({"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": "chaos"})
+        headers = HTTPHeaders()
+        headers["Content-Type"] = "application/x-amz-json-1.0"
+        headers["x-amzn-RequestId"] = "chaos"
         return AWSResponse(request.url, 400, headers, _Body(body))
 
     original = botocore.client.ClientCreator.create_client

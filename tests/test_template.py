@@ -13,7 +13,14 @@ from cfnlint.api import lint_all
 
 from xasync.template import PROJECT_ROOT, TEMPLATE_PATH, Resolver, functions, resources_of_type
 from ximilar_async.dal.models import ImageItem, RequestItem, bind_tables
-from ximilar_async.settings import CommonSettings, SettingsError, SubmitSettings, SweeperSettings, WebhookSettings
+from ximilar_async.settings import (
+    MAX_WEBHOOK_BODY_LIMIT,
+    CommonSettings,
+    SettingsError,
+    SubmitSettings,
+    SweeperSettings,
+    WebhookSettings,
+)
 
 SETTINGS_OF: dict[str, type[CommonSettings]] = {
     "SubmitFunction": SubmitSettings,
@@ -215,3 +222,9 @@ def test_the_http_api_logs_access_without_headers_to_a_log_group_with_retention(
     assert "header" not in settings["Format"].lower()
     log_group = template["Resources"]["HttpApiAccessLogs"]["Properties"]
     assert log_group["RetentionInDays"] == {"Ref": "AccessLogRetentionDays"}
+
+
+def test_the_webhook_body_limit_of_the_template_is_the_one_the_settings_enforce(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["MaxWebhookBodyBytes"]
+    assert parameter["MaxValue"] == MAX_WEBHOOK_BODY_LIMIT
+    assert parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"]

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from xasync import local_stack, views
 from xasync.lambda_runtime import LocalLambdaContext, load_function
+from xasync.local_stack import freshly_signed
 from xasync.servers import wait_for
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async import keys
@@ -117,6 +118,7 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
     ):
         local_stack.write_state(local)
         sam_env = local_stack.write_sam_env_vars(local)
+        events = local_stack.write_signed_events()
         console.print("[bold green]ximilar-async local stack is up[/]")
         for name in ("InputBucketName", "ImagesTableName", "RequestsTableName", "WebhookUrl", "SubmitQueueUrl"):
             console.print(f"  {name:<18} {local.outputs[name]}")
@@ -135,6 +137,7 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
         )
         console.print(f"  aws s3 cp photo.jpg s3://{local.outputs['InputBucketName']}/incoming/")
         console.print(f"\nWith Docker: sam local invoke SubmitFunction -e events/sqs-s3-put.json --env-vars {sam_env}")
+        console.print(f"  (webhook events with fresh tokens: {events}/webhook-done.json)")
         console.print("\nCtrl-C (or SIGTERM) stops everything.")
         try:
             while True:
@@ -254,7 +257,8 @@ def invoke_function(function: str, event: dict[str, Any], env_vars: Path | None 
     target = target_for(None)
     environment = {**target.environments[function], **sam_env_vars(env_vars, function)}
     module = load_function(load_template(), function, environment)
-    return module.lambda_handler(event, LocalLambdaContext(function_name=function))
+    # The signed webhook examples carry tokens that expire: sign them again, as `xasync up` does.
+    return module.lambda_handler(freshly_signed(event), LocalLambdaContext(function_name=function))
 
 
 @main.command()

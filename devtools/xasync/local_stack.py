@@ -38,6 +38,7 @@ from xasync.http_api import LocalHttpApi, Route
 from xasync.lambda_runtime import LocalLambdaContext, lambda_sqs_record, load_function
 from xasync.servers import Server, run_emulator, run_moto
 from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
+from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, WebhookAuth, static_keys
 
 logger = logging.getLogger("xasync.local")
 
@@ -135,6 +136,22 @@ class LocalStack:
         return factory(service, endpoint_url=self.aws_endpoint)
 
 
+def freshly_signed(event: dict[str, Any], key: str = LOCAL_SIGNING_KEY) -> dict[str, Any]:
+    """A webhook event (HTTP API 2.0) whose token, if `key` made it, is made again now.
+
+    Tokens expire (MaxRequestAgeSeconds), so the signed examples in events/ are signed again when they
+    are used: by `xasync invoke`, by `xasync up` for `sam local invoke` (.xasync/events/), by the tests.
+    A token of another key, or no token of ours (the wrong-token example), is left as it is.
+    """
+    headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+    token, submission_id = headers.get(TOKEN_HEADER.lower()), headers.get(SUBMISSION_HEADER.lower())
+    auth = WebhookAuth(static_keys(key))
+    if not token or not submission_id or not auth.signs(token):
+        return event
+    fresh = auth.headers(submission_id)[TOKEN_HEADER]
+    return {**event, "headers": {**headers, TOKEN_HEADER.lower(): fresh}}
+
+
 def fetches_local_urls(ximilar_url: str) -> bool:
     """Whether a Ximilar at this URL can download the presigned URLs of moto on this machine's loopback."""
     return urlsplit(ximilar_url).hostname in LOOPBACK_HOSTS
@@ -216,7 +233,7 @@ def deploy_resources(
         )
     secrets = _aws(endpoint, "secretsmanager")
     for logical_id in resources_of_type(template, "AWS::SecretsManager::Secret"):
-        # The local key is fixed, so the signed example in events/ verifies against a local stack.
+        # The local key is fixed, so the signed examples in events/ verify (signed again) against a local stack.
         physical[logical_id] = secrets.create_secret(Name=f"{STACK_NAME}-{logical_id}", SecretString=LOCAL_SIGNING_KEY)[
             "ARN"
         ]
@@ -533,6 +550,16 @@ def write_sam_env_vars(local: LocalStack, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(docker_view, indent=2))
     return path
+
+
+def write_signed_events(directory: Path | None = None) -> Path:
+    """events/webhook-*.json with tokens made now, for `sam local invoke` (the committed ones expire)."""
+    directory = directory or STATE_FILE.parent / "events"
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in sorted((PROJECT_ROOT / "events").glob("webhook-*.json")):
+        event = freshly_signed(json.loads(source.read_text()))
+        (directory / source.name).write_text(json.dumps(event, indent=2) + "\n")
+    return directory
 
 
 def read_state(path: Path | None = None) -> dict[str, Any]:

@@ -1,12 +1,12 @@
 """Entry point of the webhook function: Ximilar's DONE webhooks (HTTP API, payload 2.0) to DynamoDB.
 
 Routing and answers go through Powertools' HTTP resolver. The domain refuses with a reason
-(`Refusal`); `STATUS_OF` below is the one table from reason to HTTP status code.
+(`Refusal`); `STATUS_OF` below is the one table from reason to HTTP status code. Every refusal is a
+4xx: a body never earns a 5xx, which would only make Ximilar deliver it again.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from typing import Any
 
@@ -25,12 +25,12 @@ from ximilar_async.webhook import Refusal, WebhookRefused
 STATUS_OF: dict[Refusal, int] = {
     Refusal.TOO_LARGE: 413,
     Refusal.MISSING_TOKEN: 401,
+    Refusal.BAD_TOKEN: 401,
+    Refusal.BAD_ENCODING: 400,
     Refusal.NOT_JSON: 400,
     Refusal.NOT_A_PAYLOAD: 422,
-    Refusal.BAD_TOKEN: 401,
-    Refusal.SOURCE_UNAVAILABLE: 502,  # Ximilar will deliver again; the sweeper is the backstop
-    Refusal.SOURCE_NOT_DONE: 409,
-    Refusal.SOURCE_MISMATCH: 401,
+    Refusal.RECORDS_MISMATCH: 422,
+    Refusal.SOURCE_MISMATCH: 422,
 }
 
 settings = WebhookSettings.from_env()
@@ -46,22 +46,18 @@ def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str
     return Response(status_code=status_code, content_type="application/json", body=json.dumps(body), headers=headers)
 
 
-def raw_body() -> bytes:
-    event = app.current_event
-    body = event.body or ""
-    return base64.b64decode(body) if event.is_base64_encoded else body.encode()
-
-
 @app.post("/webhook")
 def receive_webhook() -> Response[str]:
-    receipt = receiver.receive(app.current_event.headers, raw_body())
+    event = app.current_event
+    # The body stays as the event carries it: the receiver checks the token before decoding it.
+    receipt = receiver.receive(event.headers or {}, event.body or "", base64_encoded=bool(event.is_base64_encoded))
     outcome = receipt.outcome
     metrics.add_metric(name="WebhooksAccepted", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ImagesRecorded", unit=MetricUnit.Count, value=outcome.recorded)
     metrics.add_metric(name="DuplicateRecords", unit=MetricUnit.Count, value=outcome.duplicates)
-    if receipt.stored_at is not None:
-        metrics.add_metric(name="WebhooksUnmatched", unit=MetricUnit.Count, value=1)
-        return json_response(202, {"stored": receipt.stored_at})
+    if receipt.deferred is not None:
+        metrics.add_metric(name=f"WebhooksDeferred.{receipt.deferred.value}", unit=MetricUnit.Count, value=1)
+        return json_response(202, {"deferred": receipt.deferred.value, "stored": receipt.stored_at})
     return json_response(
         200, {"recorded": outcome.recorded, "duplicates": outcome.duplicates, "unmatched": outcome.unmatched}
     )

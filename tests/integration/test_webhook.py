@@ -17,7 +17,7 @@ from tests.support.aws import AwsStack, create_stack
 from tests.support.events import load_event
 from tests.support.pipeline import Pipeline, start_pipeline
 from xasync.lambda_runtime import LocalLambdaContext, load_function
-from xasync.local_stack import LOCAL_SIGNING_KEY
+from xasync.local_stack import LOCAL_SIGNING_KEY, freshly_signed
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from ximilar_async import item_size
@@ -34,6 +34,16 @@ def quiet_pipeline(pipeline: Pipeline) -> Pipeline:
     """Webhooks dropped by the emulator: the test posts them itself."""
     pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
     return pipeline
+
+
+@pytest.fixture
+def payload_pipeline(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+) -> Iterator[Pipeline]:
+    """Webhooks posted by the test, and their bodies recorded as posted (the opt-in `payload` source)."""
+    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, WebhookResultSource="payload"):
+        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
+        yield pipeline
 
 
 def test_an_upload_ends_done_with_its_result_through_the_webhook(pipeline: Pipeline) -> None:
@@ -87,22 +97,33 @@ def test_wrong_tokens_get_401_and_write_nothing(quiet_pipeline: Pipeline, forge:
     pipeline.upload("incoming/flows/t1.png", "incoming/t2.png")
     first, second = pipeline.image("incoming/flows/t1.png"), pipeline.image("incoming/t2.png")
     payload = pipeline.done_details(first.request_id)
-    headers = pipeline.signed_headers(first.submission_id, payload)
-    other_headers = pipeline.signed_headers(second.submission_id, pipeline.done_details(second.request_id))
+    headers = pipeline.signed_headers(first.submission_id)
+    other_headers = pipeline.signed_headers(second.submission_id)
     headers[TOKEN_HEADER] = forge(headers[TOKEN_HEADER], other_headers[TOKEN_HEADER])
     answer = pipeline.post(payload, headers)
     assert answer.status_code == 401
     assert pipeline.image("incoming/flows/t1.png").status == "CREATED"
 
 
-def test_a_valid_token_replayed_with_another_requests_payload_gets_401(quiet_pipeline: Pipeline) -> None:
-    pipeline = quiet_pipeline
-    pipeline.upload("incoming/flows/r1.png", "incoming/r2.png")
-    first, second = pipeline.image("incoming/flows/r1.png"), pipeline.image("incoming/r2.png")
-    headers = pipeline.signed_headers(first.submission_id, pipeline.done_details(first.request_id))
-    answer = pipeline.post(pipeline.done_details(second.request_id), headers)
-    assert answer.status_code == 401
-    assert pipeline.image("incoming/r2.png").status == "CREATED"
+@pytest.mark.parametrize(("source", "status_code"), [("ximilar", 200), ("payload", 422)])
+def test_a_valid_token_replayed_with_another_requests_payload_records_nothing_of_it(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator, source: str, status_code: int
+) -> None:
+    # The token no longer names records: by default the body is ignored and the first request gets
+    # Ximilar's own answer; trusting the body, its records must be the request's (422 otherwise).
+    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, WebhookResultSource=source):
+        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
+        pipeline.upload("incoming/flows/r1.png", "incoming/r2.png")
+        first, second = pipeline.image("incoming/flows/r1.png"), pipeline.image("incoming/r2.png")
+        pipeline.done_details(first.request_id)
+        headers = pipeline.signed_headers(first.submission_id)
+        answer = pipeline.post(pipeline.done_details(second.request_id), headers)
+        assert answer.status_code == status_code, answer.text
+        assert pipeline.image("incoming/r2.png").status == "CREATED"
+        first_now = pipeline.image("incoming/flows/r1.png")
+        assert first_now.status == ("DONE" if source == "ximilar" else "CREATED")
+        if source == "ximilar":
+            assert first_now.result.as_dict() == pipeline.details(first.request_id)["response"]["records"][0]
 
 
 def test_missing_token_headers_get_401(quiet_pipeline: Pipeline) -> None:
@@ -117,7 +138,9 @@ def test_malformed_not_a_payload_and_oversized_bodies_are_refused(
     monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
 ) -> None:
     for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, MaxWebhookBodyBytes="2048"):
-        headers = {SUBMISSION_HEADER: "s", TOKEN_HEADER: "t", "Content-Type": "application/json"}
+        unsigned = {SUBMISSION_HEADER: "s", TOKEN_HEADER: "t", "Content-Type": "application/json"}
+        assert pipeline.post(b'{"status": "DONE", "response": ', unsigned).status_code == 401  # never parsed
+        headers = pipeline.signed_headers("s")
         malformed = pipeline.post(b'{"status": "DONE", "response": ', headers)
         assert (malformed.status_code, malformed.json()["message"]) == (400, "the body is not JSON")
         not_a_payload = pipeline.post({"status": "DONE", "id": "x"}, headers)
@@ -125,7 +148,7 @@ def test_malformed_not_a_payload_and_oversized_bodies_are_refused(
         assert "response.records" in not_a_payload.json()["message"]
         no_ids = pipeline.post({"status": "DONE", "id": "x", "response": {"records": [{"_url": "u"}]}}, headers)
         assert (no_ids.status_code, "_id" in no_ids.json()["message"]) == (422, True)
-        oversized = pipeline.post(b"{" + b" " * 4096 + b"}", headers)
+        oversized = pipeline.post(b"{" + b" " * 4096 + b"}", unsigned)
         assert oversized.status_code == 413
 
 
@@ -135,7 +158,7 @@ def test_a_signed_payload_missing_required_fields_gets_422(quiet_pipeline: Pipel
     item = pipeline.image("incoming/flows/f.png")
     payload = pipeline.done_details(item.request_id)
     del payload["response"]["records"][0]["_status"]
-    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id))
     assert answer.status_code == 422
     assert "_status" in answer.json()["message"]
     assert pipeline.image("incoming/flows/f.png").status == "CREATED"
@@ -153,7 +176,7 @@ def test_a_payload_lands_when_its_request_id_never_reached_dynamodb(quiet_pipeli
     )
     images(item.image_uri).update(actions=[images.status.set("SUBMITTING"), images.request_id.remove()])
 
-    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id))
     assert answer.status_code == 200, answer.text
     landed = pipeline.image("incoming/flows/crash.png")
     assert (landed.status, landed.request_id) == ("DONE", payload["id"])
@@ -168,7 +191,7 @@ def test_a_payload_that_names_nothing_known_is_stored_and_answered_2xx(quiet_pip
         "type": "flows",
         "response": {"records": [{"_id": "nobody", "_status": {"code": 200, "text": "OK"}}]},
     }
-    answer = pipeline.post(payload, pipeline.signed_headers("no-such-submission", payload))
+    answer = pipeline.post(payload, pipeline.signed_headers("no-such-submission"))
     assert answer.status_code == 202
     location = answer.json()["stored"]
     bucket, key = location.removeprefix("s3://").split("/", 1)
@@ -182,7 +205,7 @@ def test_a_late_or_out_of_order_webhook_never_moves_a_done_image_back(quiet_pipe
     pipeline.upload("incoming/flows/late.png")
     item = pipeline.image("incoming/flows/late.png")
     payload = pipeline.done_details(item.request_id)
-    headers = pipeline.signed_headers(item.submission_id, payload)
+    headers = pipeline.signed_headers(item.submission_id)
     assert pipeline.post(payload, headers).json() == {"recorded": 1, "duplicates": 0, "unmatched": 0}
     late = json.loads(json.dumps(payload))
     late["response"]["records"][0]["_status"] = {"code": 500, "text": "late failure"}
@@ -191,13 +214,21 @@ def test_a_late_or_out_of_order_webhook_never_moves_a_done_image_back(quiet_pipe
     assert (final.status, final.result["_status"]["code"]) == ("DONE", 200)
 
 
-def test_a_result_too_large_for_an_item_lands_in_s3_with_a_pointer(quiet_pipeline: Pipeline) -> None:
-    pipeline = quiet_pipeline
+def test_a_result_too_large_for_an_item_lands_in_s3_with_a_pointer(
+    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+) -> None:
+    # The emulator's results are small: the large one is posted, so the body must be what is recorded.
+    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, WebhookResultSource="payload"):
+        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
+        check_a_large_result_lands_in_s3(pipeline)
+
+
+def check_a_large_result_lands_in_s3(pipeline: Pipeline) -> None:
     pipeline.upload("incoming/flows/big.png")
     item = pipeline.image("incoming/flows/big.png")
     payload = pipeline.done_details(item.request_id)
     payload["response"]["records"][0]["_objects"] = [{"name": "x" * 1000, "n": n} for n in range(450)]
-    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id))
     assert answer.status_code == 200, answer.text
     landed = pipeline.image("incoming/flows/big.png")
     assert (landed.status, landed.result) == ("DONE", None)
@@ -207,20 +238,19 @@ def test_a_result_too_large_for_an_item_lands_in_s3_with_a_pointer(quiet_pipelin
     assert bucket != pipeline.stack.bucket  # never the input bucket: it cannot trigger submit
 
 
-def test_verification_mode_records_the_source_not_a_forged_body(
-    monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator
+def test_by_default_a_signed_body_is_a_notification_and_what_ximilar_says_is_recorded(
+    quiet_pipeline: Pipeline,
 ) -> None:
-    for pipeline in start_pipeline(monkeypatch, aws_stack, emulator, VerifyWithSource="true"):
-        pipeline.emulator.control.set_knobs(webhook_drop_rate=1.0)
-        pipeline.upload("incoming/flows/v.png")
-        item = pipeline.image("incoming/flows/v.png")
-        real = pipeline.done_details(item.request_id)
-        forged = json.loads(json.dumps(real))
-        forged["response"]["records"][0]["_tags"] = {"Category": [{"name": "Forged", "prob": 1.0}]}
-        answer = pipeline.post(forged, pipeline.signed_headers(item.submission_id, forged))
-        assert answer.status_code == 200, answer.text
-        recorded = pipeline.image("incoming/flows/v.png").result.as_dict()
-        assert recorded["_tags"] == real["response"]["records"][0]["_tags"]
+    pipeline = quiet_pipeline
+    pipeline.upload("incoming/flows/v.png")
+    item = pipeline.image("incoming/flows/v.png")
+    real = pipeline.done_details(item.request_id)
+    forged = json.loads(json.dumps(real))
+    forged["response"]["records"][0]["_tags"] = {"Category": [{"name": "Forged", "prob": 1.0}]}
+    answer = pipeline.post(forged, pipeline.signed_headers(item.submission_id))
+    assert answer.status_code == 200, answer.text
+    recorded = pipeline.image("incoming/flows/v.png").result.as_dict()
+    assert recorded["_tags"] == real["response"]["records"][0]["_tags"]
 
 
 def test_other_paths_and_methods_are_not_found(pipeline: Pipeline) -> None:
@@ -250,7 +280,8 @@ def test_the_event_files_get_their_answers_with_the_local_signing_key(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     webhook = load_function(template, "WebhookFunction", environment)
-    answer = webhook.lambda_handler(load_event(event_file), LocalLambdaContext())
+    # The committed tokens expire (MaxRequestAgeSeconds): the files are used as `xasync invoke` uses them.
+    answer = webhook.lambda_handler(freshly_signed(load_event(event_file)), LocalLambdaContext())
     assert answer["statusCode"] == status_code, answer["body"]
 
 
@@ -263,7 +294,7 @@ def test_an_older_uploads_result_never_replaces_a_newer_uploads_state(quiet_pipe
     new = pipeline.image("incoming/flows/again.png")
     assert new.record_id != old.record_id
 
-    answer = pipeline.post(old_payload, pipeline.signed_headers(old.submission_id, old_payload))
+    answer = pipeline.post(old_payload, pipeline.signed_headers(old.submission_id))
     assert answer.json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
     current = pipeline.image("incoming/flows/again.png")
     assert (current.record_id, current.status, current.result) == (new.record_id, "CREATED", None)
@@ -274,7 +305,7 @@ def test_a_finished_image_stays_finished_when_its_request_was_not_marked_done(qu
     pipeline.upload("incoming/flows/half.png")
     item = pipeline.image("incoming/flows/half.png")
     payload = pipeline.done_details(item.request_id)
-    headers = pipeline.signed_headers(item.submission_id, payload)
+    headers = pipeline.signed_headers(item.submission_id)
     pipeline.post(payload, headers)
     # As if the first delivery died after the image writes, before the request's.
     requests_table = pipeline.stack.tables.requests
@@ -292,9 +323,9 @@ def stored_result(pipeline: Pipeline, location: str) -> Any:
     return json.loads(pipeline.stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def test_a_result_over_dynamodbs_item_size_but_under_300_kb_of_json_lands_in_s3(quiet_pipeline: Pipeline) -> None:
+def test_a_result_over_dynamodbs_item_size_but_under_300_kb_of_json_lands_in_s3(payload_pipeline: Pipeline) -> None:
     # Given a record of many tiny values: 2 bytes each in JSON, 3 by DynamoDB's rules
-    pipeline = quiet_pipeline
+    pipeline = payload_pipeline
     pipeline.upload("incoming/flows/tiny.png")
     item = pipeline.image("incoming/flows/tiny.png")
     payload = pipeline.done_details(item.request_id)
@@ -304,7 +335,7 @@ def test_a_result_over_dynamodbs_item_size_but_under_300_kb_of_json_lands_in_s3(
     assert item_size.attribute_size("result", record) > item_size.ITEM_MAX_BYTES
 
     # When its webhook arrives
-    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id))
 
     # Then the record is in S3, under its image and request, and the item points to it
     assert answer.status_code == 200, answer.text
@@ -315,10 +346,10 @@ def test_a_result_over_dynamodbs_item_size_but_under_300_kb_of_json_lands_in_s3(
 
 
 def test_a_result_dynamodb_refuses_as_too_large_is_stored_in_s3_instead(
-    quiet_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+    payload_pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a recorder whose size estimate lets a too-large record through (as if its margin were wrong)
-    pipeline = quiet_pipeline
+    pipeline = payload_pipeline
     monkeypatch.setattr(pipeline.webhook.receiver.recorder, "inline_max_bytes", 10 * item_size.ITEM_MAX_BYTES)
     pipeline.upload("incoming/flows/refused.png")
     item = pipeline.image("incoming/flows/refused.png")
@@ -327,7 +358,7 @@ def test_a_result_dynamodb_refuses_as_too_large_is_stored_in_s3_instead(
     record["_text"] = "y" * 420_000
 
     # When its webhook arrives, and DynamoDB refuses the item write as too large
-    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id, payload))
+    answer = pipeline.post(payload, pipeline.signed_headers(item.submission_id))
 
     # Then the record went to S3 after all, with the pointer in the item
     assert answer.status_code == 200, answer.text
@@ -336,14 +367,14 @@ def test_a_result_dynamodb_refuses_as_too_large_is_stored_in_s3_instead(
     assert stored_result(pipeline, landed.result_s3_uri) == record
 
 
-def test_a_losing_duplicate_never_overwrites_the_winners_stored_result(quiet_pipeline: Pipeline) -> None:
+def test_a_losing_duplicate_never_overwrites_the_winners_stored_result(payload_pipeline: Pipeline) -> None:
     # Given an image whose large result is recorded from its request
-    pipeline = quiet_pipeline
+    pipeline = payload_pipeline
     pipeline.upload("incoming/flows/twice.png")
     item = pipeline.image("incoming/flows/twice.png")
     first = pipeline.done_details(item.request_id)
     first["response"]["records"][0]["_objects"] = [{"name": "first" * 200, "n": n} for n in range(450)]
-    headers = pipeline.signed_headers(item.submission_id, first)
+    headers = pipeline.signed_headers(item.submission_id)
     assert pipeline.post(first, headers).json() == {"recorded": 1, "duplicates": 0, "unmatched": 0}
     winner = pipeline.image("incoming/flows/twice.png")
 
@@ -358,7 +389,7 @@ def test_a_losing_duplicate_never_overwrites_the_winners_stored_result(quiet_pip
     record = {"_id": item.record_id, "_base64": base64_png()}
     second = pipeline.done_details(submitter.ximilar.submit("flows", "my-flow", [record])["id"])
     second["response"]["records"][0]["_objects"] = [{"name": "second" * 200, "n": n} for n in range(450)]
-    answer = pipeline.post(second, pipeline.signed_headers(again, second))
+    answer = pipeline.post(second, pipeline.signed_headers(again))
     assert answer.json() == {"recorded": 0, "duplicates": 1, "unmatched": 0}
 
     # Then the item still points at the winner's object, and that object still holds the winner's record

@@ -20,7 +20,7 @@ from xasync.lambda_runtime import lambda_sqs_record
 from xasync.servers import wait_for
 from xasync.template import Resolver, functions
 from ximilar_async.dal.models import Tables, bind_tables
-from ximilar_async.webhook_auth import WebhookAuth, static_key
+from ximilar_async.webhook_auth import WebhookAuth, static_keys
 
 
 @dataclass
@@ -41,7 +41,8 @@ class AwsStack:
     @property
     def auth(self) -> WebhookAuth:
         """Webhook authentication with this stack's signing key, as the functions build it."""
-        return WebhookAuth(static_key(self.signing_key))
+        max_age = int(self.template["Parameters"]["MaxRequestAgeSeconds"]["Default"])
+        return WebhookAuth(static_keys(self.signing_key), timedelta(seconds=max_age))
 
     def client(self, service: str) -> Any:
         factory: Any = boto3.client  # its overloads want a literal service name

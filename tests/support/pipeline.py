@@ -34,6 +34,7 @@ class Pipeline:
     webhook: ModuleType
     sweeper: ModuleType
     api: LocalHttpApi
+    parameters: dict[str, str]
 
     @property
     def webhook_url(self) -> str:
@@ -76,9 +77,16 @@ class Pipeline:
     def sweep(self, ahead: timedelta, remaining_millis: Callable[[], int] = lambda: 60_000) -> SweepOutcome:
         return self.sweeper_at(ahead).sweep(remaining_millis)
 
-    def signed_headers(self, submission_id: str, payload: dict[str, Any]) -> dict[str, str]:
-        record_ids = [record["_id"] for record in payload["response"]["records"]]
-        return {"Content-Type": "application/json", **self.stack.auth.headers(submission_id, record_ids)}
+    def cold_start(self, logical_id: str) -> ModuleType:
+        """The function imported afresh (empty caches: the secrets are read again), as a new cold start."""
+        environment = self.stack.environment(logical_id, **self.parameters)
+        if logical_id != "WebhookFunction":
+            environment["WEBHOOK_URL"] = self.webhook_url
+        return load_function(self.stack.template, logical_id, environment)
+
+    def signed_headers(self, submission_id: str) -> dict[str, str]:
+        """The headers submit gave Ximilar for this request (a token made now)."""
+        return {"Content-Type": "application/json", **self.stack.auth.headers(submission_id)}
 
 
 def start_pipeline(
@@ -111,6 +119,6 @@ def start_pipeline(
         for name, value in sweeper_environment.items():
             monkeypatch.setenv(name, value)
         sweeper = load_function(stack.template, "SweeperFunction", sweeper_environment)
-        yield Pipeline(stack, emulator, submit, webhook, sweeper, api)
+        yield Pipeline(stack, emulator, submit, webhook, sweeper, api, parameters)
     finally:
         api.stop()

@@ -22,7 +22,7 @@ from ximilar_async.settings import SweeperSettings
 from ximilar_async.submission import Submitter
 from ximilar_async.sweeper import Sweeper
 from ximilar_async.webhook import WebhookReceiver
-from ximilar_async.webhook_auth import WebhookAuth, static_key
+from ximilar_async.webhook_auth import WebhookAuth, static_keys
 
 RESULTS_BUCKET = "results-bucket"
 SIGNING_KEY = b"unit-test-signing-key"
@@ -93,8 +93,8 @@ def objects() -> FakeObjectStore:
 
 
 @pytest.fixture
-def auth() -> WebhookAuth:
-    return WebhookAuth(static_key(SIGNING_KEY))
+def auth(clock: FakeClock) -> WebhookAuth:
+    return WebhookAuth(static_keys(SIGNING_KEY), max_age=timedelta(days=1), clock=clock)
 
 
 @pytest.fixture
@@ -127,5 +127,5 @@ def sweeper(
 
 
 @pytest.fixture
-def receiver(recorder: ResultRecorder, auth: WebhookAuth) -> WebhookReceiver:
-    return WebhookReceiver(recorder, auth, max_body_bytes=64_000)
+def receiver(recorder: ResultRecorder, auth: WebhookAuth, ximilar: FakeXimilar) -> WebhookReceiver:
+    return WebhookReceiver(recorder, auth, max_body_bytes=64_000, source=ximilar)

@@ -69,7 +69,8 @@ def test_a_submitted_request_is_recorded_created_with_ximilars_id_and_a_webhook_
     assert (request.status, request.request_id) == (Status.CREATED, sent.id)
     assert request.images == {upload.record_id: upload.uri}
     assert sent.webhook is not None and sent.webhook["endpoint"] == submitter.settings.webhook_url
-    assert auth.verify(auth.credentials(sent.webhook_headers), [upload.record_id])
+    credentials = auth.authenticate(sent.webhook_headers)  # raises unless the headers are ours and unexpired
+    assert credentials.submission_id == image.submission_id
 
 
 def test_a_repeated_notification_and_a_stale_upload_are_skipped_as_duplicates(

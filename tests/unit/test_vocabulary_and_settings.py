@@ -7,7 +7,13 @@ import pytest
 from ximilar_async import keys
 from ximilar_async.request_types import RequestType, records_per_request
 from ximilar_async.routing import parse_routes, route_for
-from ximilar_async.settings import SettingsError, SubmitSettings, WebhookSettings
+from ximilar_async.settings import (
+    MAX_WEBHOOK_BODY_LIMIT,
+    ResultSource,
+    SettingsError,
+    SubmitSettings,
+    WebhookSettings,
+)
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
 
 VALID_SUBMIT_ENV = {
@@ -110,16 +116,24 @@ def test_settings_name_every_missing_or_malformed_variable() -> None:
     assert "IMAGES_TABLE" not in message
 
 
-def test_webhook_verification_flag_is_a_boolean() -> None:
+def test_the_webhook_result_source_is_ximilar_or_payload_and_the_body_limit_fits_a_lambda_event() -> None:
     environment = {
         **VALID_SUBMIT_ENV,
         "RESULTS_BUCKET": "results",
-        "MAX_WEBHOOK_BODY_BYTES": "6000000",
-        "VERIFY_WITH_SOURCE": "true",
+        "MAX_WEBHOOK_BODY_BYTES": "4194304",
+        "WEBHOOK_RESULT_SOURCE": "ximilar",
+        "MAX_REQUEST_AGE_SECONDS": "86400",
     }
-    assert WebhookSettings.from_env(environment).verify_with_source is True
-    with pytest.raises(SettingsError, match="VERIFY_WITH_SOURCE"):
-        WebhookSettings.from_env({**environment, "VERIFY_WITH_SOURCE": "perhaps"})
+    assert WebhookSettings.from_env(environment).result_source is ResultSource.XIMILAR
+    assert WebhookSettings.from_env({**environment, "WEBHOOK_RESULT_SOURCE": "payload"}).result_source is (
+        ResultSource.PAYLOAD
+    )
+    with pytest.raises(SettingsError, match="WEBHOOK_RESULT_SOURCE"):
+        WebhookSettings.from_env({**environment, "WEBHOOK_RESULT_SOURCE": "true"})
+    # Base64 makes a body 4/3 larger inside the event, and Lambda takes 6 MB of event.
+    assert MAX_WEBHOOK_BODY_LIMIT * 4 // 3 < 6 * 1024 * 1024
+    with pytest.raises(SettingsError, match="MAX_WEBHOOK_BODY_BYTES"):
+        WebhookSettings.from_env({**environment, "MAX_WEBHOOK_BODY_BYTES": "6000000"})
 
 
 def test_record_ids_are_stable_per_upload_and_new_per_version() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -15,7 +16,7 @@ from ximilar_async.statuses import Status
 from ximilar_async.submission import Submitter
 from ximilar_async.uploads import Upload
 from ximilar_async.webhook import Refusal, WebhookReceiver, WebhookRefused
-from ximilar_async.webhook_auth import WebhookAuth, static_key
+from ximilar_async.webhook_auth import WebhookAuth, static_keys
 
 
 @pytest.fixture
@@ -139,26 +140,33 @@ def test_a_token_made_with_another_key_is_refused_and_nothing_is_written(
 ) -> None:
     sent, uploads = submitted
     payload = ximilar.finish(sent.id)
-    forged = WebhookAuth(static_key(b"not-the-stack-key")).headers(submission_id(sent), sent.record_ids)
+    forged = WebhookAuth(static_keys(b"not-the-stack-key")).headers(submission_id(sent))
     _, body = delivery(sent, payload)
 
     assert refusal(receiver, forged, body) is Refusal.BAD_TOKEN
     assert {image_of(repository, upload).status for upload in uploads} == {Status.CREATED}
 
 
-def test_a_valid_token_replayed_with_another_requests_records_is_refused(
+def test_a_valid_token_replayed_with_another_requests_records_records_only_what_ximilar_says(
     receiver: WebhookReceiver,
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
+    repository: Repository,
     submitted: tuple[SentRequest, list[Upload]],
 ) -> None:
-    sent, _ = submitted
-    other, _ = a_submitted_request(submitter, objects, ximilar, "incoming/flows/other.png")
+    # Given the headers of one request (still processing at Ximilar) and the finished body of another
+    sent, uploads = submitted
+    other, other_uploads = a_submitted_request(submitter, objects, ximilar, "incoming/flows/other.png")
     headers, _ = delivery(sent, {})
     _, other_body = delivery(other, ximilar.finish(other.id))
 
-    assert refusal(receiver, headers, other_body) is Refusal.BAD_TOKEN
+    # When they are posted together
+    receipt = receiver.receive(headers, other_body)
+
+    # Then the body is only a notification: Ximilar says the signed request is not finished, nothing is recorded
+    assert (receipt.outcome.recorded, receipt.deferred is not None) == (0, True)
+    assert {image_of(repository, upload).status for upload in [*uploads, *other_uploads]} == {Status.CREATED}
 
 
 def test_a_signed_delivery_naming_nothing_known_is_kept_for_inspection(
@@ -170,7 +178,7 @@ def test_a_signed_delivery_naming_nothing_known_is_kept_for_inspection(
         "status": "DONE",
         "response": {"records": [{"_id": "r-1", "_status": {"code": 200, "text": "OK"}}]},
     }
-    headers = auth.headers("an-expired-submission", ["r-1"])
+    headers = auth.headers("an-expired-submission")
     body = json.dumps(payload).encode()
 
     # When it is received
@@ -179,5 +187,5 @@ def test_a_signed_delivery_naming_nothing_known_is_kept_for_inspection(
     # Then nothing is recorded and the body is stored in the results bucket, as it came
     assert receipt.outcome.matched_nothing
     assert receipt.stored_at is not None
-    assert receipt.stored_at.startswith(f"s3://{RESULTS_BUCKET}/unmatched/2026/11/30/an-old-request-")
+    assert receipt.stored_at == f"s3://{RESULTS_BUCKET}/unmatched/{hashlib.sha256(body).hexdigest()}.json"
     assert objects.objects[receipt.stored_at] == body

@@ -23,9 +23,9 @@ lifecycle, if any, applies to it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -51,6 +51,8 @@ RETRY_ERRORS_AFTER: Final = timedelta(minutes=1)
 MAX_INCOMPLETE_ANSWERS: Final = 3
 # An incomplete answer is fetched again after this, doubled for each incomplete answer before it.
 RECHECK_INCOMPLETE_AFTER: Final = timedelta(minutes=1)
+# Payloads for unknown requests are kept for inspection, not as an archive: larger ones are only logged.
+UNMATCHED_MAX_BYTES: Final = 256 * 1024
 
 
 def is_transient_record_error(code: int, text: str) -> bool:
@@ -105,6 +107,11 @@ class ResultRecorder:
             return RecordingOutcome(
                 request_known=False, unmatched=len(outcome.response.records if outcome.response else [])
             )
+        return self.record_for(request, outcome)
+
+    def record_for(self, request: TrackedRequest, outcome: RequestOutcome) -> RecordingOutcome:
+        """`record` for a request item the caller has just read (the webhook reads it first to check it)."""
+        submission_id = request.submission_id
         if request.status is Status.DONE:
             # Every image had finished before the request became DONE: a repeat changes nothing.
             return RecordingOutcome(duplicates=len(outcome.response.records if outcome.response else []))
@@ -230,8 +237,13 @@ class ResultRecorder:
         pointer = ImageResult(uri, record.record_id, request_id, status, reason, None, location)
         return pointer, self.repository.record_image_result(pointer, now)
 
-    def store_unmatched(self, body: bytes, request_id: str) -> str:
-        """Keep a payload that names nothing known, for someone to inspect; returns where."""
-        now = self.clock()
-        key = f"unmatched/{now:%Y/%m/%d}/{request_id or 'no-id'}-{uuid.uuid4().hex[:8]}.json"
+    def store_unmatched(self, body: bytes) -> str | None:
+        """Keep a payload for a request the tables do not know, for someone to inspect; returns where.
+
+        The key is the body's hash, so a replayed payload makes no new object; None when the body is
+        over `UNMATCHED_MAX_BYTES` (not kept: only authenticated senders get here, but keys leak).
+        """
+        if len(body) > UNMATCHED_MAX_BYTES:
+            return None
+        key = f"unmatched/{hashlib.sha256(body).hexdigest()}.json"
         return self.objects.put_json(self.results_bucket, key, body)

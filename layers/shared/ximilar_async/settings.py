@@ -8,12 +8,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated, Self
+from enum import StrEnum
+from typing import Annotated, Final, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from ximilar_async.request_types import RequestType, parse_request_type, records_per_request
 from ximilar_async.routing import Route, parse_routes
+
+# Lambda takes at most 6 MB of event; a binary body arrives base64-encoded (4/3 larger) inside the
+# HTTP API's event, with its headers and request context around it (64 KB is generous for those).
+LAMBDA_EVENT_MAX_BYTES: Final = 6 * 1024 * 1024
+EVENT_ENVELOPE_BYTES: Final = 64 * 1024
+MAX_WEBHOOK_BODY_LIMIT: Final = (LAMBDA_EVENT_MAX_BYTES - EVENT_ENVELOPE_BYTES) * 3 // 4
+
+
+class ResultSource(StrEnum):
+    """What the webhook records: Ximilar's own answer to `GET /request/<id>`, or the posted body."""
+
+    XIMILAR = "ximilar"
+    PAYLOAD = "payload"  # opt-in: whoever holds a request's headers can then post its results
 
 
 class SettingsError(RuntimeError):
@@ -91,8 +105,10 @@ class SubmitSettings(CommonSettings):
 class WebhookSettings(CommonSettings):
     webhook_secret_arn: NonEmpty = Field(alias="WEBHOOK_SECRET_ARN")
     results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
-    max_webhook_body_bytes: int = Field(alias="MAX_WEBHOOK_BODY_BYTES", ge=1024)
-    verify_with_source: bool = Field(alias="VERIFY_WITH_SOURCE")
+    max_webhook_body_bytes: int = Field(alias="MAX_WEBHOOK_BODY_BYTES", ge=1024, le=MAX_WEBHOOK_BODY_LIMIT)
+    result_source: ResultSource = Field(alias="WEBHOOK_RESULT_SOURCE")
+    # Also the life of a webhook token: no genuine webhook comes after the sweeper gives up.
+    max_request_age_seconds: int = Field(alias="MAX_REQUEST_AGE_SECONDS", ge=60)
 
 
 class SweeperSettings(SubmitSettings):

@@ -310,8 +310,7 @@ class Submitter:
             return outcome
 
         uris = [upload.uri for upload in sent]
-        record_ids = [record["_id"] for record in records]
-        webhook = self.auth.webhook(self.settings.webhook_url, submission_id, record_ids)
+        webhook = self.auth.webhook(self.settings.webhook_url, submission_id)
         log_context = {"submission_id": submission_id, "keys": [upload.key for upload in sent]}
         sending = Owned(submission_id, request.request_type, request.endpoint, sent)
         try:
