@@ -68,7 +68,8 @@ def test_forged_results_under_a_requests_genuine_headers_are_never_recorded_and_
     pipeline: Pipeline,
 ) -> None:
     # Ximilar still working on it when the forgery arrives: the genuine webhook comes after.
-    pipeline.emulator.control.set_knobs(created_delay_seconds=0.5, processing_delay_seconds=1.0)
+    # (long enough that a loaded machine still posts the forgery first)
+    pipeline.emulator.control.set_knobs(created_delay_seconds=1.0, processing_delay_seconds=4.0)
     pipeline.upload("incoming/flows/forged.png")
     item = pipeline.image("incoming/flows/forged.png")
     forged = forged_payload(item.request_id, item.record_id)
