@@ -80,7 +80,6 @@ SERVICES = (
     "CloudWatch Logs",
     "X-Ray",
     "EventBridge",
-    "Secrets/SSM/KMS",
 )
 
 
@@ -112,6 +111,7 @@ class Invocation:
     """What one handler invocation used: calls made inside it, its overhead from this meter, its log bytes."""
 
     function: str
+    thread: int  # the handler's thread: the meter's reads there delay the handler
     usage: Usage = field(default_factory=Usage)
     overhead: float = 0.0
     log_bytes: int = 0
@@ -156,13 +156,13 @@ class Meter:
         self.labels: dict[str, str] = {}  # physical name -> logical id
         self.reader: Any = None  # a client of the meter's own, for the items before and after each write
         self.lock = threading.Lock()
-        self.write_lock = threading.Lock()  # writes one at a time, so before and after belong to the write
+        self.items: dict[tuple[str, str], dict[str, Any] | None] = {}  # (table, key) -> item after the last write
         self.busy = threading.local()
         self.phase: Usage | None = None
         self.idle_sweeps = Usage()
         self.cached = Usage()  # secret reads: paid per cache period, not per image
         self.object_sizes: dict[str, int] = {}
-        self.seen_messages: set[str] = set()
+        self.largest_message = 0  # S3's notifications: each is one SendMessage while under 64 KB
         self.metrics: set[str] = set()
 
     def bind(self, tables: dict[str, Table], labels: dict[str, str], reader: Any) -> None:
@@ -181,68 +181,91 @@ class Meter:
     # --- botocore calls ----------------------------------------------------------------------
     def middleware(self, call: BotocoreCall, proceed: Callable[[], Any]) -> Any:
         poller = threading.current_thread().name.startswith("sqs-")
-        if getattr(self.busy, "on", False) or self.phase is None or (call.function is None and not poller):
+        if getattr(self.busy, "on", False) or (call.function is None and not poller):
             return proceed()  # the meter's own reads, set-up, and the benchmark's own checks
-        started = time.perf_counter()
-        self.busy.on = True
-        try:
-            if call.service == "dynamodb" and call.operation in WRITE_OPERATIONS:
-                return self._dynamodb_write(call, proceed, started)
-            self.busy.on = False
-            answer = proceed()
+        if call.service == "dynamodb" and call.operation in WRITE_OPERATIONS and self.phase is not None:
+            return self._dynamodb_write(call, proceed)
+        answer = proceed()
+        if self.phase is not None:  # decided after the call: a long poll may have started before the phase
             self.busy.on = True
-            measuring = time.perf_counter()
-            self.add(self._units(call, answer))
-            self._overhead(time.perf_counter() - measuring)
-            return answer
-        finally:
-            self.busy.on = False
+            try:
+                self.add(self._units(call, answer))
+            finally:
+                self.busy.on = False
+        return answer
 
     def _overhead(self, seconds: float) -> None:
+        """Time the meter's own reads took in the handler's thread, taken off its billed duration."""
         invocation = CURRENT.get()
-        if invocation is not None:
+        if invocation is not None and invocation.thread == threading.get_ident():
             with self.lock:
                 invocation.overhead += seconds
 
     def _get(self, table: Table, key: dict[str, Any]) -> dict[str, Any] | None:
-        found: dict[str, Any] | None = self.reader.get_item(TableName=table.name, Key=key, ConsistentRead=True).get(
-            "Item"
-        )
+        started = time.perf_counter()
+        self.busy.on = True
+        try:
+            found: dict[str, Any] | None = self.reader.get_item(TableName=table.name, Key=key, ConsistentRead=True).get(
+                "Item"
+            )
+        finally:
+            self.busy.on = False
+        self._overhead(time.perf_counter() - started)
         return found
 
-    def _dynamodb_write(self, call: BotocoreCall, proceed: Callable[[], Any], started: float) -> Any:
+    def _known(self, table: Table, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The item as the last write the meter saw left it; read only when the meter has not seen it yet."""
+        slot = (table.name, json.dumps(key, sort_keys=True))
+        with self.lock:
+            if slot in self.items:
+                return self.items[slot]
+        return self._get(table, key)
+
+    def _dynamodb_write(self, call: BotocoreCall, proceed: Callable[[], Any]) -> Any:
+        # Before and after each write come from the writes themselves (a put's item, an update's
+        # ALL_NEW answer, which pynamodb asks for), so the meter adds no call to the handler's time
+        # except a read of an item it has not seen written (a new image's claim).
         writes = item_writes(call.operation, call.params, self.tables)
-        with self.write_lock:
-            before = [self._get(table, key) for table, key, _ in writes]
-            read = time.perf_counter()
-            failure: ClientError | None = None
-            self.busy.on = False
-            try:
-                answer = proceed()
-            except ClientError as error:
-                failure = error
-            self.busy.on = True
-            written = time.perf_counter()
-            after = [self._get(table, key) for table, key, _ in writes]
+        before = [self._known(table, key) for table, key, _ in writes]
+        failure: ClientError | None = None
+        answer: Any = None
+        try:
+            answer = proceed()
+        except ClientError as error:
+            failure = error
         refused = failure is not None and failure.response["Error"]["Code"] in (
             "ConditionalCheckFailedException",
             "TransactionCanceledException",
         )
+        after: list[dict[str, Any] | None] = []
+        for (table, key, kind), old in zip(writes, before, strict=True):
+            if refused or kind == "ConditionCheck":
+                after.append(old)
+            elif kind == "Delete":
+                after.append(None)
+            elif kind == "Put":
+                after.append(dict(item_of(call.operation, call.params, table, key)))
+            elif call.operation == "UpdateItem" and call.params.get("ReturnValues") == "ALL_NEW":
+                after.append(answer["Attributes"])
+            else:
+                after.append(self._get(table, key))
+        with self.lock:
+            for (table, key, _), new in zip(writes, after, strict=True):
+                self.items[(table.name, json.dumps(key, sort_keys=True))] = new
         usage = Usage()
         twice = 2 if call.operation == "TransactWriteItems" else 1  # a transaction writes in two phases
         for (table, _, kind), old, new in zip(writes, before, after, strict=True):
+            label = self.labels[table.name]
             if kind == "ConditionCheck":
-                usage[f"ddb.wcu.{self.labels[table.name]}"] += twice * write_units(item_size(old))
+                usage[f"ddb.wcu.{label}"] += twice * write_units(item_size(old))
                 continue
             cost = write_cost(table, old, new, applied=not refused, kind=kind)
-            label = self.labels[table.name]
             usage["ddb.item_writes"] += 1
             usage[f"ddb.wcu.{label}"] += twice * cost.table_units
             for index, units in cost.index_units.items():
                 usage[f"ddb.wcu.{label}/{index}"] += twice * units
                 usage[f"ddb.index_writes.{label}/{index}"] += cost.index_writes[index]
         self.add(usage)
-        self._overhead((read - started) + (time.perf_counter() - written))
         if failure is not None:
             raise failure
         return answer
@@ -308,10 +331,8 @@ class Meter:
                 return usage
             payload = sum(len(m["Body"].encode()) + len(json.dumps(m.get("Attributes", {}))) for m in messages)
             usage["sqs.receive"] += math.ceil(payload / SQS_CHUNK)
-            for message in messages:
-                if message["MessageId"] not in self.seen_messages:  # S3 sent it once
-                    self.seen_messages.add(message["MessageId"])
-                    usage["sqs.send"] += math.ceil(len(message["Body"].encode()) / SQS_CHUNK)
+            with self.lock:
+                self.largest_message = max([self.largest_message, *(len(m["Body"].encode()) for m in messages)])
         elif operation in ("DeleteMessage", "DeleteMessageBatch"):
             usage["sqs.delete"] += 1
         else:
@@ -320,7 +341,7 @@ class Meter:
 
     # --- invocations -------------------------------------------------------------------------
     def observe(self, function: str, event: dict[str, Any]) -> Callable[[Any, BaseException | None, float], None]:
-        invocation = Invocation(function)
+        invocation = Invocation(function, threading.get_ident())
         CURRENT.set(invocation)
 
         def finish(answer: Any, error: BaseException | None, seconds: float) -> None:
@@ -413,6 +434,18 @@ def item_writes(operation: str, params: dict[str, Any], tables: dict[str, Table]
     return writes
 
 
+def item_of(operation: str, params: dict[str, Any], table: Table, key: dict[str, Any]) -> dict[str, Any]:
+    """The item a put writes (of a batch or a transaction: the one with this key)."""
+    if operation == "PutItem":
+        item: dict[str, Any] = params["Item"]
+        return item
+    if operation == "BatchWriteItem":
+        puts = [r["PutRequest"]["Item"] for r in params["RequestItems"][table.name] if "PutRequest" in r]
+    else:
+        puts = [e["Put"]["Item"] for e in params["TransactItems"] if "Put" in e and e["Put"]["TableName"] == table.name]
+    return next(item for item in puts if table.key_of(item) == key)
+
+
 class CountingStdout(io.TextIOBase):
     """stdout that ships what functions write to the meter (as Lambda ships it to CloudWatch Logs)."""
 
@@ -461,7 +494,6 @@ def dollars(usage: Usage) -> dict[str, float]:
         "CloudWatch Logs": total("logs.bytes.") / GB * price.LOGS_PER_GB_INGESTED,
         "X-Ray": usage["xray.traces"] * price.XRAY_PER_TRACE_RECORDED,
         "EventBridge": usage["events.scheduled"] * price.EVENTBRIDGE_PER_SCHEDULED_EVENT,
-        "Secrets/SSM/KMS": 0.0,  # cached reads: per month, in `fixed_month`
     }
 
 
@@ -513,6 +545,7 @@ def run_route(local: local_stack.LocalStack, meter: Meter, prefix: str, images: 
         meter.object_sizes[key] = len(body)
         s3.put_object(Bucket=bucket, Key=key, Body=body)  # the user's upload: a PUT and stored bytes
     usage["s3.upload_put"] += images
+    usage["sqs.send"] += images  # S3 sends one notification per upload (checked under 64 KB: see `report`)
     usage["s3.stored_bytes"] += images * len(body)
 
     def finished() -> bool:
@@ -648,10 +681,12 @@ def report(
     for item, amount in fixed.items():
         monthly.add_row(item, f"{amount:.2f}")
     console.print(monthly)
+    secrets = ", ".join(f"{name} {count:.0f}" for name, count in meter.cached.items())
     console.print(
         f"{images} images per route ({image_bytes} B each: egress scales with it), {seconds:.0f} s; "
-        "dollars include one month of storage; secret reads measured "
-        f"{dict(meter.cached)}; idle sweeps {meter.idle_sweeps['runs']}; handler errors {errors or 'none'}"
+        f"dollars include one month of storage; largest notification {meter.largest_message} B; "
+        f"secret reads measured: {secrets} (priced per month); idle sweeps {meter.idle_sweeps['runs']:.0f}; "
+        f"handler errors: {errors or 'none'}"
     )
     line = {
         "images_per_route": images,
