@@ -64,6 +64,11 @@ LOCAL_PARAMETERS = {
 }
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
+# Called with (function, event) in the invocation's own thread and context, just before the handler;
+# returns what to call after it with (answer or None, error or None, handler seconds). The cost
+# benchmark measures billed durations and log bytes with it.
+InvocationObserver = Callable[[str, dict[str, Any]], Callable[[Any, BaseException | None, float], None]]
+
 
 @dataclass
 class Invocations:
@@ -72,6 +77,7 @@ class Invocations:
     lock: threading.Lock = field(default_factory=threading.Lock)
     answers: dict[str, list[Any]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
+    observers: list[InvocationObserver] = field(default_factory=list)
 
     in_flight: int = 0
 
@@ -79,15 +85,23 @@ class Invocations:
         """Invoke `handler`, counting it in flight meanwhile and recording its answer or error."""
         with self.lock:
             self.in_flight += 1
+        finishers = [observe(function, event) for observe in list(self.observers)]
+        answer: Any = None
+        failure: BaseException | None = None
+        started = time.perf_counter()
         try:
             answer = handler(event, context)
         except Exception as error:
+            failure = error
             self.record(function, error=error)
             raise
         else:
             self.record(function, answer)
             return answer
         finally:
+            seconds = time.perf_counter() - started
+            for finish in finishers:
+                finish(answer, failure, seconds)
             with self.lock:
                 self.in_flight -= 1
 

@@ -1,15 +1,7 @@
 """IAM proven, not read: every AWS call a function makes during the tests, against the template's grants.
 
-Attribution (the functions run in this process, some from the local stack's threads):
-- `ACTING`, a contextvar, names the function while its cold start (the module import) or its handler
-  runs: the module `load_function` returns has its handler wrapped to set it. A contextvar follows the
-  code into a thread pool that copies the context (the submit function's pool will); the local stack's
-  threads call the wrapped handler, so they set it themselves.
-- A botocore client created while `ACTING` is set belongs to that function, and every call through it
-  counts for that function, also when a test drives the function's objects outside its handler
-  (`pipeline.sweep(...)` runs `Sweeper.sweep` directly). pynamodb creates its clients on first use,
-  so the cold start creates them for the module's tables.
-- Calls with neither (the tests' own set-up and checks) are not the functions' and are not recorded.
+Attribution: `botocore_calls.py` (shared with the cost model) names the function behind each call;
+calls with no function (the tests' own set-up and checks) are not the functions' and are not recorded.
 
 Comparison, per function: the IAM action (S3 reads with a VersionId need GetObjectVersion) and the
 resource by logical id. The template's statements are resolved with each resource standing for
@@ -23,26 +15,16 @@ a VersionId): `generate_presigned_url` is recorded as that action.
 
 from __future__ import annotations
 
-import contextvars
 import fnmatch
-import functools
-import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
-import botocore.client
-import botocore.signers
-
-from xasync import lambda_runtime
+from tests.support import botocore_calls
+from tests.support.botocore_calls import ACTING, BotocoreCall, acting_as
 from xasync.template import Resolver, functions
-
-ACTING: contextvars.ContextVar[str | None] = contextvars.ContextVar("xasync_acting_function", default=None)
-_OWNER = "_xasync_iam_owner"
 
 # Actions a function's role may hold that no botocore call in this process can show. None of them is
 # in the template's statements today; they are here so that granting one is a decision, not a failure.
@@ -266,96 +248,26 @@ def current() -> Audit | None:
     return _AUDIT
 
 
-@contextmanager
-def acting_as(function: str) -> Iterator[None]:
-    token = ACTING.set(function)
-    try:
-        yield
-    finally:
-        ACTING.reset(token)
-
-
-def _function_of(client: Any) -> str | None:
-    acting = ACTING.get()
-    return acting if acting is not None else getattr(client, _OWNER, None)
-
-
 def install(template: dict[str, Any]) -> Audit:
-    """Start recording: botocore's client creation and calls, presigning, and the functions' cold starts."""
+    """Start recording the functions' calls (and presigned URLs) through the shared botocore hooks."""
     global _AUDIT
     if _AUDIT is not None:
         return _AUDIT
     audit = _AUDIT = Audit(template)
 
-    client_class: Any = botocore.client.BaseClient  # patched: its stubs do not declare the private method
-    original_init = client_class.__init__
-    original_call = client_class._make_api_call
-    original_presign = botocore.signers.generate_presigned_url
+    def record(call: BotocoreCall, proceed: Callable[[], Any]) -> Any:
+        # Recorded before the call: a refused call (a failed condition) still needed the action.
+        if call.function is not None:
+            audit.record(call.function, call.service, call.operation, call.params)
+        return proceed()
 
-    @functools.wraps(original_init)
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        original_init(self, *args, **kwargs)
-        function = ACTING.get()
-        if function is not None:
-            setattr(self, _OWNER, function)
-
-    @functools.wraps(original_call)
-    def make_api_call(self: Any, operation_name: str, api_params: dict[str, Any]) -> Any:
-        function = _function_of(self)
-        if function is not None:
-            audit.record(function, self.meta.service_model.signing_name, operation_name, api_params)
-        return original_call(self, operation_name, api_params)
-
-    # Client classes take this function when they are created (botocore's creating-client-class
-    # handler reads the module attribute), so it is replaced before any function's client exists.
-    @functools.wraps(original_presign)
-    def generate_presigned_url(self: Any, ClientMethod: str, Params: Any = None, *args: Any, **kwargs: Any) -> Any:
-        function = _function_of(self)
-        if function is not None:
-            operation = self.meta.method_to_api_mapping.get(ClientMethod, ClientMethod)
-            audit.record(function, self.meta.service_model.signing_name, operation, dict(Params or {}))
-        return original_presign(self, ClientMethod, Params, *args, **kwargs)
-
-    client_class.__init__ = init
-    client_class._make_api_call = make_api_call
-    botocore.signers.generate_presigned_url = generate_presigned_url
+    botocore_calls.add_middleware(record)
     return audit
 
 
 def wrap_load_function(audit: Audit) -> None:
-    """Make every `load_function` already imported (the tests', the local stack's, the CLI's) an audited one."""
-    original: Callable[..., ModuleType] = lambda_runtime.load_function
-
-    @functools.wraps(original)
-    def load_function(template: dict[str, Any], logical_id: str, environment: dict[str, str]) -> ModuleType:
-        audit.learn_names(logical_id, environment)
-        with acting_as(logical_id):
-            module = original(template, logical_id, environment)
-            _create_table_clients(module)
-        handler_name = functions(template)[logical_id].handler_name
-        handler = getattr(module, handler_name)
-
-        @functools.wraps(handler)
-        def audited_handler(*args: Any, **kwargs: Any) -> Any:
-            with acting_as(logical_id):
-                return handler(*args, **kwargs)
-
-        setattr(module, handler_name, audited_handler)
-        return module
-
-    for module in list(sys.modules.values()):
-        if getattr(module, "load_function", None) is original:
-            setattr(module, "load_function", load_function)  # noqa: B010 - any module, not a known type
+    """Make every `load_function` already imported an attributed one that teaches the audit its names."""
+    botocore_calls.wrap_load_function(audit.learn_names)
 
 
-def _create_table_clients(module: ModuleType) -> None:
-    """pynamodb makes its botocore client on first use: make the cold start's models make theirs now."""
-    for service in vars(module).values():
-        # The handlers hold their services (submitter, sweeper, receiver); the repository holds the tables.
-        repository = getattr(service, "repository", None) or getattr(
-            getattr(service, "recorder", None), "repository", None
-        )
-        tables = getattr(repository, "tables", None)
-        for model in (getattr(tables, "images", None), getattr(tables, "requests", None)):
-            if model is not None and hasattr(model, "_get_connection"):
-                model._get_connection().connection.client  # noqa: B018 - the property creates the client
+__all__ = ["ACTING", "Audit", "Call", "Grant", "acting_as", "current", "install", "wrap_load_function"]
