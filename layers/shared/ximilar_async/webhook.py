@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # When Ximilar cannot be asked, the sweeper asks instead, this soon (it runs every minute).
 RECHECK_WHEN_UNAVAILABLE: Final = timedelta(minutes=1)
+# The most a delivery waits on Ximilar, retries included, before leaving the request to the sweeper.
+SOURCE_SECONDS: Final = 3.0
 
 
 class Refusal(StrEnum):
@@ -152,6 +155,9 @@ class WebhookReceiver:
         from_body = request.request_id is None
         request_id = posted.id if request.request_id is None else request.request_id
         context = {"submission_id": request.submission_id, "request_id": request_id}
+        # A webhook must answer quickly (its sender times out and gives up); a throttled or slow Ximilar
+        # is left to the sweeper rather than waited for in retries.
+        self.source.set_deadline(time.monotonic() + SOURCE_SECONDS)
         try:
             details = parse_outcome(self.source.get(request_id))
         except XimilarNotFound:
