@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -232,7 +233,7 @@ def create_app(source: PageSource) -> Flask:
             "ui/index.html",
             query=query,
             cards=cards,
-            counts=source.repository.count_by_status(query.since_time),
+            counts_url=url_for("counts_json", since=query.since),
             next_url=url_for("index", **query.args(cursor=encode_cursor(page.after))) if page.after else None,
             first_url=url_for("index", **query.args(cursor=None)) if query.cursor else None,
             poll_url=url_for("page_json", **query.args()),
@@ -253,6 +254,13 @@ def create_app(source: PageSource) -> Flask:
             for item in [views.as_item(image)]
         ]
         return jsonify(images=images, next=encode_cursor(page.after) if page.after else None)
+
+    @app.get("/api/counts")
+    def counts_json() -> Response:
+        """Images per status since the page's time. Fetched after the grid is shown: COUNT queries read
+        every index item of the window, so on a large table they take longer than the page itself."""
+        since = Query.parse(request.args).since_time
+        return jsonify({status.value: count for status, count in source.repository.count_by_status(since).items()})
 
     @app.get("/image")
     def detail() -> str:
@@ -280,6 +288,7 @@ def create_app(source: PageSource) -> Flask:
 @contextmanager
 def serving(app: Flask, port: int = 0) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 from a thread; yields the page's URL; stops the server by its own handle."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per thumbnail poll is noise
     server = make_server(LOOPBACK, port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="xasync-ui", daemon=True)
     thread.start()

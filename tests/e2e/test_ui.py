@@ -206,7 +206,9 @@ def test_the_upscaled_output_is_shown_beside_its_input(
 
 def test_the_status_filter_narrows_the_grid_and_the_counts_agree(page: Any, page_url: str, finished: list[str]) -> None:
     page.goto(page_url)
-    assert page.locator(".count[data-status=FAILED] .number").inner_text() == "2"
+    failed_count = page.locator(".count[data-status=FAILED] .number")
+    wait_for(lambda: failed_count.inner_text() != "…", timeout=30, what="the counts to come in")
+    assert failed_count.inner_text() == "2"
     assert page.locator(".count[data-status=DONE] .number").inner_text() == str(len(ALL_KEYS) - 2)
 
     page.select_option("select[name=status]", "FAILED")

@@ -1,7 +1,22 @@
-// Refresh the page while any image on it is unfinished: poll the same query as JSON every few seconds,
+// Fill in the counts by status, and refresh the page while any image on it is unfinished: poll the same query as JSON every few seconds,
 // and reload when an image appears, leaves, or changes status. Polling stops once all are finished.
 "use strict";
 (function () {
+  // The counts come after the grid: they read the whole time window of the index, the grid one page.
+  const counts = document.getElementById("counts");
+  if (counts) {
+    fetch(counts.dataset.url, { headers: { Accept: "application/json" } })
+      .then((answer) => (answer.ok ? answer.json() : Promise.reject(answer.status)))
+      .then((body) => {
+        for (const link of counts.querySelectorAll(".count")) {
+          link.querySelector(".number").textContent = String(body[link.dataset.status] ?? 0);
+        }
+      })
+      .catch(() => {
+        for (const number of counts.querySelectorAll(".number")) number.textContent = "?";
+      });
+  }
+
   const UNFINISHED = new Set(["SUBMITTING", "CREATED", "PROCESSING"]);
   const grid = document.getElementById("grid");
   if (!grid) return;
