@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from ximilar_async import keys
@@ -14,7 +15,10 @@ SHARDS = 4
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
 
-def seed(tables: Tables, rows: list[tuple[str, Status, datetime, str | None, str | None]]) -> None:
+Row = tuple[str, Status, datetime, str | None, str | None]
+
+
+def seed(tables: Tables, rows: Sequence[Row]) -> None:
     """(key, status, updated_at, request type, request id) per image, written in one batch."""
     with tables.images.batch_write() as batch:
         for key, status, at, request_type, request_id in rows:
@@ -96,7 +100,7 @@ def test_prefix_filters_in_the_index_and_type_filters_within_a_budget(tables: Ta
 
 
 def test_a_request_pages_by_uri_and_counts_come_from_the_status_shards(tables: Tables) -> None:
-    rows = [(f"incoming/r/{n:02d}.png", Status.DONE, NOW, "flows", "request-1") for n in range(12)]
+    rows: list[Row] = [(f"incoming/r/{n:02d}.png", Status.DONE, NOW, "flows", "request-1") for n in range(12)]
     rows += [("incoming/other.png", Status.DONE, NOW, "flows", "request-2")]
     rows += [(f"incoming/bad-{n}.txt", Status.FAILED, NOW - timedelta(hours=1), None, None) for n in range(3)]
     seed(tables, rows)
