@@ -21,11 +21,12 @@ from typing import Any
 
 import boto3
 import click
+from botocore.config import Config
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from xasync import local_stack, views
+from xasync import local_stack, ui, views
 from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.local_stack import freshly_signed
 from xasync.servers import wait_for
@@ -49,9 +50,15 @@ class Target:
     endpoint: str | None = None
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, **options: Any) -> Any:
         factory: Any = boto3.client
-        return factory(service, endpoint_url=self.endpoint) if self.endpoint else factory(service)
+        return factory(service, endpoint_url=self.endpoint, **options) if self.endpoint else factory(service, **options)
+
+    def page_source(self) -> ui.PageSource:
+        """What `xasync ui` reads: the tables, and S3 with the user's own credentials for presigned GETs."""
+        # SigV4: what every region and SSE-KMS objects accept (botocore may presign with SigV2 otherwise).
+        s3 = self.client("s3", config=Config(signature_version="s3v4"))
+        return ui.PageSource(self.repository(), s3, self.outputs["InputBucketName"])
 
     def repository(self) -> Repository:
         tables = bind_tables(self.outputs["ImagesTableName"], self.outputs["RequestsTableName"], host=self.endpoint)
@@ -213,15 +220,6 @@ def print_items(items: list[dict[str, Any]], output: str) -> None:
         console.print(table)
 
 
-def parse_since(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    units = {"m": "minutes", "h": "hours", "d": "days"}
-    if text[-1] in units and text[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
-    return datetime.fromisoformat(text).astimezone(UTC)
-
-
 @main.command()
 @click.option("--key", help="one image, by its key in the input bucket")
 @click.option("--request-id", help="every image of one Ximilar request")
@@ -233,7 +231,7 @@ def results(
     key: str | None, request_id: str | None, status: str | None, since: str | None, output: str, stack_name: str | None
 ) -> None:
     """Results by key, by Ximilar request, or by status and time."""
-    print_items(find_items(target_for(stack_name), key, request_id, status, parse_since(since)), output)
+    print_items(find_items(target_for(stack_name), key, request_id, status, views.parse_since(since)), output)
 
 
 def sam_env_vars(path: Path | None, function: str) -> dict[str, str]:
@@ -276,10 +274,35 @@ def sweep(stack_name: str | None) -> None:
     click.echo(json.dumps(invoke_function("SweeperFunction", event)))
 
 
+def serve_page(target: Target, port: int) -> None:
+    """Serve the results page until Ctrl-C (or SIGTERM, under `sigterm_as_interrupt`)."""
+    with ui.serving(ui.create_app(target.page_source()), port) as url:
+        console.print(f"[bold green]results page:[/] {url}  (127.0.0.1 only, read-only; Ctrl-C stops it)")
+        try:
+            while True:
+                time.sleep(3600)  # the server's threads answer; this one waits for Ctrl-C
+        except KeyboardInterrupt:
+            console.print("stopping the page")
+
+
+port_option = click.option("--port", default=8765, show_default=True, help="port on 127.0.0.1 (0: any free port)")
+
+
+@main.command("ui")
+@port_option
+@stack_option
+def ui_command(port: int, stack_name: str | None) -> None:
+    """Serve a local, read-only page of the results (inputs beside outputs) until Ctrl-C."""
+    with sigterm_as_interrupt():
+        serve_page(target_for(stack_name), port)
+
+
 @main.command()
 @click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for every image")
 @click.option("--samples", default=SAMPLES, type=click.Path(exists=True, path_type=Path), show_default=True)
-def demo(timeout: float, samples: Path) -> None:
+@click.option("--ui", "with_page", is_flag=True, help="then keep the stack up and serve the results page until Ctrl-C")
+@port_option
+def demo(timeout: float, samples: Path, with_page: bool, port: int) -> None:
     """Start the embedded stack, upload the sample images, wait for every result, print them, stop."""
     started = time.monotonic()
     with sigterm_as_interrupt(), local_stack.running(parameters={"LogLevel": "WARNING"}) as local:
@@ -312,6 +335,12 @@ def demo(timeout: float, samples: Path) -> None:
         )
         if pending:
             console.print(f"[red]not finished: {', '.join(pending)}[/]")
+        if with_page:
+            serve_page(target, port)
+        else:
+            # The stack stops with this command, so the page is offered as a run that keeps it up.
+            console.print("See them in a browser, inputs beside outputs: .venv/bin/xasync demo --ui")
+        if pending:
             sys.exit(1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ximilar_async.entities import Image
@@ -49,3 +50,13 @@ def row(item: dict[str, Any]) -> dict[str, str]:
         "request_id": str(item.get("request_id") or ""),
         "summary": summary(item),
     }
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """`30m`, `2h`, `1d` before now, or an ISO time; None for no text. ValueError for anything else."""
+    if not text:
+        return None
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    if text[-1] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
+    return datetime.fromisoformat(text).astimezone(UTC)

@@ -12,10 +12,13 @@ this module: reads return the domain's values (`entities`).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Final
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, TypeVar
 
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.condition import Condition
@@ -31,6 +34,9 @@ from ximilar_async.uploads import Upload
 CONDITION_FAILED: Final = "ConditionalCheckFailedException"
 VALIDATION_FAILED: Final = "ValidationException"
 UNFINISHED: Final = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+PARALLEL_QUERIES: Final = 16  # index queries of one page read in flight at once
+T = TypeVar("T")
 
 
 def _applied(write: Callable[[], object]) -> bool:
@@ -526,3 +532,128 @@ class Repository:
             for shard in keys.all_status_shards(status, self.shards)
             for item in images.by_status.query(shard, images.updated_at >= since)
         ]
+
+    # --- pages of images (the results page) ---------------------------------------------------------
+    def count_by_status(self, since: datetime, statuses: Iterable[Status] = tuple(Status)) -> dict[Status, int]:
+        """How many images of each status changed since `since`: a COUNT query per `by_status` shard.
+
+        COUNT queries still read the index items (and their capacity), but no item leaves DynamoDB.
+        """
+        images = self.tables.images
+        shards = [(status, shard) for status in statuses for shard in keys.all_status_shards(status, self.shards)]
+        with ThreadPoolExecutor(max_workers=min(len(shards), PARALLEL_QUERIES) or 1) as pool:
+            counted = pool.map(lambda pair: images.by_status.count(pair[1], images.updated_at >= since), shards)
+            counts = dict.fromkeys(dict.fromkeys(status for status, _ in shards), 0)
+            for (status, _), count in zip(shards, counted, strict=True):
+                counts[status] += count
+        return counts
+
+    def _by_status_newest_first(
+        self, shard: str, since: datetime, after: PagePosition | None, uri_prefix: str | None, page_size: int
+    ) -> Iterator[tuple[datetime, str]]:
+        """(updated_at, uri) of one `by_status` shard, newest first, strictly after `after` in page order."""
+        images = self.tables.images
+        if after is not None and after.updated_at < since:
+            return
+        condition = images.updated_at >= since if after is None else images.updated_at.between(since, after.updated_at)
+        # image_uri is the table's key, so every index holds it and a prefix filter needs no base-table read.
+        prefix = images.image_uri.startswith(uri_prefix) if uri_prefix else None
+        items = images.by_status.query(
+            shard, condition, filter_condition=prefix, scan_index_forward=False, page_size=page_size
+        )
+        # Equal times have no order in the index: sort each run of them by URI, so that a position names
+        # one place in the page order and the next page starts exactly after it.
+        for _, tied in itertools.groupby(items, key=lambda item: item.updated_at):
+            for position in sorted(((item.updated_at, item.image_uri) for item in tied), reverse=True):
+                if after is None or position < (after.updated_at, after.uri):
+                    yield position
+
+    def images_page(
+        self,
+        statuses: Iterable[Status],
+        since: datetime,
+        limit: int,
+        *,
+        after: PagePosition | None = None,
+        uri_prefix: str | None = None,
+        request_type: str | None = None,
+        budget: int = 1000,
+    ) -> ImagePage:
+        """The newest images in `statuses` changed since `since`, `limit` at most, after `after`.
+
+        Every shard of every status is read newest first, lazily, `limit` items a page, and merged, so a
+        page costs about `limit` index items per shard whatever the table holds. `request_type` is not
+        in the index: it filters the fetched images, and at most `budget` index items are examined
+        for one page (the page may then be short; `after` of the answer continues the search).
+        """
+        page_size = max(1, min(limit, 100))
+        shards = [
+            self._by_status_newest_first(shard, since, after, uri_prefix, page_size)
+            for status in dict.fromkeys(statuses)
+            for shard in keys.all_status_shards(status, self.shards)
+        ]
+        merged = heapq.merge(*_first_pages_at_once(shards), reverse=True)
+        found: list[Image] = []
+        examined = 0
+        last: tuple[datetime, str] | None = None
+        seen: set[str] = set()
+        while len(found) < limit and examined < budget:
+            chunk = list(itertools.islice(merged, min(limit - len(found), budget - examined)))
+            if not chunk:
+                return ImagePage(found, None)
+            examined += len(chunk)
+            by_uri = self.images_by_uri([uri for _, uri in chunk], consistent=False)
+            for position in chunk:
+                last = position
+                image = by_uri.get(position[1])
+                # The index is eventually consistent: an image that just changed status may show up in
+                # two shards for a moment; it is shown once.
+                if image is None or image.uri in seen or (request_type and image.request_type != request_type):
+                    continue
+                seen.add(image.uri)
+                found.append(image)
+        more = last is not None and next(merged, None) is not None
+        return ImagePage(found, PagePosition(*last) if more and last else None)
+
+    def images_of_request_page(self, request_id: str, limit: int, *, after_uri: str | None = None) -> ImagePage:
+        """One page of the images of a Ximilar request (the `by_request` index), in URI order.
+
+        The index orders by URI, so only the `uri` of the answer's `after` counts here.
+        """
+        images = self.tables.images
+        condition = images.image_uri > after_uri if after_uri else None
+        uris = [item.image_uri for item in images.by_request.query(request_id, condition, limit=limit + 1)]
+        by_uri = self.images_by_uri(uris[:limit], consistent=False)
+        found = [by_uri[uri] for uri in uris[:limit] if uri in by_uri]
+        if len(uris) <= limit:
+            return ImagePage(found, None)
+        last = by_uri.get(uris[limit - 1])
+        return ImagePage(found, PagePosition(last.updated_at if last else EPOCH, uris[limit - 1]))
+
+
+_END: Final = object()
+
+
+def _first_pages_at_once(shards: list[Iterator[T]]) -> list[Iterator[T]]:
+    """The shards' iterators with their first item (so their first page) read concurrently.
+
+    A page reads every shard of every status (48 queries with 8 shards); one after the other, their
+    round trips add up to most of the page's time.
+    """
+    with ThreadPoolExecutor(max_workers=min(len(shards), PARALLEL_QUERIES) or 1) as pool:
+        heads = list(pool.map(lambda shard: next(shard, _END), shards))
+    return [itertools.chain([head], shard) for head, shard in zip(heads, shards, strict=True) if head is not _END]  # type: ignore[list-item]
+
+
+@dataclass(frozen=True, order=True)
+class PagePosition:
+    """Where a page of images ended (its last image's time and URI): the next page starts after it."""
+
+    updated_at: datetime
+    uri: str
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    images: list[Image]
+    after: PagePosition | None  # None: there is nothing after this page
