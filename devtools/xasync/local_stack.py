@@ -297,7 +297,6 @@ def function_environment(
         **environment,
         **FAKE_CREDENTIALS,
         "AWS_ENDPOINT_URL": endpoint,
-        "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_METRICS_DISABLED": "true",
     }
 

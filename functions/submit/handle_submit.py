@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
@@ -26,7 +26,6 @@ settings = SubmitSettings.from_env()
 logger = Logger()
 # The shared package logs through stdlib logging; give it the same JSON output and correlation keys.
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
-tracer = Tracer()
 metrics = Metrics()
 processor = BatchProcessor(event_type=EventType.SQS)
 submitter = runtime.submitter(settings)
@@ -84,7 +83,6 @@ def handle_s3_event(event: dict[str, Any], context: LambdaContext) -> dict[str, 
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     records = event.get("Records") or []

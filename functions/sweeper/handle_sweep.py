@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
@@ -21,7 +21,6 @@ from ximilar_async.sweeper import SweepOutcome
 settings = SweeperSettings.from_env()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
-tracer = Tracer()
 metrics = Metrics()
 sweeper = runtime.sweeper(settings)
 
@@ -45,7 +44,6 @@ def record_metrics(outcome: SweepOutcome) -> None:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.debug("sweep started", extra={"event_id": EventBridgeEvent(event).get_id})

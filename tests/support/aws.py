@@ -62,7 +62,7 @@ class AwsStack:
             },
         )
         environment = functions(self.template, resolver)[logical_id].environment
-        return {**environment, "AWS_ENDPOINT_URL": self.endpoint, "POWERTOOLS_TRACE_DISABLED": "true"}
+        return {**environment, "AWS_ENDPOINT_URL": self.endpoint}
 
     def put(self, key: str, body: bytes) -> None:
         self.client("s3").put_object(Bucket=self.bucket, Key=key, Body=body)
