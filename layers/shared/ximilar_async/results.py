@@ -23,10 +23,12 @@ lifecycle, if any, applies to it.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
@@ -47,6 +49,8 @@ INLINE_RESULT_MAX_BYTES: Final = item_size.ITEM_MAX_BYTES - OTHER_ATTRIBUTES_MAR
 MAX_REASON_CHARS: Final = 1024
 # A record that failed for a passing reason (its URL expired, the download failed) is tried again.
 RETRY_ERRORS_AFTER: Final = timedelta(minutes=1)
+# Image writes of one answer run at once, up to this many (a request has at most 10 records).
+PARALLEL_WRITES: Final = 10
 # DONE answers that leave images without a record before those images end FAILED.
 MAX_INCOMPLETE_ANSWERS: Final = 3
 # An incomplete answer is fetched again after this, doubled for each incomplete answer before it.
@@ -132,14 +136,14 @@ class ResultRecorder:
         result = RecordingOutcome()
         # Retries noted by an earlier, incomplete answer are kept until the request is DONE.
         retry: set[str] = set(request.retry_record_ids)
-        answered: set[str] = set()
-        for record in outcome.response.records:
-            uri = images.get(record.record_id)
-            if uri is None:
-                result.unmatched += 1
-                continue
-            answered.add(record.record_id)
-            image_result, applied = self._record_image(uri, outcome.id, record, now)
+        matched = [
+            (images[record.record_id], record) for record in outcome.response.records if record.record_id in images
+        ]
+        result.unmatched = len(outcome.response.records) - len(matched)
+        answered = {record.record_id for _, record in matched}
+        for (_, record), (image_result, applied) in zip(
+            matched, self._record_all(matched, outcome.id, now), strict=True
+        ):
             if image_result.result_s3_uri:
                 result.stored_in_s3.append(image_result.result_s3_uri)
             if applied:
@@ -215,6 +219,19 @@ class ResultRecorder:
             and image.submission_id == request.submission_id
             and not image.status.is_terminal
         }
+
+    def _record_all(
+        self, matched: list[tuple[str, ResultRecord]], request_id: str, now: datetime
+    ) -> list[tuple[ImageResult, bool]]:
+        """Each image's conditional write, at once: they are independent items (a transaction would bill twice)."""
+        if len(matched) <= 1:
+            return [self._record_image(uri, request_id, record, now) for uri, record in matched]
+        with ThreadPoolExecutor(max_workers=min(len(matched), PARALLEL_WRITES)) as pool:
+            futures = [
+                pool.submit(contextvars.copy_context().run, self._record_image, uri, request_id, record, now)
+                for uri, record in matched
+            ]
+            return [future.result() for future in futures]
 
     def _record_image(self, uri: str, request_id: str, record: ResultRecord, now: datetime) -> tuple[ImageResult, bool]:
         """Write one image's result (inline, or in S3 with a pointer); returns it and whether it applied."""
