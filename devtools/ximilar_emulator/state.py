@@ -30,6 +30,9 @@ class Knobs:
     webhook_max_attempts: int = 5  # deliveries tried when the receiver is down or answers 5xx
     webhook_retry_backoff_seconds: float = 0.5  # doubled after each failed delivery
     image_fetch_timeout_seconds: float = 10.0
+    credits_limit: int = 1_000_000  # GET /account/v2/details: the account's credits
+    credits_counter: int = 0  # credits used; each accepted record adds credits_per_record
+    credits_per_record: int = 1
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}
