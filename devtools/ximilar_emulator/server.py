@@ -20,7 +20,16 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from ximilar_async.request_types import DOCUMENTED_ENDPOINTS as DOCUMENTED
 from ximilar_emulator.processing import process_record
-from ximilar_emulator.state import REQUEST_TYPES, WORKSPACE, Knobs, PendingFault, Store, StoredRequest, new_id, timestamp
+from ximilar_emulator.state import (
+    REQUEST_TYPES,
+    WORKSPACE,
+    Knobs,
+    PendingFault,
+    Store,
+    StoredRequest,
+    new_id,
+    timestamp,
+)
 
 API_PREFIX = "/account/v2/request"
 ACCOUNT_DETAILS = "/account/v2/details"

@@ -356,6 +356,6 @@ def _create_table_clients(module: ModuleType) -> None:
             getattr(service, "recorder", None), "repository", None
         )
         tables = getattr(repository, "tables", None)
-        for model in (getattr(tables, "images", None), getattr(tables, "requests", None)):
+        for model in (getattr(tables, name, None) for name in ("images", "requests", "control")):
             if model is not None and hasattr(model, "_get_connection"):
                 model._get_connection().connection.client  # noqa: B018 - the property creates the client

@@ -7,7 +7,7 @@ reads an ORM attribute and a test can build one in a line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from ximilar_async.statuses import Status
@@ -86,3 +86,12 @@ class DueCounter:
     """Items a sweep read from the due index (the sweeper's cost figure)."""
 
     items_read: int = 0
+
+
+@dataclass(frozen=True)
+class SpendDay:
+    """One UTC day of the spend guard: images admitted for submission, and whether its limit was lifted."""
+
+    day: date
+    submitted: int
+    resumed: bool

@@ -42,6 +42,7 @@ class RecordingOutcome:
     unmatched: int = 0  # records whose `_id` the request does not name
     request_known: bool = True
     stored_in_s3: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # seconds from upload to result, per image recorded
 
     @property
     def matched_nothing(self) -> bool:
@@ -95,8 +96,10 @@ class ResultRecorder:
             )
             if image_result.result_s3_uri:
                 result.stored_in_s3.append(image_result.result_s3_uri)
-            if self.repository.record_image_result(image_result, now):
+            uploaded_at = self.repository.record_image_result(image_result, now)
+            if uploaded_at is not None:
                 result.recorded += 1
+                result.latencies.append((now - uploaded_at).total_seconds())
                 if image_result.status is Status.ERROR and is_transient_record_error(
                     record.status.code, record.status.text
                 ):

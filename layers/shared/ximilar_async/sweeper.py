@@ -21,7 +21,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -62,8 +62,12 @@ class SweepOutcome:
     failed_by_ximilar: int = 0
     resubmitted_images: int = 0
     finished_meanwhile: int = 0  # requests a webhook finished while this run was checking them
+    requests_recorded: int = 0  # DONE requests whose results this run recorded (no webhook had)
+    images_failed: int = 0  # images this run ended FAILED
+    paused: int = 0  # requests not submitted again because the spend guard paused submission
     stopped: str | None = None  # why the run stopped early: deadline, budget, throttled
     by_state: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # upload to result, seconds, per image recorded
 
 
 @dataclass
@@ -76,6 +80,8 @@ class Sweeper:
     clock: Callable[[], datetime] = utc_now
     rng: random.Random = field(default_factory=random.Random)
     deadline: float | None = field(default=None, init=False)  # of the current run, time.monotonic()
+    # Why submission is paused, read once per run when first needed ("" until read; None: not paused).
+    _pause: str | None = field(default="", init=False)
 
     def sweep(self, remaining_millis: Callable[[], int]) -> SweepOutcome:
         outcome = SweepOutcome()
@@ -83,6 +89,7 @@ class Sweeper:
         shards = list(range(self.settings.index_shards))
         self.rng.shuffle(shards)
         now = self.clock()
+        self._pause = ""
         for request in self.repository.due_requests(shards, now, counter):
             left = remaining_millis()
             if left < DEADLINE_MARGIN_MS:
@@ -110,7 +117,27 @@ class Sweeper:
                 logger.warning("Ximilar unavailable; checking again later", extra=self._context(request, error))
                 self._check_later(request, None, outcome)
         outcome.items_read = counter.items_read
+        # For `xasync status`: one small item, overwritten every run (it also shows the sweeper is alive).
+        summary = {name: value for name, value in asdict(outcome).items() if name != "latencies"}
+        self.repository.record_sweep({key: value for key, value in summary.items() if value is not None}, self.clock())
         return outcome
+
+    def _paused(self) -> str | None:
+        """Why the spend guard holds submissions now (read at most once per run), or None."""
+        if self._pause == "":
+            guard = self.submitter.guard
+            self._pause = guard.paused() if guard is not None else None
+        return self._pause
+
+    def _wait_for_resume(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
+        """Paused: check the request again later, untouched (a pause is not an attempt and does not age it out)."""
+        if self._paused() is None:
+            return False
+        outcome.paused += 1
+        self._reschedule(
+            request, self.clock() + timedelta(seconds=self.settings.first_check_delay_seconds), None, outcome
+        )
+        return True
 
     def _context(self, request: TrackedRequest, error: Exception | None = None) -> dict[str, object]:
         context: dict[str, object] = {"submission_id": request.submission_id, "request_id": request.request_id}
@@ -119,6 +146,9 @@ class Sweeper:
         return context
 
     def _sweep_one(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
+        resubmits = request.status is Status.SUBMITTING or (request.status is Status.DONE and request.retry_record_ids)
+        if resubmits and self._wait_for_resume(request, outcome):
+            return
         if request.status is Status.SUBMITTING:
             self._submit_again(request, outcome)
         elif request.status is Status.DONE and request.retry_record_ids:
@@ -148,12 +178,17 @@ class Sweeper:
                 logger.error("Ximilar's details do not parse", extra=self._context(request, error))
                 self._check_later(request, state, outcome)
                 return
-            outcome.recorded += self.recorder.record(request.submission_id, details).recorded
+            recorded = self.recorder.record(request.submission_id, details)
+            outcome.recorded += recorded.recorded
+            outcome.requests_recorded += 1 if recorded.recorded else 0
+            outcome.latencies += recorded.latencies
         elif kind is XimilarStateKind.FAILED:
             recorded = self.recorder.record(request.submission_id, RequestOutcome(status=state, id=request_id))
             outcome.failed_by_ximilar += recorded.recorded
+            outcome.images_failed += recorded.recorded
         elif kind is XimilarStateKind.THROTTLED:
-            self._resubmit_elsewhere(request, state, outcome)
+            if not self._wait_for_resume(request, outcome):
+                self._resubmit_elsewhere(request, state, outcome)
         elif self._too_old(request):
             seconds = self.settings.max_request_age_seconds
             self._give_up(request, state, f"not finished after {seconds} s (last state {state})", outcome)
@@ -181,7 +216,7 @@ class Sweeper:
     def _give_up(self, request: TrackedRequest, state: str, reason: str, outcome: SweepOutcome) -> None:
         now = self.clock()
         logger.warning("request given up", extra={**self._context(request), "reason": reason})
-        self.repository.fail_unfinished_images(request.images, reason, now)
+        outcome.images_failed += self.repository.fail_unfinished_images(request.images, reason, now)
         # False: it became DONE meanwhile, and DONE is never undone.
         self.repository.finish_request(
             request.submission_id,
@@ -249,7 +284,7 @@ class Sweeper:
         for image in images:
             if image not in again:
                 reason = f"gave up after {image.attempts} attempts: {image.status_reason}"
-                self.repository.fail_unfinished_images(
+                outcome.images_failed += self.repository.fail_unfinished_images(
                     {image.record_id: image.uri}, reason, self.clock(), from_statuses=(Status.ERROR,)
                 )
         self._submit_images(request, again, outcome)

@@ -11,10 +11,11 @@ this module: reads return the domain's values (`entities`).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Final
+from datetime import date, datetime, timedelta
+from typing import Any, Final
 
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.condition import Condition
@@ -22,12 +23,19 @@ from pynamodb.expressions.update import Action
 
 from ximilar_async import keys
 from ximilar_async.dal.models import ImageItem, RequestItem, Tables
-from ximilar_async.entities import DueCounter, Image, ImageResult, TrackedRequest
+from ximilar_async.entities import DueCounter, Image, ImageResult, SpendDay, TrackedRequest
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
 
 CONDITION_FAILED: Final = "ConditionalCheckFailedException"
 UNFINISHED: Final = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)
+PAUSE_KEY: Final = "control#pause"
+LAST_SWEEP_KEY: Final = "control#last-sweep"
+SPEND_DAY_RETENTION: Final = timedelta(days=7)  # a day's counter is kept a week, for `xasync status`
+
+
+def spend_key(day: date) -> str:
+    return f"control#spend#{day.isoformat()}"
 
 
 def _applied(write: Callable[[], object]) -> bool:
@@ -291,8 +299,12 @@ class Repository:
         except self.tables.requests.DoesNotExist:
             return None
 
-    def record_image_result(self, result: ImageResult, now: datetime) -> bool:
-        """Finish one image DONE or ERROR; False when it is already finished or was uploaded again since."""
+    def record_image_result(self, result: ImageResult, now: datetime) -> datetime | None:
+        """Finish one image DONE or ERROR: the image's `created_at` (its upload, for the latency metric) when
+        it applied, None when it is already finished or was uploaded again since.
+
+        The write returns the item's new attributes anyway, so the upload time costs no read.
+        """
         images = self.tables.images
         actions = [*self._status_actions(result.uri, result.status, now), images.request_id.set(result.request_id)]
         actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
@@ -302,7 +314,11 @@ class Repository:
             actions += [images.result_s3_uri.set(result.result_s3_uri), images.result.remove()]
         replaceable = [status.value for status in (*UNFINISHED, Status.FAILED)]
         condition = (images.record_id == result.record_id) & images.status.is_in(*replaceable)
-        return _applied(lambda: images(result.uri).update(actions=actions, condition=condition))
+        item = images(result.uri)
+        if not _applied(lambda: item.update(actions=actions, condition=condition)):
+            return None
+        created_at: datetime | None = getattr(item, "created_at", None)
+        return created_at or now
 
     def fail_unfinished_images(
         self,
@@ -446,3 +462,109 @@ class Repository:
             for shard in keys.all_status_shards(status, self.shards)
             for item in images.by_status.query(shard, images.updated_at >= since)
         ]
+
+    def count_by_status(self, statuses: Iterable[Status], since: datetime) -> dict[Status, int]:
+        """How many images are in each status, changed since `since` (Select COUNT on every shard; no items read)."""
+        images = self.tables.images
+        return {
+            status: sum(
+                images.by_status.count(shard, images.updated_at >= since)
+                for shard in keys.all_status_shards(status, self.shards)
+            )
+            for status in statuses
+        }
+
+    def status_reasons(self, statuses: Iterable[Status], since: datetime) -> Counter[str]:
+        """The `status_reason`s of images in `statuses` since `since` (projected in `by_status`), counted."""
+        images = self.tables.images
+        return Counter(
+            str(item.status_reason or "(no reason)")
+            for status in statuses
+            for shard in keys.all_status_shards(status, self.shards)
+            for item in images.by_status.query(shard, images.updated_at >= since)
+        )
+
+    def least_recently_updated(self, statuses: Iterable[Status]) -> Image | None:
+        """The image in `statuses` that changed longest ago: the first item of every shard, oldest wins."""
+        images = self.tables.images
+        oldest: Any = None
+        for status in statuses:
+            for shard in keys.all_status_shards(status, self.shards):
+                for item in images.by_status.query(shard, scan_index_forward=True, limit=1):
+                    if oldest is None or item.updated_at < oldest.updated_at:
+                        oldest = item
+        return None if oldest is None else self.image(oldest.image_uri)
+
+    def unfinished_requests(self) -> list[TrackedRequest]:
+        """Every request still in the `due` index (not finished, or DONE with images to retry), every shard."""
+        requests = self.tables.requests
+        return [_request(item) for shard in keys.all_due_shards(self.shards) for item in requests.due.query(shard)]
+
+    def image_statuses_of_request(self, request_id: str) -> dict[str, Status]:
+        """Image URI -> status of every image that carries this Ximilar request id (the `by_request` index)."""
+        return {item.image_uri: Status(item.status) for item in self.tables.images.by_request.query(request_id)}
+
+    # --- spend guard and operations state (control items in the requests table) ----------------------
+    def pause_reason(self) -> str | None:
+        """Why submission is paused by hand, or None."""
+        try:
+            return str(self.tables.control.get(PAUSE_KEY, consistent_read=True).reason or "paused")
+        except self.tables.control.DoesNotExist:
+            return None
+
+    def pause(self, reason: str, now: datetime) -> bool:
+        """Pause submission until `resume`; False when it was already paused (the first reason is kept)."""
+        control = self.tables.control
+        item = control(PAUSE_KEY, reason=reason, updated_at=now)
+        return _applied(lambda: item.save(condition=control.submission_id.does_not_exist()))
+
+    def resume(self, day: date, now: datetime) -> bool:
+        """End a pause by hand and lift `day`'s limit; False when neither was in force (the day is lifted anyway)."""
+        control = self.tables.control
+        unpaused = _applied(lambda: control(PAUSE_KEY).delete(condition=control.submission_id.exists()))
+        lift: list[Action] = [
+            control.resumed.set(True),
+            control.updated_at.set(now),
+            control.expires_at.set(now + SPEND_DAY_RETENTION),
+        ]
+        lifted = _applied(
+            lambda: control(spend_key(day)).update(actions=lift, condition=control.resumed.does_not_exist())
+        )
+        return unpaused or lifted
+
+    def reserve_submissions(self, day: date, images: int, limit: int, now: datetime) -> bool:
+        """Count `images` against `day`'s limit in one atomic ADD; False (nothing counted) when they do not fit.
+
+        The condition makes the check and the count one write: concurrent submitters never overshoot.
+        A day whose limit was lifted by `resume` takes everything.
+        """
+        control = self.tables.control
+        actions: list[Action] = [
+            control.submitted.add(images),
+            control.updated_at.set(now),
+            control.expires_at.set(now + SPEND_DAY_RETENTION),
+        ]
+        # `resumed` is only ever set (to true): its existence is the lift.
+        fits = control.resumed.exists()
+        if images <= limit:
+            fits = fits | control.submitted.does_not_exist() | (control.submitted <= limit - images)
+        return _applied(lambda: control(spend_key(day)).update(actions=actions, condition=fits))
+
+    def spend_day(self, day: date) -> SpendDay:
+        try:
+            item = self.tables.control.get(spend_key(day), consistent_read=True)
+        except self.tables.control.DoesNotExist:
+            return SpendDay(day, 0, resumed=False)
+        return SpendDay(day, int(item.submitted or 0), resumed=bool(item.resumed))
+
+    def record_sweep(self, outcome: Mapping[str, Any], now: datetime) -> None:
+        """Keep what the last sweeper run did (one small item, overwritten every run)."""
+        self.tables.control(LAST_SWEEP_KEY, outcome=dict(outcome), updated_at=now).save()
+
+    def last_sweep(self) -> tuple[datetime, dict[str, Any]] | None:
+        """When the last sweeper run ended, and what it did."""
+        try:
+            item = self.tables.control.get(LAST_SWEEP_KEY, consistent_read=True)
+        except self.tables.control.DoesNotExist:
+            return None
+        return item.updated_at, item.outcome.as_dict() if item.outcome is not None else {}  # type: ignore[no-untyped-call]
