@@ -504,9 +504,10 @@ def reconcile(status: str | None, request_type: str | None, output: str, stack_n
     if output == "json":
         click.echo(json.dumps([asdict(finding) for finding in findings], indent=2))
         return
-    table = Table("request_id", "ximilar", "type", "created", "finding", "our images", "recorded", "records")
+    table = Table(title="Ximilar's requests against ours (records of unknown ones: --output json)")
+    for column in ("request_id", "ximilar", "type", "created", "finding", "our images", "recorded", "records"):
+        table.add_column(column, no_wrap=column in ("request_id", "created"))
     for finding in findings:
-        records = ", ".join(r["_id"] for r in finding.records)
         table.add_row(
             finding.request_id,
             finding.ximilar_status,
@@ -515,7 +516,7 @@ def reconcile(status: str | None, request_type: str | None, output: str, stack_n
             finding.finding,
             str(finding.images),
             str(finding.recorded),
-            records,
+            str(len(finding.records)) if finding.finding == "unknown" else "",
         )
     console.print(table)
     summary = Counter(finding.finding for finding in findings)
