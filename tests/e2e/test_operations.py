@@ -93,7 +93,9 @@ def put_unnoticed(local: LocalStack, keys_: list[str]) -> None:
         s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=configuration)
 
 
-def test_backfill_of_500_existing_objects_run_twice_submits_each_once(local: LocalStack, control: EmulatorControl) -> None:
+def test_backfill_of_500_existing_objects_run_twice_submits_each_once(
+    local: LocalStack, control: EmulatorControl
+) -> None:
     keys_ = [f"incoming/flows/backfill/{n:03d}.png" for n in range(500)]
     put_unnoticed(local, keys_)
     assert image(local, keys_[0]) == {}  # the pipeline never heard of them

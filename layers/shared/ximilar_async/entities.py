@@ -65,6 +65,7 @@ class TrackedRequest:
     held_back: bool = False  # its last submission was not tried (throttled, out of time): not a failed attempt
     next_check_at: int | None = None  # epoch seconds; None once it left the due index
     created_at: datetime
+    age_from: datetime | None = None  # set while the spend guard holds it: its age counts from here
     updated_at: datetime
 
 

@@ -132,7 +132,13 @@ class Store(Protocol):
     def take_due(self, request: TrackedRequest, until: datetime) -> bool: ...
 
     def reschedule(
-        self, submission_id: str, check_at: datetime, now: datetime, *, ximilar_status: str | None = None
+        self,
+        submission_id: str,
+        check_at: datetime,
+        now: datetime,
+        *,
+        ximilar_status: str | None = None,
+        paused: bool = False,
     ) -> bool: ...
 
     def clear_retries(self, submission_id: str, now: datetime) -> None: ...

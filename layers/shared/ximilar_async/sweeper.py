@@ -134,9 +134,8 @@ class Sweeper:
         if self._paused() is None:
             return False
         outcome.paused += 1
-        self._reschedule(
-            request, self.clock() + timedelta(seconds=self.settings.first_check_delay_seconds), None, outcome
-        )
+        later = self.clock() + timedelta(seconds=self.settings.first_check_delay_seconds)
+        self._reschedule(request, later, None, outcome, paused=True)
         return True
 
     def _context(self, request: TrackedRequest, error: Exception | None = None) -> dict[str, object]:
@@ -197,7 +196,8 @@ class Sweeper:
             self._check_later(request, state, outcome)
 
     def _too_old(self, request: TrackedRequest) -> bool:
-        return self.clock() - request.created_at > timedelta(seconds=self.settings.max_request_age_seconds)
+        born = max(request.created_at, request.age_from or request.created_at)
+        return self.clock() - born > timedelta(seconds=self.settings.max_request_age_seconds)
 
     def _check_later(self, request: TrackedRequest, state: str | None, outcome: SweepOutcome) -> None:
         first = timedelta(seconds=self.settings.first_check_delay_seconds)
@@ -205,9 +205,11 @@ class Sweeper:
         if self._reschedule(request, self.clock() + delay, state, outcome):
             outcome.rescheduled += 1
 
-    def _reschedule(self, request: TrackedRequest, at: datetime, state: str | None, outcome: SweepOutcome) -> bool:
+    def _reschedule(
+        self, request: TrackedRequest, at: datetime, state: str | None, outcome: SweepOutcome, *, paused: bool = False
+    ) -> bool:
         """Check again at `at`; a lost race means a webhook finished the request meanwhile: nothing to do."""
-        if self.repository.reschedule(request.submission_id, at, self.clock(), ximilar_status=state):
+        if self.repository.reschedule(request.submission_id, at, self.clock(), ximilar_status=state, paused=paused):
             return True
         logger.info("request finished while it was being checked", extra=self._context(request))
         outcome.finished_meanwhile += 1

@@ -114,6 +114,9 @@ class RequestItem(Model):
     due_shard = UnicodeAttribute(null=True)
     next_check_at = NumberAttribute(null=True)  # epoch seconds
     created_at = UTCDateTimeAttribute()
+    # The age limit of a request held back by the spend guard counts from its last paused check, not
+    # from created_at: time spent paused is not time Ximilar had it.
+    age_from = UTCDateTimeAttribute(null=True)
     updated_at = UTCDateTimeAttribute()
     expires_at = TTLAttribute(null=True)
 

@@ -91,6 +91,7 @@ def _request(item: RequestItem) -> TrackedRequest:
         held_back=bool(item.held_back),
         next_check_at=None if item.next_check_at is None else int(item.next_check_at),
         created_at=item.created_at,
+        age_from=item.age_from,
         updated_at=item.updated_at,
     )
 
@@ -399,9 +400,18 @@ class Repository:
         return _applied(lambda: requests(request.submission_id).update(actions=[action], condition=unchanged))
 
     def reschedule(
-        self, submission_id: str, check_at: datetime, now: datetime, *, ximilar_status: str | None = None
+        self,
+        submission_id: str,
+        check_at: datetime,
+        now: datetime,
+        *,
+        ximilar_status: str | None = None,
+        paused: bool = False,
     ) -> bool:
-        """Check again at `check_at`; False when the request left the due index meanwhile (it finished)."""
+        """Check again at `check_at`; False when the request left the due index meanwhile (it finished).
+
+        `paused`: the spend guard holds it; its age limit counts from now.
+        """
         requests = self.tables.requests
         actions: list[Action] = [
             requests.next_check_at.set(epoch(check_at)),
@@ -410,6 +420,8 @@ class Repository:
         ]
         if ximilar_status:
             actions.append(requests.ximilar_status.set(ximilar_status))
+        if paused:
+            actions.append(requests.age_from.set(now))
         due = requests.due_shard.exists()
         return _applied(lambda: requests(submission_id).update(actions=actions, condition=due))
 
