@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aws_lambda_powertools import Metrics
 
 from tests.conftest import RunningEmulator
 from tests.support.aws import AwsStack
@@ -23,8 +24,14 @@ Emitted = dict[str, list[float]]
 
 @pytest.fixture
 def pipeline(monkeypatch: pytest.MonkeyPatch, aws_stack: AwsStack, emulator: RunningEmulator) -> Iterator[Pipeline]:
-    """Requests come due for the sweeper one second after submission."""
-    yield from start_pipeline(monkeypatch, aws_stack, emulator, FirstCheckDelaySeconds="1")
+    """Requests come due for the sweeper one second after submission; no metric left over from other tests.
+
+    Powertools' Metrics instances share one metric set per process, and a handler run with metrics
+    disabled (the local stack's) adds to it without flushing: cleared here, as Powertools' own tests do.
+    """
+    for running in start_pipeline(monkeypatch, aws_stack, emulator, FirstCheckDelaySeconds="1"):
+        Metrics().clear_metrics()
+        yield running
 
 
 def emf(output: str, namespace: str, service: str) -> Emitted:
