@@ -228,3 +228,97 @@ def test_the_webhook_body_limit_of_the_template_is_the_one_the_settings_enforce(
     parameter = template["Parameters"]["MaxWebhookBodyBytes"]
     assert parameter["MaxValue"] == MAX_WEBHOOK_BODY_LIMIT
     assert parameter["MinValue"] <= parameter["Default"] <= parameter["MaxValue"]
+
+
+# --- operations: alerts, alarms, dashboard ---------------------------------------------------------------
+def alarms(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource["Properties"] for name, resource in resources_of_type(template, "AWS::CloudWatch::Alarm").items()
+    }
+
+
+def watched(properties: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(namespace, metric, dimensions) an alarm reads, plain or through metric math."""
+    if "MetricName" in properties:
+        dimensions = {d["Name"]: d["Value"] for d in properties.get("Dimensions", [])}
+        return [(properties["Namespace"], properties["MetricName"], dimensions)]
+    found = []
+    for query in properties["Metrics"]:
+        metric = query.get("MetricStat", {}).get("Metric")
+        if metric:
+            dimensions = {d["Name"]: d["Value"] for d in metric.get("Dimensions", [])}
+            found.append((metric["Namespace"], metric["MetricName"], dimensions))
+    return found
+
+
+def test_every_alarm_notifies_the_alerts_topic_encrypted_under_a_key_cloudwatch_may_use(
+    template: dict[str, Any],
+) -> None:
+    for name, properties in alarms(template).items():
+        assert properties["AlarmActions"] == [{"Ref": "AlertsTopic"}], name
+        assert properties["OKActions"] == [{"Ref": "AlertsTopic"}], name
+        assert properties["TreatMissingData"] == "notBreaching", name
+    resources = template["Resources"]
+    assert resources["AlertsTopic"]["Properties"]["KmsMasterKeyId"] == {"Ref": "AlertsKey"}
+    key = resources["AlertsKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    publishers = [
+        s for s in key["KeyPolicy"]["Statement"] if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}
+    ]
+    assert publishers and set(publishers[0]["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    subscription = resources["AlertsEmailSubscription"]
+    assert subscription["Condition"] == "HasAlertEmail"
+    assert not Resolver(template).condition("HasAlertEmail")  # the default subscribes nobody
+    assert Resolver(template, parameters={"AlertEmail": "ops@example.com"}).condition("HasAlertEmail")
+
+
+def test_the_alarms_cover_the_queues_the_functions_the_webhook_and_the_pipelines_own_metrics(
+    template: dict[str, Any],
+) -> None:
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    namespace, service = variables["POWERTOOLS_METRICS_NAMESPACE"], variables["POWERTOOLS_SERVICE_NAME"]
+    seen = {
+        (ns, metric, json.dumps(dims, sort_keys=True))
+        for p in alarms(template).values()
+        for ns, metric, dims in watched(p)
+    }
+
+    def watches(ns: str, metric: str, **dimensions: Any) -> bool:
+        return (ns, metric, json.dumps(dimensions, sort_keys=True)) in seen
+
+    assert watches(
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        QueueName={"Fn::GetAtt": ["SubmitDeadLetterQueue", "QueueName"]},
+    )
+    assert watches("AWS/SQS", "ApproximateAgeOfOldestMessage", QueueName={"Fn::GetAtt": ["SubmitQueue", "QueueName"]})
+    for function in SETTINGS_OF:
+        for metric in ("Errors", "Throttles"):
+            assert watches("AWS/Lambda", metric, FunctionName={"Ref": function}), (function, metric)
+    for metric in ("4xx", "5xx", "Count"):
+        assert watches("AWS/ApiGateway", metric, ApiId={"Ref": "HttpApi"}), metric
+    # The pipeline's own metrics, under the namespace and service dimension Powertools gives them.
+    for metric in (
+        "ImagesFailed",
+        "XimilarThrottled",
+        "SubmissionsPaused",
+        "WebhooksRejected.bad-token",
+        "SweepRequestsRecorded",
+        "RequestsRecordedByWebhook",
+    ):
+        assert watches(namespace, metric, service=service), metric
+    health = alarms(template)["WebhookHealthAlarm"]
+    assert health["Threshold"] == {"Ref": "SweeperShareAlarmPercent"}
+    assert "100 * FILL(swept, 0)" in health["Metrics"][0]["Expression"]
+
+
+def test_the_dashboard_body_is_json_once_substituted(template: dict[str, Any]) -> None:
+    resolver = Resolver(
+        template, attributes={"SubmitQueue.QueueName": "submit-q", "SubmitDeadLetterQueue.QueueName": "dlq"}
+    )
+    body = json.loads(resolver.resolve(template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]))
+    titles = [widget["properties"]["title"] for widget in body["widgets"]]
+    assert any("webhook vs sweeper" in title for title in titles)
+    assert any("Latency" in title for title in titles)
+    queues = {row[3] for widget in body["widgets"] for row in widget["properties"]["metrics"] if row[0] == "AWS/SQS"}
+    assert queues == {"submit-q", "dlq"}

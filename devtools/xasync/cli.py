@@ -10,11 +10,13 @@ import contextlib
 import csv
 import json
 import logging
+import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,19 +24,23 @@ from typing import Any
 import boto3
 import click
 from botocore.config import Config
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
-from xasync import local_stack, ui, views
+from xasync import local_stack, ops, ui, views
 from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.local_stack import freshly_signed
 from xasync.servers import wait_for
 from xasync.template import PROJECT_ROOT, load_template
-from ximilar_async import keys
+from ximilar_async import keys, runtime
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.dal.repository import Repository
+from ximilar_async.settings import SweeperSettings
 from ximilar_async.statuses import TERMINAL_STATUSES, Status
+from ximilar_async.sweeper import Sweeper
+from ximilar_async.ximilar import XimilarClient
 
 # Wide enough for the results table when the output is a log rather than a terminal.
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -49,6 +55,7 @@ class Target:
     index_shards: int
     endpoint: str | None = None
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
+    stack_name: str | None = None  # a deployed stack
 
     def client(self, service: str, **options: Any) -> Any:
         factory: Any = boto3.client
@@ -62,8 +69,33 @@ class Target:
 
     def repository(self) -> Repository:
         tables = bind_tables(self.outputs["ImagesTableName"], self.outputs["RequestsTableName"], host=self.endpoint)
-        # Retention only matters to writes; the CLI reads.
+        # Retention only matters to writes of requests; the CLI's writes are control items with their own.
         return Repository(tables, self.index_shards, request_retention=timedelta(days=1))
+
+    def environment(self, function: str) -> dict[str, str]:
+        """A function's environment: the local stack's, or the deployed function's configuration."""
+        if function not in self.environments and self.stack_name:
+            resource = self.client("cloudformation").describe_stack_resource(
+                StackName=self.stack_name, LogicalResourceId=function
+            )["StackResourceDetail"]
+            configuration = self.client("lambda").get_function_configuration(
+                FunctionName=resource["PhysicalResourceId"]
+            )
+            self.environments[function] = dict(configuration.get("Environment", {}).get("Variables", {}))
+        return self.environments[function]
+
+    @contextlib.contextmanager
+    def services(self) -> Iterator[Sweeper]:
+        """The sweeper and its collaborators (submitter, recorder, Ximilar client) as `runtime` builds them,
+        with the sweeper function's settings, run here with the caller's credentials (or the local stack's)."""
+        environment = self.environment("SweeperFunction")
+        saved = dict(os.environ)
+        os.environ.update(environment)  # the factories' boto3 and pynamodb clients read the endpoint from it
+        try:
+            yield runtime.sweeper(SweeperSettings.from_env(environment))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 def target_for(stack_name: str | None) -> Target:
@@ -71,7 +103,7 @@ def target_for(stack_name: str | None) -> Target:
         stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
         outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
         parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack.get("Parameters", [])}
-        return Target(outputs, int(parameters.get("IndexShards", 8)))
+        return Target(outputs, int(parameters.get("IndexShards", 8)), stack_name=stack_name)
     state = local_stack.read_state()
     local_stack.use_local_credentials()
     shards = int(state["environments"]["SweeperFunction"]["INDEX_SHARDS"])
@@ -295,6 +327,244 @@ def ui_command(port: int, stack_name: str | None) -> None:
     """Serve a local, read-only page of the results (inputs beside outputs) until Ctrl-C."""
     with sigterm_as_interrupt():
         serve_page(target_for(stack_name), port)
+
+
+def status_tables(report: dict[str, Any]) -> Group:
+    """`xasync status` for people: one small table per question."""
+    overview = Table("status", "images", title=f"Images updated since {report['since'][:19]}")
+    for status, count in report["images_by_status"].items():
+        overview.add_row(status, str(count))
+    requests_ = Table("request status", "requests", title="Requests not finished (in flight at Ximilar, or waiting)")
+    for status, count in report["requests_unfinished"].items():
+        requests_.add_row(status, str(count))
+    queues = Table("queue", "visible", "in flight", "delayed", title="Queues")
+    for name, depth in report["queues"].items():
+        queues.add_row(name, str(depth["visible"]), str(depth["in_flight"]), str(depth["delayed"]))
+    facts = Table("what", "value", title="Health")
+    oldest = report["oldest_unfinished"]
+    facts.add_row(
+        "oldest unfinished upload",
+        "none"
+        if oldest is None
+        else f"{oldest['key']} ({oldest['status']}, {oldest['age_seconds']} s): {oldest['reason'] or 'no reason yet'}",
+    )
+    sweep = report["last_sweep"]
+    facts.add_row(
+        "last sweep",
+        "never"
+        if sweep is None
+        else f"{sweep['age_seconds']} s ago: taken {sweep.get('taken', 0)}, recorded {sweep.get('recorded', 0)}, "
+        f"resubmitted {sweep.get('resubmitted_images', 0)}, paused {sweep.get('paused', 0)}, "
+        f"stopped {sweep.get('stopped') or 'no'}",
+    )
+    guard = report["spend_guard"]
+    facts.add_row(
+        "spend guard",
+        f"{'PAUSED: ' + str(guard['reason']) if guard['paused'] else 'submitting'}; "
+        f"{guard['submitted_today']} submitted on {guard['day']} (limit {guard['daily_limit'] or 'none'}"
+        f"{', lifted by resume' if guard['resumed_today'] else ''})",
+    )
+    failures = Table("images", "top failure reasons", title="FAILED and ERROR")
+    for reason, count in report["top_failure_reasons"]:
+        failures.add_row(str(count), reason)
+    return Group(overview, requests_, queues, facts, failures)
+
+
+def build_status(target: Target, since: datetime) -> dict[str, Any]:
+    queues = {"submit": target.outputs["SubmitQueueUrl"], "dead-letter": target.outputs["SubmitDeadLetterQueueUrl"]}
+    limit = int(target.environment("SubmitFunction").get("DAILY_SUBMIT_LIMIT") or 0)
+    return ops.status_report(target.repository(), target.client("sqs"), queues, since, limit)
+
+
+@main.command()
+@click.option("--since", default="1d", show_default=True, help="the time window of the counts: ISO time or 30m, 2h, 1d")
+@click.option("--watch", type=float, help="refresh every this many seconds until Ctrl-C")
+@click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@stack_option
+def status(since: str, watch: float | None, output: str, stack_name: str | None) -> None:
+    """Counts by status, requests in flight, the oldest unfinished upload, queues, the last sweep, failures."""
+    target = target_for(stack_name)
+
+    def report() -> dict[str, Any]:
+        return build_status(target, views.parse_since(since) or datetime.now(UTC) - timedelta(days=1))
+
+    if output == "json":
+        click.echo(json.dumps(report(), default=str, indent=2))
+        return
+    if not watch:
+        console.print(status_tables(report()))
+        return
+    with (
+        sigterm_as_interrupt(),
+        Live(status_tables(report()), console=console, refresh_per_second=1) as live,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        while True:
+            time.sleep(watch)
+            live.update(status_tables(report()))
+
+
+@main.command()
+@click.option("--prefix", required=True, help="objects under this key prefix (inside the watched InputPrefix)")
+@click.option(
+    "--inventory",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="an S3 Inventory manifest.json (CSV) instead of listing the bucket",
+)
+@stack_option
+def backfill(prefix: str, inventory: Path | None, stack_name: str | None) -> None:
+    """Objects already in the input bucket enter the pipeline as uploads do (skipping those it knows)."""
+    target = target_for(stack_name)
+    s3 = target.client("s3")
+    bucket = target.outputs["InputBucketName"]
+    if inventory is not None:
+        pages: Iterable[list[ops.ExistingObject]] = ops.inventory_objects(s3, json.loads(inventory.read_text()), prefix)
+    else:
+        pages = ops.listed_objects(s3, bucket, prefix)
+    region = s3.meta.region_name or "us-east-1"
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"backfilling {prefix}", total=None)
+        outcome = ops.backfill(
+            target.repository(),
+            target.client("sqs"),
+            target.outputs["SubmitQueueUrl"],
+            region,
+            pages,
+            lambda done: progress.advance(task, done),
+        )
+        progress.update(task, total=outcome.listed, completed=outcome.listed)
+    console.print(
+        f"listed {outcome.listed}, sent {outcome.sent} to the submit queue, "
+        f"skipped {outcome.already_known} already known"
+    )
+
+
+@main.command()
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in TERMINAL_STATUSES]))
+@click.option("--since", help="updated since: an ISO time or 30m, 2h, 1d (default: 1d)")
+@click.option("--prefix", help="images whose key starts with this")
+@click.option("--request-id", help="every image of one Ximilar request")
+@click.option("--dry-run", is_flag=True, help="print what would be submitted, submit nothing")
+@stack_option
+def reprocess(
+    statuses: tuple[str, ...],
+    since: str | None,
+    prefix: str | None,
+    request_id: str | None,
+    dry_run: bool,
+    stack_name: str | None,
+) -> None:
+    """Submit finished images again, each as a new attempt (the sweeper's resubmission path)."""
+    if not (statuses or prefix or request_id):
+        raise click.UsageError("select images with --status, --prefix or --request-id")
+    target = target_for(stack_name)
+    repository = target.repository()
+    wanted = [Status(s) for s in statuses] or sorted(TERMINAL_STATUSES)
+    uris = None
+    if prefix and not request_id:
+        bucket = target.outputs["InputBucketName"]
+        uris = [
+            keys.image_uri(bucket, found.key)
+            for page in ops.listed_objects(target.client("s3"), bucket, prefix)
+            for found in page
+        ]
+    window = views.parse_since(since) or (datetime.min.replace(tzinfo=UTC) if (prefix or request_id) else None)
+    images = ops.select_images(
+        repository,
+        statuses=wanted,
+        since=window or datetime.now(UTC) - timedelta(days=1),
+        request_id=request_id,
+        uris_under_prefix=uris,
+        prefix=prefix,
+    )
+    with target.services() as sweeper:
+        planned = ops.plan_reprocess(images, sweeper.submitter)
+        table = Table("key", "status", "attempts", "reason", "would go to" if dry_run else "goes to")
+        for plan in planned:
+            destination = ":".join(plan.route) if plan.route else f"skipped: {plan.skip}"
+            table.add_row(
+                plan.image.key,
+                plan.image.status.value,
+                str(plan.image.attempts),
+                plan.image.status_reason or "",
+                destination,
+            )
+        console.print(table)
+        chosen = sum(1 for plan in planned if plan.route)
+        if dry_run:
+            console.print(f"dry run: {chosen} of {len(planned)} images would be submitted again")
+            return
+        outcome = ops.reprocess(planned, sweeper.submitter)
+    console.print(
+        f"submitted {outcome.images_submitted} of {chosen} images again in {outcome.requests_submitted} requests; "
+        f"{outcome.handed_on} handed to the sweeper (paused or throttled), {outcome.duplicates} changed meanwhile"
+    )
+
+
+@main.command()
+@click.option("--max", "limit", type=int, help="move at most this many messages")
+@stack_option
+def redrive(limit: int | None, stack_name: str | None) -> None:
+    """Move dead-letter messages back to the submit queue."""
+    target = target_for(stack_name)
+    moved = ops.redrive(
+        target.client("sqs"), target.outputs["SubmitDeadLetterQueueUrl"], target.outputs["SubmitQueueUrl"], limit
+    )
+    console.print(f"moved {moved} messages from the dead-letter queue to the submit queue")
+
+
+@main.command()
+@click.option("--status", help="only Ximilar requests in this state (DONE, CREATED, ...)")
+@click.option("--type", "request_type", help="only Ximilar requests of this type")
+@click.option("--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@stack_option
+def reconcile(status: str | None, request_type: str | None, output: str, stack_name: str | None) -> None:
+    """Ximilar's requests against ours: report what we do not know, record DONE results we missed."""
+    target = target_for(stack_name)
+    with target.services() as sweeper:
+        client = sweeper.ximilar
+        if not isinstance(client, XimilarClient):
+            raise click.ClickException("reconcile needs the HTTP Ximilar client")
+        findings = ops.reconcile(target.repository(), client, sweeper.recorder, status=status, type=request_type)
+    if output == "json":
+        click.echo(json.dumps([asdict(finding) for finding in findings], indent=2))
+        return
+    table = Table(title="Ximilar's requests against ours (records of unknown ones: --output json)")
+    for column in ("request_id", "ximilar", "type", "created", "finding", "our images", "recorded", "records"):
+        table.add_column(column, no_wrap=column in ("request_id", "created"))
+    for finding in findings:
+        table.add_row(
+            finding.request_id,
+            finding.ximilar_status,
+            finding.type,
+            finding.created[:19],
+            finding.finding,
+            str(finding.images),
+            str(finding.recorded),
+            str(len(finding.records)) if finding.finding == "unknown" else "",
+        )
+    console.print(table)
+    summary = Counter(finding.finding for finding in findings)
+    console.print(
+        ", ".join(f"{count} {name}" for name, count in sorted(summary.items())) or "Ximilar lists no requests"
+    )
+
+
+@main.command()
+@click.option("--reason", default="paused with xasync pause", show_default=True)
+@stack_option
+def pause(reason: str, stack_name: str | None) -> None:
+    """Pause submission: uploads are still owned and wait with the reason until `xasync resume`."""
+    paused = target_for(stack_name).repository().pause(reason, datetime.now(UTC))
+    console.print("submission paused" if paused else "submission was already paused")
+
+
+@main.command()
+@stack_option
+def resume(stack_name: str | None) -> None:
+    """End a pause, and lift today's daily limit and credits floor; the sweeper submits what waits."""
+    target_for(stack_name).repository().resume(datetime.now(UTC).date(), datetime.now(UTC))
+    console.print("submission resumed (today's limit lifted); the sweeper submits what waited")
 
 
 @main.command()

@@ -63,6 +63,11 @@ LOCAL_PARAMETERS = {
     "SubmitBatchingWindowSeconds": "1",
 }
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+# Resource types moto 5.2's CloudFormation skips that nothing local needs, and why.
+NOT_NEEDED_LOCALLY = {
+    "AWS::CloudWatch::Alarm": "nothing evaluates metrics locally: the functions print EMF to stdout (tests read it)",
+    "AWS::SNS::Subscription": "no one to e-mail locally (and only with AlertEmail set)",
+}
 
 # Called with (function, event) in the invocation's own thread and context, just before the handler;
 # returns what to call after it with (answer or None, error or None, handler seconds). The cost
@@ -254,6 +259,9 @@ def deploy_resources(
     resolver.physical_ids.update(physical)
     for logical_id, physical_id in physical.items():
         resources[logical_id] = f"moto: {physical_id}"
+    for resource_type, why in NOT_NEEDED_LOCALLY.items():
+        for logical_id in resources_of_type(template, resource_type):
+            resources.setdefault(logical_id, f"not created locally: {why}")
     for logical_id in resources_of_type(template, "AWS::Logs::LogGroup"):
         # Created, so the template's wiring is exercised; the local HTTP API writes no access log to it.
         resources[logical_id] = f"moto: {physical[logical_id]} (nothing writes to it locally)"

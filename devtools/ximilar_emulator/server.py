@@ -20,9 +20,19 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from ximilar_async.request_types import DOCUMENTED_ENDPOINTS as DOCUMENTED
 from ximilar_emulator.processing import process_record
-from ximilar_emulator.state import REQUEST_TYPES, Knobs, PendingFault, Store, StoredRequest, new_id, timestamp
+from ximilar_emulator.state import (
+    REQUEST_TYPES,
+    WORKSPACE,
+    Knobs,
+    PendingFault,
+    Store,
+    StoredRequest,
+    new_id,
+    timestamp,
+)
 
 API_PREFIX = "/account/v2/request"
+ACCOUNT_DETAILS = "/account/v2/details"
 MAX_RECORDS = 10
 TYPE_RECORD_LIMITS = {"upscaler": 1}
 # Ximilar's documented endpoints per type: one table, shared with the client's own checks.
@@ -257,7 +267,7 @@ def create_app(emulator: EmulatorServer) -> Flask:
 
     @app.before_request
     def gate() -> Response | None:
-        if not request.path.startswith(API_PREFIX):
+        if not request.path.startswith((API_PREFIX, ACCOUNT_DETAILS)):
             return None
         g.started = time.time()
         delay = store.knobs.response_delay_seconds
@@ -270,7 +280,7 @@ def create_app(emulator: EmulatorServer) -> Flask:
 
     @app.after_request
     def log(response: Response) -> Response:
-        if request.path.startswith(API_PREFIX):
+        if request.path.startswith((API_PREFIX, ACCOUNT_DETAILS)):
             store.log_call(request.method, request.path, response.status_code, g.get("started", time.time()))
         return response
 
@@ -295,6 +305,7 @@ def create_app(emulator: EmulatorServer) -> Flask:
                 final_state=store.knobs.final_state,
             )
             store.requests[stored.id] = stored
+            store.knobs.credits_counter += store.knobs.credits_per_record * len(records)
         emulator.accept(stored)
         answer = {
             "id": stored.id,
@@ -313,6 +324,21 @@ def create_app(emulator: EmulatorServer) -> Flask:
     def find(request_id: str) -> StoredRequest | None:
         with store.lock:
             return store.requests.get(request_id)
+
+    @app.get(ACCOUNT_DETAILS)
+    @app.get(f"{ACCOUNT_DETAILS}/")
+    def account_details() -> Response:
+        """The user's account, as far as the pipeline reads it: credits used and the limit."""
+        with store.lock:
+            knobs = store.knobs
+            return jsonify(
+                {
+                    "email": "emulator@example.com",
+                    "credits_counter": knobs.credits_counter,
+                    "credits_limit": knobs.credits_limit,
+                    "workspaces": [{"id": WORKSPACE, "name": "Default"}],
+                }
+            )
 
     @app.get(f"{API_PREFIX}/<request_id>")
     @app.get(f"{API_PREFIX}/<request_id>/")

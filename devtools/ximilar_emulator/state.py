@@ -32,6 +32,9 @@ class Knobs:
     image_fetch_timeout_seconds: float = 10.0
     dropped_records: int = 0  # the last N records of each DONE answer are left out (details and webhook)
     renamed_records: int = 0  # the last N records kept carry an `_id` that was never sent
+    credits_limit: int = 1_000_000  # GET /account/v2/details: the account's credits
+    credits_counter: int = 0  # credits used; each accepted record adds credits_per_record
+    credits_per_record: int = 1
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}

@@ -43,8 +43,12 @@ def record_metrics(outcome: SubmitOutcome) -> None:
     metrics.add_metric(name="ImagesHandedOn", unit=MetricUnit.Count, value=outcome.handed_on)
     if outcome.throttled:
         metrics.add_metric(name="XimilarThrottled", unit=MetricUnit.Count, value=1)
+    if outcome.paused:  # the spend guard's alarm watches this
+        metrics.add_metric(name="SubmissionsPaused", unit=MetricUnit.Count, value=outcome.paused)
     for reason, count in outcome.images_failed.items():
         metrics.add_metric(name=f"ImagesFailed.{reason}", unit=MetricUnit.Count, value=count)
+    # One total across reasons (and functions) for the FAILED-per-hour alarm: alarms cannot sum a wildcard.
+    metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=sum(outcome.images_failed.values()))
 
 
 def handle_sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

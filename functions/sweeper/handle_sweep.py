@@ -25,22 +25,31 @@ metrics = Metrics()
 sweeper = runtime.sweeper(settings)
 
 
+SWEEP_COUNTS = (
+    "items_read",
+    "api_calls",
+    "recorded",
+    "requests_recorded",  # the webhook-health alarm: requests no webhook finished
+    "rescheduled",
+    "failed_too_old",
+    "resubmitted_images",
+    "incomplete",  # DONE answers with images missing, checked again later
+    "errors",  # requests whose sweep raised (isolated; bounded by MAX_SWEEP_FAILURES)
+    "failed_after_errors",
+)
+
+
 def record_metrics(outcome: SweepOutcome) -> None:
-    names = (
-        "items_read",
-        "api_calls",
-        "recorded",
-        "rescheduled",
-        "failed_too_old",
-        "resubmitted_images",
-        "incomplete",
-        "errors",
-        "failed_after_errors",
-    )
-    for name in names:
+    for name in SWEEP_COUNTS:
         metrics.add_metric(
             name="Sweep" + name.title().replace("_", ""), unit=MetricUnit.Count, value=getattr(outcome, name)
         )
+    metrics.add_metric(name="ImagesFailed", unit=MetricUnit.Count, value=outcome.images_failed)
+    if outcome.paused:  # the spend guard's alarm watches this (with the submit function's)
+        metrics.add_metric(name="SubmissionsPaused", unit=MetricUnit.Count, value=outcome.paused)
+    # EMF takes at most 100 values of a metric per document: a busy run sends an even sample.
+    for seconds in outcome.latencies[:: len(outcome.latencies) // 100 + 1]:
+        metrics.add_metric(name="ResultLatencySeconds", unit=MetricUnit.Seconds, value=seconds)
 
 
 @logger.inject_lambda_context
@@ -51,5 +60,6 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     record_metrics(outcome)
     # A run that found nothing due is the common case every minute (every 2 s locally): keep it out of INFO.
     busy = outcome.items_read or outcome.taken or outcome.stopped
-    (logger.info if busy else logger.debug)("sweep finished", extra=asdict(outcome))
-    return asdict(outcome)
+    summary = {name: value for name, value in asdict(outcome).items() if name != "latencies"}
+    (logger.info if busy else logger.debug)("sweep finished", extra=summary)
+    return summary

@@ -54,6 +54,10 @@ def receive_webhook() -> Response[str]:
     metrics.add_metric(name="WebhooksAccepted", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ImagesRecorded", unit=MetricUnit.Count, value=outcome.recorded)
     metrics.add_metric(name="DuplicateRecords", unit=MetricUnit.Count, value=outcome.duplicates)
+    # The webhook-health alarm compares this with the sweeper's SweepRequestsRecorded.
+    metrics.add_metric(name="RequestsRecordedByWebhook", unit=MetricUnit.Count, value=1 if outcome.recorded else 0)
+    for seconds in outcome.latencies:
+        metrics.add_metric(name="ResultLatencySeconds", unit=MetricUnit.Seconds, value=seconds)
     if receipt.deferred is not None:
         metrics.add_metric(name=f"WebhooksDeferred.{receipt.deferred.value}", unit=MetricUnit.Count, value=1)
         return json_response(202, {"deferred": receipt.deferred.value, "stored": receipt.stored_at})

@@ -176,3 +176,13 @@ def test_a_rotated_token_is_used_from_the_next_call(emulator: RunningEmulator) -
         client.status("anything")
     tokens.pop(0)  # SSM now holds the new token
     assert list(client.list()) == []
+
+
+def test_remaining_credits_are_the_accounts_limit_less_what_it_used(
+    client: XimilarClient, emulator: RunningEmulator
+) -> None:
+    emulator.control.set_knobs(credits_limit=100, credits_counter=90)
+    assert client.account_details()["credits_limit"] == 100
+    assert client.remaining_credits() == 10
+    client.submit("flows", "my-flow", [record(), record()])
+    assert client.remaining_credits() == 8  # one credit a record, in the emulator

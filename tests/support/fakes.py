@@ -112,6 +112,7 @@ class FakeXimilar:
     calls: list[tuple[str, str]] = field(default_factory=list)  # (method, request id or type)
     during_status: Callable[[str], None] | None = None  # runs while `/status` is being answered
     deadline: float | None = None  # what the caller last bounded its calls by
+    credits_left: int = 1_000_000  # what `remaining_credits` answers
     _failures: list[_Failure] = field(default_factory=list)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -185,6 +186,10 @@ class FakeXimilar:
         if self.during_status is not None:
             self.during_status(request_id)
         return state
+
+    def remaining_credits(self) -> int:
+        self.calls.append(("remaining_credits", ""))
+        return self.credits_left
 
     def get(self, request_id: str) -> dict[str, Any]:
         self._answer("get", request_id)

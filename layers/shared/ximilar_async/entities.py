@@ -7,7 +7,7 @@ reads an ORM attribute and a test can build one in a line.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -84,6 +84,7 @@ class TrackedRequest:
     sweep_failures: int = 0  # sweeps of this request that ended in an unexpected error
     next_check_at: int | None = None  # epoch seconds; None once it left the due index
     created_at: datetime
+    age_from: datetime | None = None  # set while the spend guard holds it: its age counts from here
     updated_at: datetime
 
 
@@ -105,3 +106,12 @@ class DueCounter:
     """Items a sweep read from the due index (the sweeper's cost figure)."""
 
     items_read: int = 0
+
+
+@dataclass(frozen=True)
+class SpendDay:
+    """One UTC day of the spend guard: images admitted for submission, and whether its limit was lifted."""
+
+    day: date
+    submitted: int
+    resumed: bool

@@ -11,10 +11,10 @@ other refusal of a conditional write is a False, and any other error propagates.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from ximilar_async.entities import DueCounter, Image, ImageResult, ObjectLocation, TrackedRequest
+from ximilar_async.entities import DueCounter, Image, ImageResult, ObjectLocation, SpendDay, TrackedRequest
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
@@ -34,6 +34,8 @@ class XimilarApi(Protocol):
     ) -> dict[str, Any]: ...
 
     def status(self, request_id: str) -> str: ...
+
+    def remaining_credits(self) -> int: ...
 
     def get(self, request_id: str) -> dict[str, Any]: ...
 
@@ -78,7 +80,9 @@ class Store(Protocol):
 
     def fail_claimed_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int: ...
 
-    def record_image_result(self, result: ImageResult, now: datetime) -> bool: ...
+    def record_image_result(self, result: ImageResult, now: datetime) -> datetime | None:
+        """The image's created_at when the result was recorded; None when the write did not apply."""
+        ...
 
     def fail_unfinished_images(
         self,
@@ -147,12 +151,27 @@ class Store(Protocol):
     def take_due(self, request: TrackedRequest, until: datetime) -> bool: ...
 
     def reschedule(
-        self, submission_id: str, check_at: datetime, now: datetime, *, ximilar_status: str | None = None
+        self,
+        submission_id: str,
+        check_at: datetime,
+        now: datetime,
+        *,
+        ximilar_status: str | None = None,
+        paused: bool = False,
     ) -> bool: ...
 
     def note_sweep_failure(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool: ...
 
     def clear_retries(self, submission_id: str, now: datetime) -> None: ...
+
+    # the spend guard and the sweeper's own record
+    def pause_reason(self) -> str | None: ...
+
+    def reserve_submissions(self, day: date, images: int, limit: int, now: datetime) -> bool: ...
+
+    def spend_day(self, day: date) -> SpendDay: ...
+
+    def record_sweep(self, outcome: Mapping[str, Any], now: datetime) -> None: ...
 
     # queries
     def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]: ...

@@ -73,6 +73,7 @@ class RecordingOutcome:
     missing: int = 0  # images the answer left unfinished: the request stays due for another look
     request_known: bool = True
     stored_in_s3: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # seconds from upload to result, per image recorded
 
     @property
     def matched_nothing(self) -> bool:
@@ -141,13 +142,14 @@ class ResultRecorder:
         ]
         result.unmatched = len(outcome.response.records) - len(matched)
         answered = {record.record_id for _, record in matched}
-        for (_, record), (image_result, applied) in zip(
+        for (_, record), (image_result, uploaded_at) in zip(
             matched, self._record_all(matched, outcome.id, now), strict=True
         ):
             if image_result.result_s3_uri:
                 result.stored_in_s3.append(image_result.result_s3_uri)
-            if applied:
+            if uploaded_at is not None:
                 result.recorded += 1
+                result.latencies.append((now - uploaded_at).total_seconds())
                 if image_result.status is Status.ERROR and is_transient_record_error(
                     record.status.code, record.status.text
                 ):
@@ -222,7 +224,7 @@ class ResultRecorder:
 
     def _record_all(
         self, matched: list[tuple[str, ResultRecord]], request_id: str, now: datetime
-    ) -> list[tuple[ImageResult, bool]]:
+    ) -> list[tuple[ImageResult, datetime | None]]:
         """Each image's conditional write, at once: they are independent items (a transaction would bill twice)."""
         if len(matched) <= 1:
             return [self._record_image(uri, request_id, record, now) for uri, record in matched]
@@ -233,8 +235,11 @@ class ResultRecorder:
             ]
             return [future.result() for future in futures]
 
-    def _record_image(self, uri: str, request_id: str, record: ResultRecord, now: datetime) -> tuple[ImageResult, bool]:
-        """Write one image's result (inline, or in S3 with a pointer); returns it and whether it applied."""
+    def _record_image(
+        self, uri: str, request_id: str, record: ResultRecord, now: datetime
+    ) -> tuple[ImageResult, datetime | None]:
+        """Write one image's result (inline, or in S3 with a pointer); returns it and, when the write
+        applied, the image's upload time (None: it had finished already)."""
         stored = record.as_stored()
         code, text = record.status.code, record.status.text
         status = Status.DONE if code == 200 else Status.ERROR

@@ -28,6 +28,7 @@ from ximilar_async.dal.repository import Repository
 from ximilar_async.objects import S3Objects
 from ximilar_async.results import ResultRecorder, utc_now
 from ximilar_async.settings import CommonSettings, SubmitSettings, SweeperSettings, WebhookSettings
+from ximilar_async.spend import SpendGuard
 from ximilar_async.submission import Submitter
 from ximilar_async.sweeper import Sweeper
 from ximilar_async.webhook import WebhookReceiver
@@ -142,13 +143,17 @@ def webhook_auth(secret_arn: str, secrets: SecretSources, max_age: timedelta | N
 
 def submitter(settings: SubmitSettings, *, clock: Clock = utc_now) -> Submitter:
     secrets = SecretSources.create()
+    store = repository(settings)
+    ximilar = ximilar_client(settings, secrets)
+    guard = SpendGuard(store, ximilar, settings.daily_submit_limit, settings.min_remaining_credits, clock)
     return Submitter(
-        repository(settings),
-        ximilar_client(settings, secrets),
+        store,
+        ximilar,
         object_store(),
         webhook_auth(settings.webhook_secret_arn, secrets),
         settings,
         clock=clock,
+        guard=guard,
     )
 
 

@@ -100,6 +100,8 @@ class SubmitSettings(CommonSettings):
     submitting_timeout_seconds: int = Field(alias="SUBMITTING_TIMEOUT_SECONDS", ge=30)
     first_check_delay_seconds: int = Field(alias="FIRST_CHECK_DELAY_SECONDS", ge=1)
     submit_concurrency: int = Field(alias="SUBMIT_CONCURRENCY", ge=1, le=32)
+    daily_submit_limit: int = Field(alias="DAILY_SUBMIT_LIMIT", ge=0)  # images per UTC day; 0: none
+    min_remaining_credits: int = Field(alias="MIN_REMAINING_CREDITS", ge=0)  # Ximilar credits floor; 0: none
 
 
 class WebhookSettings(CommonSettings):

@@ -34,6 +34,7 @@ from ximilar_async.objects import ObjectGone
 from ximilar_async.ports import ObjectStore, Store, XimilarApi
 from ximilar_async.request_types import RequestType
 from ximilar_async.settings import SubmitSettings
+from ximilar_async.spend import SpendGuard
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Rejection, Upload, rejection_of, route_for
 from ximilar_async.webhook_auth import WebhookAuth
@@ -72,6 +73,7 @@ class SubmitOutcome:
     handed_on: int = 0  # images owned but not posted: the sweeper submits them
     throttled: bool = False  # Ximilar throttled this invocation (its breaker opened)
     max_in_flight: int = 0  # most POSTs out at once
+    paused: int = 0  # images handed on because the spend guard paused submission (counted in handed_on too)
 
     def merge(self, other: SubmitOutcome) -> None:
         self.retry.update(other.retry)
@@ -82,6 +84,7 @@ class SubmitOutcome:
         self.handed_on += other.handed_on
         self.throttled = self.throttled or other.throttled
         self.max_in_flight = max(self.max_in_flight, other.max_in_flight)
+        self.paused += other.paused
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class Submitter:
     auth: WebhookAuth
     settings: SubmitSettings
     clock: Callable[[], datetime] = utc_now
+    guard: SpendGuard | None = None  # the spend guard (daily limit, credits floor, pause); None: unguarded
 
     @property
     def start_margin(self) -> float:
@@ -229,6 +233,8 @@ class Submitter:
         # The client's own retries end in time for the bookkeeping after the last answer.
         self.ximilar.set_deadline(None if deadline is None else deadline - BOOKKEEPING_SECONDS)
         breaker = Breaker()
+        # Once the guard says no, nothing more of this invocation is posted (as after a 429).
+        paused = self.guard.check() if self.guard is not None else None
         waiting = deque(owned)
         running: set[Future[SubmitOutcome]] = set()
         workers = min(self.settings.submit_concurrency, len(owned))
@@ -239,6 +245,13 @@ class Submitter:
                     held = self._held_back(deadline, breaker)
                     if held is not None:
                         outcome.merge(self._hand_on(request, held, breaker))
+                        continue
+                    if paused is None and self.guard is not None:
+                        # Counted here, on this one thread, before the POST: the count is what may be billed.
+                        paused = self.guard.reserve(len(request.uploads))
+                    if paused is not None:
+                        outcome.merge(self._hand_on(request, paused, breaker))
+                        outcome.paused += len(request.uploads)
                         continue
                     # A copy of the context per task: log keys and test attribution follow the POST.
                     context = contextvars.copy_context()

@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Final
 
@@ -74,8 +74,12 @@ class SweepOutcome:
     incomplete: int = 0  # requests Ximilar answered DONE with images missing: checked again later
     errors: int = 0  # requests whose sweep ended in an unexpected error
     failed_after_errors: int = 0  # requests given up after MAX_SWEEP_FAILURES such errors
+    requests_recorded: int = 0  # DONE requests whose results this run recorded (no webhook had)
+    images_failed: int = 0  # images this run ended FAILED
+    paused: int = 0  # requests not submitted again because the spend guard paused submission
     stopped: str | None = None  # why the run stopped early: deadline, budget, throttled
     by_state: dict[str, int] = field(default_factory=dict)
+    latencies: list[float] = field(default_factory=list)  # upload to result, seconds, per image recorded
 
 
 @dataclass
@@ -88,6 +92,8 @@ class Sweeper:
     clock: Callable[[], datetime] = utc_now
     rng: random.Random = field(default_factory=random.Random)
     deadline: float | None = field(default=None, init=False)  # of the current run, time.monotonic()
+    # Why submission is paused, read once per run when first needed ("" until read; None: not paused).
+    _pause: str | None = field(default="", init=False)
 
     def sweep(self, remaining_millis: Callable[[], int]) -> SweepOutcome:
         outcome = SweepOutcome()
@@ -95,6 +101,7 @@ class Sweeper:
         shards = list(range(self.settings.index_shards))
         self.rng.shuffle(shards)
         now = self.clock()
+        self._pause = ""
         for request in self.repository.due_requests(shards, now, counter):
             left = remaining_millis()
             if left < DEADLINE_MARGIN_MS:
@@ -113,6 +120,9 @@ class Sweeper:
                 outcome.stopped = "throttled"
                 break
         outcome.items_read = counter.items_read
+        # For `xasync status`: one small item, overwritten every run (it also shows the sweeper is alive).
+        summary = {name: value for name, value in asdict(outcome).items() if name != "latencies"}
+        self.repository.record_sweep({key: value for key, value in summary.items() if value is not None}, self.clock())
         return outcome
 
     def _sweep_isolated(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
@@ -166,6 +176,22 @@ class Sweeper:
             return
         self._give_up(request, request.ximilar_status or request.status.value, reason, outcome)
 
+    def _paused(self) -> str | None:
+        """Why the spend guard holds submissions now (read at most once per run), or None."""
+        if self._pause == "":
+            guard = self.submitter.guard
+            self._pause = guard.paused() if guard is not None else None
+        return self._pause
+
+    def _wait_for_resume(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
+        """Paused: check the request again later, untouched (a pause is not an attempt and does not age it out)."""
+        if self._paused() is None:
+            return False
+        outcome.paused += 1
+        later = self.clock() + timedelta(seconds=self.settings.first_check_delay_seconds)
+        self._reschedule(request, later, None, outcome, paused=True)
+        return True
+
     def _context(self, request: TrackedRequest, error: Exception | None = None) -> dict[str, object]:
         # Ids and the error only: no record (its URLs are presigned) and no token.
         context: dict[str, object] = {"submission_id": request.submission_id, "request_id": request.request_id}
@@ -175,6 +201,9 @@ class Sweeper:
         return context
 
     def _sweep_one(self, request: TrackedRequest, outcome: SweepOutcome) -> None:
+        resubmits = request.status is Status.SUBMITTING or (request.status is Status.DONE and request.retry_record_ids)
+        if resubmits and self._wait_for_resume(request, outcome):
+            return
         if request.status is Status.SUBMITTING:
             self._submit_again(request, outcome)
         elif request.status is Status.DONE and request.retry_record_ids:
@@ -208,11 +237,15 @@ class Sweeper:
             outcome.recorded += recorded.recorded
             if recorded.missing:
                 outcome.incomplete += 1
+            outcome.requests_recorded += 1 if recorded.recorded else 0
+            outcome.latencies += recorded.latencies
         elif kind is XimilarStateKind.FAILED:
             recorded = self.recorder.record(request.submission_id, RequestOutcome(status=state, id=request_id))
             outcome.failed_by_ximilar += recorded.recorded
+            outcome.images_failed += recorded.recorded
         elif kind is XimilarStateKind.THROTTLED:
-            self._resubmit_elsewhere(request, state, outcome)
+            if not self._wait_for_resume(request, outcome):
+                self._resubmit_elsewhere(request, state, outcome)
         elif self._too_old(request):
             seconds = self.settings.max_request_age_seconds
             self._give_up(request, state, f"not finished after {seconds} s (last state {state})", outcome)
@@ -221,7 +254,8 @@ class Sweeper:
             self._check_later(request, state, outcome)
 
     def _too_old(self, request: TrackedRequest) -> bool:
-        return self.clock() - request.created_at > timedelta(seconds=self.settings.max_request_age_seconds)
+        born = max(request.created_at, request.age_from or request.created_at)
+        return self.clock() - born > timedelta(seconds=self.settings.max_request_age_seconds)
 
     def _check_later(self, request: TrackedRequest, state: str | None, outcome: SweepOutcome) -> None:
         first = timedelta(seconds=self.settings.first_check_delay_seconds)
@@ -229,9 +263,11 @@ class Sweeper:
         if self._reschedule(request, self.clock() + delay, state, outcome):
             outcome.rescheduled += 1
 
-    def _reschedule(self, request: TrackedRequest, at: datetime, state: str | None, outcome: SweepOutcome) -> bool:
+    def _reschedule(
+        self, request: TrackedRequest, at: datetime, state: str | None, outcome: SweepOutcome, *, paused: bool = False
+    ) -> bool:
         """Check again at `at`; a lost race means a webhook finished the request meanwhile: nothing to do."""
-        if self.repository.reschedule(request.submission_id, at, self.clock(), ximilar_status=state):
+        if self.repository.reschedule(request.submission_id, at, self.clock(), ximilar_status=state, paused=paused):
             return True
         logger.info("request finished while it was being checked", extra=self._context(request))
         outcome.finished_meanwhile += 1
@@ -240,7 +276,7 @@ class Sweeper:
     def _give_up(self, request: TrackedRequest, state: str, reason: str, outcome: SweepOutcome) -> None:
         now = self.clock()
         logger.warning("request given up", extra={**self._context(request), "reason": reason})
-        self.repository.fail_unfinished_images(request.images, reason, now)
+        outcome.images_failed += self.repository.fail_unfinished_images(request.images, reason, now)
         # False: it became DONE meanwhile, and DONE is never undone.
         self.repository.finish_request(
             request.submission_id,
@@ -308,7 +344,7 @@ class Sweeper:
         for image in images:
             if image not in again:
                 reason = f"gave up after {image.attempts} attempts: {image.status_reason}"
-                self.repository.fail_unfinished_images(
+                outcome.images_failed += self.repository.fail_unfinished_images(
                     {image.record_id: image.uri}, reason, self.clock(), from_statuses=(Status.ERROR,)
                 )
         self._submit_images(request, again, outcome)

@@ -117,16 +117,42 @@ class RequestItem(Model):
     due_shard = UnicodeAttribute(null=True)
     next_check_at = NumberAttribute(null=True)  # epoch seconds
     created_at = UTCDateTimeAttribute()
+    # The age limit of a request held back by the spend guard counts from its last paused check, not
+    # from created_at: time spent paused is not time Ximilar had it.
+    age_from = UTCDateTimeAttribute(null=True)
     updated_at = UTCDateTimeAttribute()
     expires_at = TTLAttribute(null=True)
 
     due = DueIndex()
 
 
+class ControlItem(Model):
+    """A few small items of the pipeline's own state, kept in the requests table under `control#...` keys.
+
+    No second table to deploy, and none of these items ever enters the `due` index (no `due_shard`):
+    - `control#pause`: submission paused by hand (`xasync pause`) until `xasync resume`;
+    - `control#spend#<YYYY-MM-DD>`: images admitted for submission that UTC day (an atomic counter),
+      and whether `xasync resume` lifted that day's limit;
+    - `control#last-sweep`: what the last sweeper run did, for `xasync status`.
+    """
+
+    class Meta:
+        table_name = "unbound-requests"  # replaced by bind_tables
+
+    submission_id = UnicodeAttribute(hash_key=True)
+    submitted = NumberAttribute(null=True)  # spend day: images admitted
+    resumed = BooleanAttribute(null=True)  # spend day: the limit was lifted by hand
+    reason = UnicodeAttribute(null=True)  # pause: why
+    outcome = MapAttribute[str, Any](null=True)  # last sweep: its counts
+    updated_at = UTCDateTimeAttribute()
+    expires_at = TTLAttribute(null=True)
+
+
 @dataclass(frozen=True)
 class Tables:
     images: type[ImageItem]
     requests: type[RequestItem]
+    control: type[ControlItem]
 
 
 def bind_tables(
@@ -143,4 +169,5 @@ def bind_tables(
 
     images = type("BoundImageItem", (ImageItem,), {"Meta": meta(images_table), "__module__": __name__})
     requests = type("BoundRequestItem", (RequestItem,), {"Meta": meta(requests_table), "__module__": __name__})
-    return Tables(images=images, requests=requests)
+    control = type("BoundControlItem", (ControlItem,), {"Meta": meta(requests_table), "__module__": __name__})
+    return Tables(images=images, requests=requests, control=control)

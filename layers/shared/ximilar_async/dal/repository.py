@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, TypeVar
 
 from pynamodb.exceptions import DeleteError, PutError, UpdateError
@@ -26,7 +27,7 @@ from pynamodb.expressions.update import Action
 
 from ximilar_async import keys
 from ximilar_async.dal.models import ImageItem, RequestItem, Tables
-from ximilar_async.entities import DueCounter, Image, ImageResult, Output, OutputState, TrackedRequest
+from ximilar_async.entities import DueCounter, Image, ImageResult, Output, OutputState, SpendDay, TrackedRequest
 from ximilar_async.ports import ItemTooLarge
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
@@ -37,6 +38,13 @@ UNFINISHED: Final = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 PARALLEL_QUERIES: Final = 16  # index queries of one page read in flight at once
 T = TypeVar("T")
+PAUSE_KEY: Final = "control#pause"
+LAST_SWEEP_KEY: Final = "control#last-sweep"
+SPEND_DAY_RETENTION: Final = timedelta(days=7)  # a day's counter is kept a week, for `xasync status`
+
+
+def spend_key(day: date) -> str:
+    return f"control#spend#{day.isoformat()}"
 
 
 def _applied(write: Callable[[], object]) -> bool:
@@ -114,6 +122,7 @@ def _request(item: RequestItem) -> TrackedRequest:
         sweep_failures=int(item.sweep_failures or 0),
         next_check_at=None if item.next_check_at is None else int(item.next_check_at),
         created_at=item.created_at,
+        age_from=item.age_from,
         updated_at=item.updated_at,
     )
 
@@ -322,10 +331,12 @@ class Repository:
         except self.tables.requests.DoesNotExist:
             return None
 
-    def record_image_result(self, result: ImageResult, now: datetime) -> bool:
-        """Finish one image DONE or ERROR; False when it is already finished or was uploaded again since.
+    def record_image_result(self, result: ImageResult, now: datetime) -> datetime | None:
+        """Finish one image DONE or ERROR: the image's `created_at` (its upload, for the latency metric) when
+        it applied, None when it is already finished or was uploaded again since.
 
-        Raises `ItemTooLarge` when the result does not fit in the item.
+        The write returns the item's new attributes anyway, so the upload time costs no read. Raises
+        `ItemTooLarge` when the result does not fit in the item.
         """
         images = self.tables.images
         # The result first: DynamoDB applies an update whole or not at all, but moto (the tests' DynamoDB)
@@ -339,7 +350,11 @@ class Repository:
         actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
         replaceable = [status.value for status in (*UNFINISHED, Status.FAILED)]
         condition = (images.record_id == result.record_id) & images.status.is_in(*replaceable)
-        return _applied(lambda: images(result.uri).update(actions=actions, condition=condition))
+        item = images(result.uri)
+        if not _applied(lambda: item.update(actions=actions, condition=condition)):
+            return None
+        created_at: datetime | None = getattr(item, "created_at", None)
+        return created_at or now
 
     def await_missing_records(
         self,
@@ -454,9 +469,18 @@ class Repository:
         return _applied(lambda: requests(request.submission_id).update(actions=[action], condition=unchanged))
 
     def reschedule(
-        self, submission_id: str, check_at: datetime, now: datetime, *, ximilar_status: str | None = None
+        self,
+        submission_id: str,
+        check_at: datetime,
+        now: datetime,
+        *,
+        ximilar_status: str | None = None,
+        paused: bool = False,
     ) -> bool:
-        """Check again at `check_at`; False when the request left the due index meanwhile (it finished)."""
+        """Check again at `check_at`; False when the request left the due index meanwhile (it finished).
+
+        `paused`: the spend guard holds it; its age limit counts from now.
+        """
         requests = self.tables.requests
         actions: list[Action] = [
             requests.next_check_at.set(epoch(check_at)),
@@ -465,6 +489,8 @@ class Repository:
         ]
         if ximilar_status:
             actions.append(requests.ximilar_status.set(ximilar_status))
+        if paused:
+            actions.append(requests.age_from.set(now))
         due = requests.due_shard.exists()
         return _applied(lambda: requests(submission_id).update(actions=actions, condition=due))
 
@@ -629,6 +655,101 @@ class Repository:
             return ImagePage(found, None)
         last = by_uri.get(uris[limit - 1])
         return ImagePage(found, PagePosition(last.updated_at if last else EPOCH, uris[limit - 1]))
+
+    def status_reasons(self, statuses: Iterable[Status], since: datetime) -> Counter[str]:
+        """The `status_reason`s of images in `statuses` since `since` (projected in `by_status`), counted."""
+        images = self.tables.images
+        return Counter(
+            str(item.status_reason or "(no reason)")
+            for status in statuses
+            for shard in keys.all_status_shards(status, self.shards)
+            for item in images.by_status.query(shard, images.updated_at >= since)
+        )
+
+    def least_recently_updated(self, statuses: Iterable[Status]) -> Image | None:
+        """The image in `statuses` that changed longest ago: the first item of every shard, oldest wins."""
+        images = self.tables.images
+        oldest: Any = None
+        for status in statuses:
+            for shard in keys.all_status_shards(status, self.shards):
+                for item in images.by_status.query(shard, scan_index_forward=True, limit=1):
+                    if oldest is None or item.updated_at < oldest.updated_at:
+                        oldest = item
+        return None if oldest is None else self.image(oldest.image_uri)
+
+    def unfinished_requests(self) -> list[TrackedRequest]:
+        """Every request still in the `due` index (not finished, or DONE with images to retry), every shard."""
+        requests = self.tables.requests
+        return [_request(item) for shard in keys.all_due_shards(self.shards) for item in requests.due.query(shard)]
+
+    def image_statuses_of_request(self, request_id: str) -> dict[str, Status]:
+        """Image URI -> status of every image that carries this Ximilar request id (the `by_request` index)."""
+        return {item.image_uri: Status(item.status) for item in self.tables.images.by_request.query(request_id)}
+
+    # --- spend guard and operations state (control items in the requests table) ----------------------
+    def pause_reason(self) -> str | None:
+        """Why submission is paused by hand, or None."""
+        try:
+            return str(self.tables.control.get(PAUSE_KEY, consistent_read=True).reason or "paused")
+        except self.tables.control.DoesNotExist:
+            return None
+
+    def pause(self, reason: str, now: datetime) -> bool:
+        """Pause submission until `resume`; False when it was already paused (the first reason is kept)."""
+        control = self.tables.control
+        item = control(PAUSE_KEY, reason=reason, updated_at=now)
+        return _applied(lambda: item.save(condition=control.submission_id.does_not_exist()))
+
+    def resume(self, day: date, now: datetime) -> bool:
+        """End a pause by hand and lift `day`'s limit; False when neither was in force (the day is lifted anyway)."""
+        control = self.tables.control
+        unpaused = _applied(lambda: control(PAUSE_KEY).delete(condition=control.submission_id.exists()))
+        lift: list[Action] = [
+            control.resumed.set(True),
+            control.updated_at.set(now),
+            control.expires_at.set(now + SPEND_DAY_RETENTION),
+        ]
+        lifted = _applied(
+            lambda: control(spend_key(day)).update(actions=lift, condition=control.resumed.does_not_exist())
+        )
+        return unpaused or lifted
+
+    def reserve_submissions(self, day: date, images: int, limit: int, now: datetime) -> bool:
+        """Count `images` against `day`'s limit in one atomic ADD; False (nothing counted) when they do not fit.
+
+        The condition makes the check and the count one write: concurrent submitters never overshoot.
+        A day whose limit was lifted by `resume` takes everything.
+        """
+        control = self.tables.control
+        actions: list[Action] = [
+            control.submitted.add(images),
+            control.updated_at.set(now),
+            control.expires_at.set(now + SPEND_DAY_RETENTION),
+        ]
+        # `resumed` is only ever set (to true): its existence is the lift.
+        fits = control.resumed.exists()
+        if images <= limit:
+            fits = fits | control.submitted.does_not_exist() | (control.submitted <= limit - images)
+        return _applied(lambda: control(spend_key(day)).update(actions=actions, condition=fits))
+
+    def spend_day(self, day: date) -> SpendDay:
+        try:
+            item = self.tables.control.get(spend_key(day), consistent_read=True)
+        except self.tables.control.DoesNotExist:
+            return SpendDay(day, 0, resumed=False)
+        return SpendDay(day, int(item.submitted or 0), resumed=bool(item.resumed))
+
+    def record_sweep(self, outcome: Mapping[str, Any], now: datetime) -> None:
+        """Keep what the last sweeper run did (one small item, overwritten every run)."""
+        self.tables.control(LAST_SWEEP_KEY, outcome=dict(outcome), updated_at=now).save()
+
+    def last_sweep(self) -> tuple[datetime, dict[str, Any]] | None:
+        """When the last sweeper run ended, and what it did."""
+        try:
+            item = self.tables.control.get(LAST_SWEEP_KEY, consistent_read=True)
+        except self.tables.control.DoesNotExist:
+            return None
+        return item.updated_at, item.outcome.as_dict() if item.outcome is not None else {}  # type: ignore[no-untyped-call]
 
 
 _END: Final = object()

@@ -30,6 +30,7 @@ from ximilar_async.ximilar.exceptions import (
 )
 
 REQUEST_PATH: Final = "/account/v2/request"
+ACCOUNT_DETAILS_PATH: Final = "/account/v2/details"
 CONNECT_TIMEOUT_SECONDS: Final = 3.05  # a little over a TCP retransmission window
 RETRYABLE_STATUSES: Final = frozenset({429, 502, 503, 504})
 
@@ -200,6 +201,18 @@ class XimilarClient:
     def get(self, request_id: str) -> JsonObject:
         """The request's details, with `response` when it is DONE."""
         return self._call("GET", f"{REQUEST_PATH}/{request_id}")
+
+    def account_details(self) -> JsonObject:
+        """The account's details (`credits_counter`: credits used, `credits_limit`, ...)."""
+        return self._call("GET", ACCOUNT_DETAILS_PATH)
+
+    def remaining_credits(self) -> int:
+        """Credits left on the account: `credits_limit - credits_counter`."""
+        details = self.account_details()
+        try:
+            return int(details["credits_limit"]) - int(details["credits_counter"])
+        except (KeyError, TypeError, ValueError):
+            raise XimilarTransientError(f"account details without credits: {sorted(details)}") from None
 
     def list(self, *, status: str | None = None, type: str | None = None) -> Iterator[JsonObject]:
         """Every request matching the filters, following `next` page by page."""

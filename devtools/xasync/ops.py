@@ -1,0 +1,415 @@
+"""What the operations commands do (`status`, `backfill`, `reprocess`, `redrive`, `reconcile`), apart from printing.
+
+Each function takes its collaborators (the Repository, boto3 clients, the services `runtime` builds), so
+the same code runs on the local stack and on a deployed one, and tests call it directly. Reads go through
+the Repository (indexes, batch gets, never a Scan); resubmission goes through the Submitter, and recording
+through the ResultRecorder, exactly as the functions do it.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import quote_plus, unquote_plus, urlsplit
+
+from ximilar_async import keys
+from ximilar_async.dal.repository import UNFINISHED, Repository
+from ximilar_async.entities import Image
+from ximilar_async.payloads import parse_outcome
+from ximilar_async.request_types import parse_request_type
+from ximilar_async.results import ResultRecorder
+from ximilar_async.statuses import TERMINAL_STATUSES, Status
+from ximilar_async.submission import SubmitOutcome, Submitter, chunks
+from ximilar_async.uploads import Upload, rejection_of, route_for
+from ximilar_async.ximilar import XimilarClient
+
+QUEUE_ATTRIBUTES: Final = [
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+]
+BATCH_GET_SIZE: Final = 100  # DynamoDB's BatchGetItem limit
+SQS_BATCH_SIZE: Final = 10  # SendMessageBatch's limit
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- status -------------------------------------------------------------------------------------------
+def queue_depths(sqs: Any, queues: dict[str, str]) -> dict[str, dict[str, int]]:
+    """name -> visible, in flight, delayed: SQS's own attributes, no message read."""
+    depths: dict[str, dict[str, int]] = {}
+    for name, url in queues.items():
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=QUEUE_ATTRIBUTES)["Attributes"]
+        depths[name] = {
+            "visible": int(attributes.get("ApproximateNumberOfMessages", 0)),
+            "in_flight": int(attributes.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            "delayed": int(attributes.get("ApproximateNumberOfMessagesDelayed", 0)),
+        }
+    return depths
+
+
+def status_report(
+    repository: Repository,
+    sqs: Any,
+    queues: dict[str, str],
+    since: datetime,
+    daily_limit: int,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Everything `xasync status` shows, as plain data (what `--output json` prints)."""
+    now = now or utc_now()
+    counts = repository.count_by_status(since, list(Status))
+    in_flight = Counter(request.status.value for request in repository.unfinished_requests())
+    oldest = repository.least_recently_updated(UNFINISHED)
+    last_sweep = repository.last_sweep()
+    day = repository.spend_day(now.date())
+    paused_by_hand = repository.pause_reason()
+    limit_reached = bool(daily_limit) and day.submitted >= daily_limit and not day.resumed
+    return {
+        "since": since.isoformat(),
+        "images_by_status": {status.value: count for status, count in counts.items()},
+        "requests_unfinished": dict(sorted(in_flight.items())),
+        "oldest_unfinished": None
+        if oldest is None
+        else {
+            "key": oldest.key,
+            "status": oldest.status.value,
+            "reason": oldest.status_reason,
+            "uploaded_at": oldest.created_at.isoformat(),
+            "age_seconds": int((now - oldest.created_at).total_seconds()),
+        },
+        "queues": queue_depths(sqs, queues),
+        "last_sweep": None
+        if last_sweep is None
+        else {
+            "at": last_sweep[0].isoformat(),
+            "age_seconds": int((now - last_sweep[0]).total_seconds()),
+            **last_sweep[1],
+        },
+        "top_failure_reasons": repository.status_reasons([Status.FAILED, Status.ERROR], since).most_common(5),
+        "spend_guard": {
+            "day": day.day.isoformat(),
+            "submitted_today": day.submitted,
+            "daily_limit": daily_limit or None,
+            "resumed_today": day.resumed,
+            "paused": paused_by_hand is not None or limit_reached,
+            "reason": paused_by_hand
+            if paused_by_hand is not None
+            else ("daily limit reached" if limit_reached else None),
+        },
+    }
+
+
+# --- backfill -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExistingObject:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    version_id: str | None
+    last_modified: datetime
+
+    @property
+    def record_id(self) -> str:
+        return keys.record_id(self.bucket, self.key, self.version_id or self.etag)
+
+
+def listed_objects(s3: Any, bucket: str, prefix: str) -> Iterator[list[ExistingObject]]:
+    """Pages of the objects under `prefix` (ListObjectsV2; ListObjectVersions' latest in a versioned bucket)."""
+    versioned = s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
+    if versioned:
+        for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            yield [
+                ExistingObject(bucket, v["Key"], v["Size"], v["ETag"].strip('"'), v["VersionId"], v["LastModified"])
+                for v in page.get("Versions", [])
+                if v.get("IsLatest")
+            ]
+        return
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield [
+            ExistingObject(bucket, o["Key"], o["Size"], o["ETag"].strip('"'), None, o["LastModified"])
+            for o in page.get("Contents", [])
+        ]
+
+
+def inventory_objects(s3: Any, manifest: dict[str, Any], prefix: str) -> Iterator[list[ExistingObject]]:
+    """Pages (one per data file) of an S3 Inventory report in CSV, from its `manifest.json`."""
+    if manifest.get("fileFormat", "CSV") != "CSV":
+        raise ValueError(f"only CSV inventories are read, this one is {manifest['fileFormat']}")
+    columns = [name.strip() for name in manifest["fileSchema"].split(",")]
+    destination = manifest["destinationBucket"].rsplit(":", 1)[-1]
+    for data_file in manifest["files"]:
+        body = s3.get_object(Bucket=destination, Key=data_file["key"])["Body"].read()
+        rows = csv.reader(io.StringIO(gzip.decompress(body).decode()))
+        page: list[ExistingObject] = []
+        for row in rows:
+            entry = dict(zip(columns, row, strict=False))
+            key = unquote_plus(entry["Key"])  # inventories URL-encode keys
+            if not key.startswith(prefix) or entry.get("IsLatest", "true") == "false":
+                continue
+            if entry.get("IsDeleteMarker") == "true":
+                continue
+            modified = entry.get("LastModifiedDate") or utc_now().isoformat()
+            page.append(
+                ExistingObject(
+                    entry["Bucket"],
+                    key,
+                    int(entry.get("Size") or 0),
+                    entry.get("ETag", "").strip('"'),
+                    entry.get("VersionId") or None,
+                    datetime.fromisoformat(modified.replace("Z", "+00:00")),
+                )
+            )
+        yield page
+
+
+def notification(region: str, found: ExistingObject) -> dict[str, Any]:
+    """The message S3 would have sent for this object: an ObjectCreated notification, one record.
+
+    No `sequencer`: S3 has none for an old object; the submit function orders by the event time
+    (the object's LastModified), as it does for any notification without one.
+    """
+    s3_object: dict[str, Any] = {"key": quote_plus(found.key, safe="/"), "size": found.size, "eTag": found.etag}
+    if found.version_id:
+        s3_object["versionId"] = found.version_id
+    return {
+        "Records": [
+            {
+                "eventVersion": "2.1",
+                "eventSource": "aws:s3",
+                "awsRegion": region,
+                "eventTime": found.last_modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "eventName": "ObjectCreated:Put",
+                "userIdentity": {"principalId": "xasync-backfill"},
+                "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+                "responseElements": {},
+                "s3": {
+                    "s3SchemaVersion": "1.0",
+                    "configurationId": "xasync-backfill",
+                    "bucket": {"name": found.bucket, "arn": f"arn:aws:s3:::{found.bucket}"},
+                    "object": s3_object,
+                },
+            }
+        ]
+    }
+
+
+@dataclass
+class BackfillOutcome:
+    listed: int = 0
+    sent: int = 0
+    already_known: int = 0  # an image item exists for this version already
+
+
+def backfill(
+    repository: Repository,
+    sqs: Any,
+    queue_url: str,
+    region: str,
+    pages: Iterable[list[ExistingObject]],
+    progress: Callable[[int], None] = lambda _: None,
+) -> BackfillOutcome:
+    """Send each listed object that has no image item for its version to the submit queue, as S3 would have.
+
+    Safe to run twice: the second run finds the items the first one caused (and the submit function's
+    claim makes a message sent twice harmless anyway).
+    """
+    outcome = BackfillOutcome()
+    for page in pages:
+        for batch in chunks(page, BATCH_GET_SIZE):
+            outcome.listed += len(batch)
+            known = repository.images_by_uri([keys.image_uri(o.bucket, o.key) for o in batch], consistent=False)
+            new = [
+                o
+                for o in batch
+                if (image := known.get(keys.image_uri(o.bucket, o.key))) is None or image.record_id != o.record_id
+            ]
+            outcome.already_known += len(batch) - len(new)
+            for group in chunks(new, SQS_BATCH_SIZE):
+                entries = [
+                    {"Id": str(number), "MessageBody": json.dumps(notification(region, found))}
+                    for number, found in enumerate(group)
+                ]
+                answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+                if answer.get("Failed"):
+                    raise RuntimeError(f"SQS refused {len(answer['Failed'])} messages: {answer['Failed'][0]}")
+                outcome.sent += len(group)
+            progress(len(batch))
+    return outcome
+
+
+# --- reprocess ------------------------------------------------------------------------------------------
+@dataclass
+class Planned:
+    image: Image
+    route: tuple[str, str] | None  # (type, endpoint) it is submitted to, or None when skipped
+    skip: str | None = None
+
+
+def select_images(
+    repository: Repository,
+    *,
+    statuses: Sequence[Status],
+    since: datetime,
+    request_id: str | None,
+    uris_under_prefix: Iterable[str] | None,
+    prefix: str | None,
+) -> list[Image]:
+    """The images a selection names: by Ximilar request, by key prefix (S3's listing), or by status and time."""
+    if request_id:
+        uris: Iterable[str] = repository.image_uris_of_request(request_id)
+    elif uris_under_prefix is not None:
+        uris = uris_under_prefix
+    else:
+        uris = repository.image_uris_by_status(statuses, since)
+    found: list[Image] = []
+    for batch in chunks(list(dict.fromkeys(uris)), BATCH_GET_SIZE):
+        found += repository.images_by_uri(batch).values()
+    wanted = set(statuses)
+    return sorted(
+        (
+            image
+            for image in found
+            if image.status in wanted and image.updated_at >= since and (not prefix or image.key.startswith(prefix))
+        ),
+        key=lambda image: image.key,
+    )
+
+
+def plan_reprocess(images: Iterable[Image], submitter: Submitter) -> list[Planned]:
+    """Where each image would go again: its own type and endpoint, or its route now; unfinished ones are skipped."""
+    settings = submitter.settings
+    planned = []
+    for image in images:
+        if image.status not in TERMINAL_STATUSES:
+            planned.append(Planned(image, None, f"{image.status.value}: not finished, left alone"))
+            continue
+        route = route_for(image.key, settings.routes)
+        rejection = rejection_of(Upload.of_image(image), route, settings.max_image_bytes)
+        if rejection is not None or route is None:
+            planned.append(Planned(image, None, rejection.text if rejection else "no route"))
+            continue
+        request_type = image.request_type or route.request_type.value
+        planned.append(Planned(image, (request_type, image.endpoint or route.endpoint)))
+    return planned
+
+
+def reprocess(planned: Sequence[Planned], submitter: Submitter) -> SubmitOutcome:
+    """Submit the planned images again as a new attempt each: `submit_batch(..., previous=...)`, as the sweeper does."""
+    outcome = SubmitOutcome()
+    groups: dict[tuple[str, str], list[Image]] = {}
+    for plan in planned:
+        if plan.route is not None:
+            groups.setdefault(plan.route, []).append(plan.image)
+    for (type_name, endpoint), images in groups.items():
+        request_type = parse_request_type(type_name)
+        for chunk in chunks(images, submitter.settings.records_per_request[request_type]):
+            outcome.merge(
+                submitter.submit_batch(
+                    request_type,
+                    endpoint,
+                    [Upload.of_image(image) for image in chunk],
+                    previous={image.uri: image for image in chunk},
+                )
+            )
+    return outcome
+
+
+# --- redrive --------------------------------------------------------------------------------------------
+def redrive(sqs: Any, dead_letter_url: str, queue_url: str, limit: int | None = None) -> int:
+    """Move dead-letter messages back to the submit queue: receive, send, then delete what was sent.
+
+    Not SQS's StartMessageMoveTask: moto (the local stack) does not implement it, and this works on both.
+    A message is deleted only after its copy was sent, so a crash in between duplicates, never loses, it.
+    """
+    moved = 0
+    while limit is None or moved < limit:
+        want = SQS_BATCH_SIZE if limit is None else min(SQS_BATCH_SIZE, limit - moved)
+        messages = sqs.receive_message(
+            QueueUrl=dead_letter_url, MaxNumberOfMessages=want, WaitTimeSeconds=1, VisibilityTimeout=60
+        ).get("Messages", [])
+        if not messages:
+            break
+        entries = [{"Id": str(n), "MessageBody": m["Body"]} for n, m in enumerate(messages)]
+        answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
+        sent = {int(entry["Id"]) for entry in answer.get("Successful", [])}
+        done = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages) if n in sent]
+        if done:
+            sqs.delete_message_batch(QueueUrl=dead_letter_url, Entries=done)
+        moved += len(done)
+        if len(done) < len(messages):
+            raise RuntimeError(f"SQS refused to send {len(messages) - len(done)} messages; they stay in the DLQ")
+    return moved
+
+
+# --- reconcile ------------------------------------------------------------------------------------------
+@dataclass
+class Finding:
+    request_id: str
+    ximilar_status: str
+    type: str
+    created: str
+    finding: str  # unknown | recorded | ok | pending
+    images: int = 0  # images of ours that carry this request id
+    recorded: int = 0  # images this run recorded
+    records: list[dict[str, str]] = field(default_factory=list)  # for unknown requests: what was sent
+
+
+def _record_summary(record: dict[str, Any]) -> dict[str, str]:
+    """A record as the report shows it: its `_id` and where the image was (never a URL's signature)."""
+    source = "_base64" if record.get("_base64") else str(record.get("_url", ""))
+    if source.startswith("http"):
+        parts = urlsplit(source)
+        source = f"{parts.scheme}://{parts.netloc}{parts.path}"
+    return {"_id": str(record.get("_id", "")), "source": source}
+
+
+def reconcile(
+    repository: Repository,
+    ximilar: XimilarClient,
+    recorder: ResultRecorder,
+    *,
+    status: str | None = None,
+    type: str | None = None,
+) -> list[Finding]:
+    """Ximilar's request list (every page) against our items, through the images' `by_request` index.
+
+    - a request no image of ours carries: billed, but lost to us (a crash between the POST and the write,
+      or images submitted again since); reported with its records;
+    - DONE at Ximilar, images of ours unfinished: recorded now, through the one recording path;
+    - otherwise ok (or still pending at Ximilar).
+    """
+    findings = []
+    for summary in ximilar.list(status=status, type=type):
+        request_id = str(summary["id"])
+        finding = Finding(
+            request_id, str(summary.get("status")), str(summary.get("type")), str(summary.get("created")), "ok"
+        )
+        images = repository.image_statuses_of_request(request_id)
+        finding.images = len(images)
+        if not images:
+            finding.finding = "unknown"
+            details = ximilar.get(request_id)
+            finding.records = [_record_summary(r) for r in (details.get("request") or {}).get("records", [])]
+        elif finding.ximilar_status == "DONE":
+            unfinished = [uri for uri, state in images.items() if state in UNFINISHED]
+            if unfinished:
+                outcome = parse_outcome(ximilar.get(request_id))
+                submissions = {image.submission_id for image in repository.images_by_uri(unfinished).values()}
+                for submission_id in sorted(filter(None, submissions)):
+                    finding.recorded += recorder.record(submission_id, outcome).recorded
+                finding.finding = "recorded"
+        elif finding.ximilar_status in ("CREATED", "PROCESSING"):
+            finding.finding = "pending"
+        findings.append(finding)
+    return findings

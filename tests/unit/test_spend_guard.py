@@ -1,0 +1,107 @@
+"""The spend guard: a daily limit counted atomically, a credits floor, a pause by hand; the sweeper obeys it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+
+from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
+from ximilar_async.dal.repository import Repository
+from ximilar_async.settings import SweeperSettings
+from ximilar_async.spend import SpendGuard
+from ximilar_async.statuses import Status
+from ximilar_async.submission import Submitter
+from ximilar_async.sweeper import Sweeper
+
+SMALL = b"\x89PNG\r\n\x1a\n" + bytes(40)
+
+
+def guarded(submitter: Submitter, *, limit: int = 0, floor: int = 0) -> Submitter:
+    submitter.guard = SpendGuard(submitter.repository, submitter.ximilar, limit, floor, submitter.clock)
+    return submitter
+
+
+def plenty_of_time() -> int:
+    return 60_000
+
+
+def test_the_daily_count_never_passes_the_limit_and_resume_lifts_it(repository: Repository, clock: FakeClock) -> None:
+    now = clock()
+    admitted = [repository.reserve_submissions(now.date(), 1, 20, now) for _ in range(25)]
+    assert admitted.count(True) == 20 and admitted[20:] == [False] * 5
+    assert not repository.reserve_submissions(now.date(), 21, 20, now)  # larger than the limit itself
+    assert repository.spend_day(now.date()).submitted == 20
+
+    assert repository.resume(now.date(), now)
+    assert repository.reserve_submissions(now.date(), 10, 20, now)
+    tomorrow = now + timedelta(days=1)
+    assert repository.spend_day(tomorrow.date()).submitted == 0  # a new day, a new counter
+
+
+def test_past_the_limit_uploads_are_owned_and_wait_with_the_reason(
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository
+) -> None:
+    uploads = [objects.put(f"incoming/photo-{n}.png", SMALL) for n in range(3)]  # upscaler: three requests
+
+    outcome = guarded(submitter, limit=2).submit_uploads(uploads, remaining_millis=plenty_of_time)
+
+    assert (outcome.images_submitted, outcome.paused, outcome.handed_on) == (2, 1, 1)
+    assert len(ximilar.sent) == 2
+    waiting = [image for u in uploads if (image := repository.image(u.uri)) and image.status is Status.SUBMITTING]
+    assert len(waiting) == 1
+    assert str(waiting[0].status_reason).startswith("waiting to be submitted: daily submit limit of 2 images")
+
+
+def test_under_the_credits_floor_nothing_is_posted_until_resume(
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+) -> None:
+    ximilar.credits_left = 5
+    guarded(submitter, floor=10)
+    first = objects.put("incoming/flows/a.png", SMALL)
+    held = submitter.submit_uploads([first], remaining_millis=plenty_of_time)
+    assert (held.paused, ximilar.sent) == (1, [])
+    image = repository.image(first.uri)
+    assert image is not None and "5 Ximilar credits left, under the floor of 10" in str(image.status_reason)
+
+    repository.resume(clock().date(), clock())
+    fine = submitter.submit_uploads([objects.put("incoming/flows/b.png", SMALL)], remaining_millis=plenty_of_time)
+    assert fine.images_submitted == 1
+
+
+def test_the_sweeper_leaves_held_requests_alone_while_paused_and_submits_them_after_resume(
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+    sweeper: Sweeper,
+    settings: SweeperSettings,
+) -> None:
+    guarded(submitter)
+    repository.pause("by hand", clock())
+    upload = objects.put("incoming/flows/held.png", SMALL)
+    assert submitter.submit_uploads([upload], remaining_millis=plenty_of_time).paused == 1
+
+    clock.advance(hours=30)  # longer than any age limit: a pause does not age a request out
+    paused = sweeper.sweep(plenty_of_time)
+    assert (paused.taken, paused.paused, paused.resubmitted_images, ximilar.sent) == (1, 1, 0, [])
+    image = repository.image(upload.uri)
+    assert image is not None and image.status is Status.SUBMITTING
+
+    repository.resume(clock().date(), clock())
+    clock.advance(seconds=settings.first_check_delay_seconds + 1)
+    resumed = sweeper.sweep(plenty_of_time)
+    assert resumed.resubmitted_images == 1 and len(ximilar.sent) == 1
+    last = repository.last_sweep()
+    assert last is not None and last[1]["resubmitted_images"] == 1
+
+
+@pytest.mark.parametrize("limit", [0, 5])
+def test_without_a_pause_the_guard_reads_one_item_and_says_nothing(
+    repository: Repository, ximilar: FakeXimilar, clock: FakeClock, limit: int
+) -> None:
+    guard = SpendGuard(repository, replace(ximilar), limit, 0, clock)
+    assert guard.check() is None and guard.paused() is None
+    assert ("remaining_credits", "") not in ximilar.calls
