@@ -13,12 +13,20 @@ from cfnlint.api import lint_all
 
 from xasync.template import PROJECT_ROOT, TEMPLATE_PATH, Resolver, functions, resources_of_type
 from ximilar_async.dal.models import ImageItem, RequestItem, bind_tables
-from ximilar_async.settings import CommonSettings, SettingsError, SubmitSettings, SweeperSettings, WebhookSettings
+from ximilar_async.settings import (
+    CommonSettings,
+    OutputsSettings,
+    SettingsError,
+    SubmitSettings,
+    SweeperSettings,
+    WebhookSettings,
+)
 
 SETTINGS_OF: dict[str, type[CommonSettings]] = {
     "SubmitFunction": SubmitSettings,
     "WebhookFunction": WebhookSettings,
     "SweeperFunction": SweeperSettings,
+    "OutputsFunction": OutputsSettings,
 }
 READ_BY_POWERTOOLS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
 
@@ -29,7 +37,7 @@ def test_cfn_lint_finds_nothing() -> None:
     assert problems == [], "\n".join(str(problem) for problem in problems)
 
 
-def test_the_template_declares_exactly_the_three_functions(template: dict[str, Any]) -> None:
+def test_the_template_declares_exactly_the_four_functions(template: dict[str, Any]) -> None:
     assert set(functions(template)) == set(SETTINGS_OF)
 
 

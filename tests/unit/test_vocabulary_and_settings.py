@@ -28,6 +28,17 @@ VALID_SUBMIT_ENV = {
     "SUBMITTING_TIMEOUT_SECONDS": "900",
     "FIRST_CHECK_DELAY_SECONDS": "120",
     "SUBMIT_CONCURRENCY": "8",
+    "ROUTE_OPTIONS": "",
+    "EVENT_BUS_NAME": "default",
+    "EVENT_SOURCE": "ximilar-async",
+}
+# What the recorder (webhook, sweeper) and the outputs function read besides.
+OUTPUT_ENV = {
+    "RESULTS_BUCKET": "results",
+    "OUTPUT_BUCKET_NAME": "",
+    "OUTPUT_PREFIX": "outputs/",
+    "INPUT_PREFIX": "incoming/",
+    "OUTPUTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/outputs",
 }
 
 
@@ -113,7 +124,7 @@ def test_settings_name_every_missing_or_malformed_variable() -> None:
 def test_webhook_verification_flag_is_a_boolean() -> None:
     environment = {
         **VALID_SUBMIT_ENV,
-        "RESULTS_BUCKET": "results",
+        **OUTPUT_ENV,
         "MAX_WEBHOOK_BODY_BYTES": "6000000",
         "VERIFY_WITH_SOURCE": "true",
     }

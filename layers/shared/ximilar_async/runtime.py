@@ -15,14 +15,27 @@ from datetime import datetime, timedelta
 from typing import Final
 
 import boto3
+import requests
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
+from ximilar_async.copying import OutputCopier
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.dal.repository import Repository
-from ximilar_async.objects import S3Objects
+from ximilar_async.events import CompletionEvents, EventBridgePublisher
+from ximilar_async.objects import S3ArtifactCopier, S3Objects
+from ximilar_async.outputs import SqsOutputQueue
+from ximilar_async.ports import Store
 from ximilar_async.results import ResultRecorder, utc_now
-from ximilar_async.settings import CommonSettings, SubmitSettings, SweeperSettings, WebhookSettings
+from ximilar_async.settings import (
+    CommonSettings,
+    OutputSettings,
+    OutputsSettings,
+    SubmitSettings,
+    SweeperSettings,
+    WebhookSettings,
+)
 from ximilar_async.submission import Submitter
 from ximilar_async.sweeper import Sweeper
 from ximilar_async.webhook import WebhookReceiver
@@ -31,6 +44,10 @@ from ximilar_async.ximilar import XimilarClient, make_session
 from ximilar_async.ximilar.client import CONNECT_TIMEOUT_SECONDS
 
 SECRET_MAX_AGE: Final = 300  # seconds
+# A copy holds at most PART_BYTES x COPY_CONCURRENCY in memory, whatever the artifact's size
+# (benchmarks/bench_outputs.py measures it); 8 MB parts reach S3's 10,000-part limit at 80 GB.
+PART_BYTES: Final = 8 * 1024 * 1024
+COPY_CONCURRENCY: Final = 4
 
 Clock = Callable[[], datetime]
 
@@ -53,9 +70,34 @@ class SecretSources:
         return str(self.secrets.get(secret_arn, max_age=SECRET_MAX_AGE)).encode()
 
 
-def repository(settings: CommonSettings) -> Repository:
+def completion_events(settings: CommonSettings) -> CompletionEvents:
+    publisher = EventBridgePublisher(boto3.client("events"), settings.event_bus_name, settings.event_source)
+    return CompletionEvents(publisher)
+
+
+def repository(settings: CommonSettings, events: CompletionEvents | None = None) -> Repository:
+    """The tables; every image a write finishes is told to the event bus (the stack's completion events)."""
     tables = bind_tables(settings.images_table, settings.requests_table)
-    return Repository(tables, settings.index_shards, timedelta(days=settings.request_retention_days))
+    events = events or completion_events(settings)
+    return Repository(
+        tables, settings.index_shards, timedelta(days=settings.request_retention_days), finished=events.finished
+    )
+
+
+def output_queue(settings: OutputSettings) -> SqsOutputQueue:
+    return SqsOutputQueue(boto3.client("sqs"), settings.outputs_queue_url)
+
+
+def recorder(settings: OutputSettings, store: Store, objects: S3Objects, *, clock: Clock = utc_now) -> ResultRecorder:
+    """The one recording path, with the outputs of DONE results queued for the copier."""
+    return ResultRecorder(
+        store,
+        objects,
+        settings.results_bucket,
+        clock=clock,
+        output_location=settings.output_location,
+        output_queue=output_queue(settings),
+    )
 
 
 def object_store() -> S3Objects:
@@ -91,13 +133,39 @@ def submitter(settings: SubmitSettings, *, clock: Clock = utc_now) -> Submitter:
 
 def webhook_receiver(settings: WebhookSettings) -> WebhookReceiver:
     secrets = SecretSources.create()
-    recorder = ResultRecorder(repository(settings), object_store(), settings.results_bucket)
+    recording = recorder(settings, repository(settings), object_store())
     source = ximilar_client(settings, secrets) if settings.verify_with_source else None
     auth = webhook_auth(settings.webhook_secret_arn, secrets)
-    return WebhookReceiver(recorder, auth, settings.max_webhook_body_bytes, source)
+    return WebhookReceiver(recording, auth, settings.max_webhook_body_bytes, source)
 
 
 def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
     submit = submitter(settings, clock=clock)
-    recorder = ResultRecorder(submit.repository, submit.objects, settings.results_bucket, clock=clock)
-    return Sweeper(submit.repository, submit.ximilar, recorder, submit, settings, clock=clock)
+    recording = recorder(settings, submit.repository, object_store(), clock=clock)
+    return Sweeper(submit.repository, submit.ximilar, recording, submit, settings, clock=clock)
+
+
+def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> OutputCopier:
+    """The outputs function's service: streamed copies, and a submitter to regenerate expired artifacts."""
+    submit = submitter(settings, clock=clock)
+    copier = S3ArtifactCopier(
+        boto3.client("s3", config=Config(signature_version="s3v4")),
+        requests.Session(),
+        TransferConfig(
+            multipart_threshold=PART_BYTES,
+            multipart_chunksize=PART_BYTES,
+            max_concurrency=COPY_CONCURRENCY,
+            max_io_queue=COPY_CONCURRENCY,
+        ),
+        timeout=(CONNECT_TIMEOUT_SECONDS, settings.ximilar_read_timeout_seconds),
+    )
+    return OutputCopier(
+        submit.repository,
+        copier,
+        settings.output_location,
+        submit,
+        settings.regenerate_outputs_for,
+        settings.outputs_max_receive_count,
+        events=completion_events(settings),
+        clock=clock,
+    )
