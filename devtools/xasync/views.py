@@ -32,6 +32,8 @@ def outputs_line(item: dict[str, Any]) -> str:
     parts = []
     for name, output in sorted((item.get("outputs") or {}).items()):
         state = output.get("state")
-        where = output.get("uri") if state == "STORED" else output.get("reason") or ""
+        # The key alone: the output bucket is one for the stack (`OutputLocation` output).
+        where = str(output.get("uri", "")).removeprefix("s3://").partition("/")[2] if state == "STORED" else ""
+        where = where or str(output.get("reason") or "")
         parts.append(f"{name} {state} {where}".strip())
     return "; ".join(parts)

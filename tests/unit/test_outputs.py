@@ -202,6 +202,7 @@ def test_a_copied_output_is_stored_with_its_source_named_and_a_repeat_is_harmles
     assert (first.stored, again.stored, again.skipped) == (["upscaled"], [], "no output is pending (a repeated job)")
     assert image_of(repository, upload).outputs["upscaled"].state is OutputState.STORED
     body, content_type, metadata = artifacts.stored[uri]
+    assert body == b"\xff\xd8 jpeg bytes"
     assert content_type == "image/jpeg"
     assert metadata["source-key"] == CAT
     assert metadata["record-id"] == upload.record_id
