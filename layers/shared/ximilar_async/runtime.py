@@ -44,7 +44,7 @@ from ximilar_async.ximilar import XimilarClient, make_session
 from ximilar_async.ximilar.client import CONNECT_TIMEOUT_SECONDS
 
 SECRET_MAX_AGE: Final = 300  # seconds
-# A copy holds at most PART_BYTES x COPY_CONCURRENCY in memory, whatever the artifact's size
+# A copy holds at most PART_BYTES x COPY_CONCURRENCY of the artifact in memory, whatever its size
 # (benchmarks/bench_outputs.py measures it); 8 MB parts reach S3's 10,000-part limit at 80 GB.
 PART_BYTES: Final = 8 * 1024 * 1024
 COPY_CONCURRENCY: Final = 4
@@ -145,18 +145,27 @@ def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
     return Sweeper(submit.repository, submit.ximilar, recording, submit, settings, clock=clock)
 
 
+def copy_transfer_config() -> TransferConfig:
+    """Multipart uploads of a stream that hold at most COPY_CONCURRENCY parts in memory."""
+    config = TransferConfig(
+        multipart_threshold=PART_BYTES,
+        multipart_chunksize=PART_BYTES,
+        max_concurrency=COPY_CONCURRENCY,
+        max_io_queue=COPY_CONCURRENCY,
+    )
+    # A stream is not seekable, so s3transfer reads parts ahead into memory: 10 of them unless told
+    # (s3transfer's own setting, which boto3's TransferConfig inherits without taking it as an argument).
+    config.max_in_memory_upload_chunks = COPY_CONCURRENCY
+    return config
+
+
 def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> OutputCopier:
     """The outputs function's service: streamed copies, and a submitter to regenerate expired artifacts."""
     submit = submitter(settings, clock=clock)
     copier = S3ArtifactCopier(
         boto3.client("s3", config=Config(signature_version="s3v4")),
         requests.Session(),
-        TransferConfig(
-            multipart_threshold=PART_BYTES,
-            multipart_chunksize=PART_BYTES,
-            max_concurrency=COPY_CONCURRENCY,
-            max_io_queue=COPY_CONCURRENCY,
-        ),
+        copy_transfer_config(),
         timeout=(CONNECT_TIMEOUT_SECONDS, settings.ximilar_read_timeout_seconds),
     )
     return OutputCopier(
