@@ -22,7 +22,6 @@ import logging
 import mimetypes
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import PurePosixPath
 from typing import Any, Final, Protocol
 from urllib.parse import quote, urlsplit
@@ -224,7 +223,3 @@ def metadata_for(image: Image, request_id: str) -> dict[str, str]:
         "record-id": image.record_id,
     }
     return {name: quote(value, safe="/()+,=@") for name, value in values.items()}
-
-
-def when(now: datetime) -> str:
-    return now.isoformat()
