@@ -16,6 +16,7 @@ from ximilar_async.dal.models import ImageItem, RequestItem, bind_tables
 from ximilar_async.settings import (
     MAX_WEBHOOK_BODY_LIMIT,
     CommonSettings,
+    OutputsSettings,
     SettingsError,
     SubmitSettings,
     SweeperSettings,
@@ -26,6 +27,7 @@ SETTINGS_OF: dict[str, type[CommonSettings]] = {
     "SubmitFunction": SubmitSettings,
     "WebhookFunction": WebhookSettings,
     "SweeperFunction": SweeperSettings,
+    "OutputsFunction": OutputsSettings,
 }
 READ_BY_POWERTOOLS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
 
@@ -36,7 +38,7 @@ def test_cfn_lint_finds_nothing() -> None:
     assert problems == [], "\n".join(str(problem) for problem in problems)
 
 
-def test_the_template_declares_exactly_the_three_functions(template: dict[str, Any]) -> None:
+def test_the_template_declares_exactly_the_four_functions(template: dict[str, Any]) -> None:
     assert set(functions(template)) == set(SETTINGS_OF)
 
 
@@ -286,11 +288,12 @@ def test_the_alarms_cover_the_queues_the_functions_the_webhook_and_the_pipelines
     def watches(ns: str, metric: str, **dimensions: Any) -> bool:
         return (ns, metric, json.dumps(dimensions, sort_keys=True)) in seen
 
-    assert watches(
-        "AWS/SQS",
-        "ApproximateNumberOfMessagesVisible",
-        QueueName={"Fn::GetAtt": ["SubmitDeadLetterQueue", "QueueName"]},
-    )
+    for dead_letters in ("SubmitDeadLetterQueue", "OutputsDeadLetterQueue"):
+        assert watches(
+            "AWS/SQS",
+            "ApproximateNumberOfMessagesVisible",
+            QueueName={"Fn::GetAtt": [dead_letters, "QueueName"]},
+        ), dead_letters
     assert watches("AWS/SQS", "ApproximateAgeOfOldestMessage", QueueName={"Fn::GetAtt": ["SubmitQueue", "QueueName"]})
     for function in SETTINGS_OF:
         for metric in ("Errors", "Throttles"):

@@ -37,6 +37,8 @@ from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async import keys, runtime
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.dal.repository import Repository
+from ximilar_async.entities import OutputState
+from ximilar_async.outputs import split_s3_uri
 from ximilar_async.settings import SweeperSettings
 from ximilar_async.statuses import TERMINAL_STATUSES, Status
 from ximilar_async.sweeper import Sweeper
@@ -159,7 +161,7 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
         sam_env = local_stack.write_sam_env_vars(local)
         events = local_stack.write_signed_events()
         console.print("[bold green]ximilar-async local stack is up[/]")
-        for name in ("InputBucketName", "ImagesTableName", "RequestsTableName", "WebhookUrl", "SubmitQueueUrl"):
+        for name in ("InputBucketName", "ImagesTableName", "WebhookUrl", "SubmitQueueUrl", "OutputLocation"):
             console.print(f"  {name:<18} {local.outputs[name]}")
         console.print(f"  {'Ximilar API':<18} {local.ximilar_url}")
         pids = ", ".join(f"{name} {server.pid}" for name, server in local.servers.items())
@@ -264,6 +266,67 @@ def results(
 ) -> None:
     """Results by key, by Ximilar request, or by status and time."""
     print_items(find_items(target_for(stack_name), key, request_id, status, views.parse_since(since)), output)
+
+
+@main.command()
+@click.option("--key", required=True, help="the image, by its key in the input bucket")
+@click.option("--to", "destination", default=".", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@stack_option
+def fetch(key: str, destination: Path, stack_name: str | None) -> None:
+    """Download the stored outputs of one image (its upscaled copy, ...) from the output location."""
+    target = target_for(stack_name)
+    image = target.repository().image(keys.image_uri(target.outputs["InputBucketName"], key))
+    if image is None:
+        raise click.ClickException(f"no image item for {key}")
+    stored = {name: output for name, output in image.outputs.items() if output.state is OutputState.STORED}
+    if not stored:
+        states = ", ".join(f"{name} {output.state.value}" for name, output in image.outputs.items()) or "no outputs"
+        raise click.ClickException(f"nothing stored for {key} ({image.status.value}; {states})")
+    destination.mkdir(parents=True, exist_ok=True)
+    s3 = target.client("s3")
+    for name, output in sorted(stored.items()):
+        bucket, object_key = split_s3_uri(output.uri)
+        path = destination / object_key.rsplit("/", 1)[-1]
+        s3.download_file(bucket, object_key, str(path))
+        console.print(f"{name}: {output.uri} -> {path}")
+
+
+def read_events(target: Target, *, wait_seconds: int) -> list[dict[str, Any]]:
+    """Completion events from the local stack's events queue (each read once: they are deleted)."""
+    sqs = target.client("sqs")
+    queue_url = target.outputs["LocalEventsQueueUrl"]
+    answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_seconds)
+    messages = answer.get("Messages", [])
+    if messages:
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)],
+        )
+    return [json.loads(message["Body"]) for message in messages]
+
+
+@main.command()
+@click.option("--follow", is_flag=True, help="keep printing events as they come, until Ctrl-C")
+@click.option("--format", "output", type=click.Choice(["line", "json"]), default="line", show_default=True)
+def events(follow: bool, output: str) -> None:
+    """Completion events (Image Finished, Image Outputs Stored) of the local stack, as a rule to SQS gets them.
+
+    A deployed stack puts them on its EventBusName: add a rule (README) to send them where you read them.
+    """
+    target = target_for(None)
+    with sigterm_as_interrupt(), contextlib.suppress(KeyboardInterrupt):
+        while True:
+            found = read_events(target, wait_seconds=1 if follow else 0)
+            for event in found:
+                if output == "json":
+                    click.echo(json.dumps(event))
+                    continue
+                detail = event.get("detail", {})
+                outputs = ", ".join(f"{n}={o['uri']}" for n, o in detail.get("outputs", {}).items())
+                line = f"{event.get('detail-type')}: {detail.get('input', {}).get('key')} {detail.get('status')}"
+                click.echo(" ".join(part for part in (line, detail.get("summary") or "", outputs) if part))
+            if not follow and not found:
+                return
 
 
 def sam_env_vars(path: Path | None, function: str) -> dict[str, str]:
@@ -577,7 +640,7 @@ def demo(timeout: float, samples: Path, with_page: bool, port: int) -> None:
     started = time.monotonic()
     with sigterm_as_interrupt(), local_stack.running(parameters={"LogLevel": "WARNING"}) as local:
         target = Target(local.outputs, int(local.environments["SweeperFunction"]["INDEX_SHARDS"]), local.aws_endpoint)
-        console.print(f"local stack up in {time.monotonic() - started:.1f} s (moto, emulator, three functions)")
+        console.print(f"local stack up in {time.monotonic() - started:.1f} s (moto, emulator, four functions)")
         uploaded = upload_files(target, [samples], "")
         repository = target.repository()
         bucket = local.outputs["InputBucketName"]
@@ -585,7 +648,13 @@ def demo(timeout: float, samples: Path, with_page: bool, port: int) -> None:
 
         def statuses() -> dict[str, Status]:
             found = repository.images_by_uri([keys.image_uri(bucket, key) for key in uploaded], consistent=False)
-            return {image.key: image.status for image in found.values()}
+            # An image whose outputs are still being copied is not finished for the demo.
+            return {
+                image.key: Status.PROCESSING
+                if any(output.state is OutputState.PENDING for output in image.outputs.values())
+                else image.status
+                for image in found.values()
+            }
 
         with Progress(console=console) as progress:
             task = progress.add_task("waiting for results", total=len(uploaded))
@@ -603,6 +672,8 @@ def demo(timeout: float, samples: Path, with_page: bool, port: int) -> None:
         console.print(
             f"{len(uploaded) - len(pending)} of {len(uploaded)} images finished in {time.monotonic() - started:.1f} s"
         )
+        stored = [item for item in items if "STORED" in views.outputs_line(item)]
+        console.print(f"{len(stored)} upscaled copies stored under {local.outputs['OutputLocation']}")
         if pending:
             console.print(f"[red]not finished: {', '.join(pending)}[/]")
         if with_page:

@@ -9,7 +9,10 @@
   Environment (and Globals) resolve to, and its Events decide how it runs: SQS events are polled with
   the template's batch size, batching window and partial batch responses (redrive to the DLQ is
   SQS's own); HttpApi events are served on a local port as payload 2.0 events; Schedule events run on
-  a timer (faster locally).
+  a timer (faster locally);
+- the completion events the functions put on the stack's bus (EventBusName) are delivered by moto's
+  EventBridge, through a rule on `source` = the stack's name, to a local queue (`LocalEventsQueueUrl`
+  in the outputs): what a user's rule to SQS would receive; `xasync events --follow` reads it.
 
 A change to the template changes the local run: there is no second list of resources here.
 """
@@ -295,6 +298,34 @@ def deploy_resources(
     return resolver
 
 
+LOCAL_EVENTS_QUEUE = f"{STACK_NAME}-events"
+
+
+def deliver_events_locally(endpoint: str, resolver: Resolver) -> str:
+    """A rule on the stack's bus sending its completion events to a local queue; returns the queue's URL.
+
+    Not in the template: which consumers a deployed stack has is the user's choice (README has rules to
+    SQS and Step Functions); locally the queue stands for them.
+    """
+    sqs, events = _aws(endpoint, "sqs"), _aws(endpoint, "events")
+    queue_url = str(sqs.create_queue(QueueName=LOCAL_EVENTS_QUEUE)["QueueUrl"])
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bus = str(resolver.parameter("EventBusName"))
+    if bus != "default":
+        with contextlib.suppress(events.exceptions.ResourceAlreadyExistsException):
+            events.create_event_bus(Name=bus)
+    events.put_rule(
+        Name=f"{STACK_NAME}-completion-events",
+        EventBusName=bus,
+        EventPattern=json.dumps({"source": [STACK_NAME]}),
+        State="ENABLED",
+    )
+    events.put_targets(
+        Rule=f"{STACK_NAME}-completion-events", EventBusName=bus, Targets=[{"Id": "local-queue", "Arn": queue_arn}]
+    )
+    return queue_url
+
+
 def function_environment(
     spec: FunctionSpec, resolver: Resolver, endpoint: str, webhook_urls: dict[str, str]
 ) -> dict[str, str]:
@@ -445,6 +476,7 @@ def running(
         values = stack_parameters(template, api_url, parameters or {})
         resources: dict[str, str] = {}
         resolver = deploy_resources(endpoint, template, values, resources)
+        events_queue_url = deliver_events_locally(endpoint, resolver)
         _aws(endpoint, "ssm").put_parameter(
             Name=resolver.parameter("XimilarTokenParameterName"), Value=token, Type="SecureString", Overwrite=True
         )
@@ -529,6 +561,7 @@ def running(
         stack.callback(stop_sources)
         outputs = {key: str(resolver.resolve(output["Value"])) for key, output in template["Outputs"].items()}
         outputs["WebhookUrl"] = f"{api.url}/webhook"
+        outputs["LocalEventsQueueUrl"] = events_queue_url
         yield LocalStack(
             endpoint,
             api_url,

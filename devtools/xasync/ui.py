@@ -26,6 +26,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.serving import make_server
 
 from xasync import views
+from ximilar_async import summaries
 from ximilar_async.dal.repository import ImagePage, PagePosition, Repository
 from ximilar_async.entities import Image, OutputState
 from ximilar_async.request_types import RequestType
@@ -191,7 +192,7 @@ def card(source: PageSource, image: Image) -> Card:
     return Card(
         image,
         item,
-        views.summary(item),
+        summaries.summary(item),
         source.link(image.uri) if previewable(image) else None,
         output_view(source, image),
     )
@@ -249,7 +250,7 @@ def create_app(source: PageSource) -> Flask:
         query = Query.parse(request.args)
         page = find_page(source, query)
         images = [
-            {"uri": image.uri, "key": image.key, "status": image.status.value, "summary": views.summary(item)}
+            {"uri": image.uri, "key": image.key, "status": image.status.value, "summary": summaries.summary(item)}
             for image in page.images
             for item in [views.as_item(image)]
         ]

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ximilar_async.entities import Image
+from ximilar_async.summaries import summary
 
-COLUMNS = ("key", "status", "request_id", "summary")
+COLUMNS = ("key", "status", "request_id", "summary", "outputs")
 
 
 def as_item(image: Image) -> dict[str, Any]:
@@ -17,38 +18,13 @@ def as_item(image: Image) -> dict[str, Any]:
     return {"image_uri": values.pop("uri"), **values, "status": image.status.value}
 
 
-def summary(item: dict[str, Any]) -> str:
-    """A one-line summary of an image's result (or of why it has none)."""
-    status = item.get("status")
-    if status in ("FAILED", "ERROR"):
-        return str(item.get("status_reason") or "")
-    result = item.get("result") or {}
-    if item.get("result_s3_uri"):
-        return f"result stored at {item['result_s3_uri']}"
-    if not result:
-        return ""
-    if "_upscaled_width" in result:
-        size = f"{result.get('_width')}x{result.get('_height')}"
-        return f"upscaled {size} -> {result['_upscaled_width']}x{result['_upscaled_height']}"
-    grades = result.get("grades")
-    if isinstance(grades, dict):
-        return f"grade {grades.get('final')} ({grades.get('condition')})"
-    for found in result.get("_objects") or []:
-        match = (found.get("_identification") or {}).get("best_match")
-        if match:
-            return f"{match.get('name')} - {match.get('set')} {match.get('card_number')}"
-    tags = result.get("_tags_simple") or []
-    if tags:
-        return "tags: " + ", ".join(str(tag) for tag in tags)
-    return f"{result.get('_width')}x{result.get('_height')}"
-
-
 def row(item: dict[str, Any]) -> dict[str, str]:
     return {
         "key": str(item.get("key", "")),
         "status": str(item.get("status", "")),
         "request_id": str(item.get("request_id") or ""),
         "summary": summary(item),
+        "outputs": outputs_line(item),
     }
 
 
@@ -60,3 +36,15 @@ def parse_since(text: str | None) -> datetime | None:
     if text[-1] in units and text[:-1].isdigit():
         return datetime.now(UTC) - timedelta(**{units[text[-1]]: int(text[:-1])})
     return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def outputs_line(item: dict[str, Any]) -> str:
+    """Each output's state and where its copy is (or why there is none)."""
+    parts = []
+    for name, output in sorted((item.get("outputs") or {}).items()):
+        state = output.get("state")
+        # The key alone: the output bucket is one for the stack (`OutputLocation` output).
+        where = str(output.get("uri", "")).removeprefix("s3://").partition("/")[2] if state == "STORED" else ""
+        where = where or str(output.get("reason") or "")
+        parts.append(f"{name} {state} {where}".strip())
+    return "; ".join(parts)

@@ -9,7 +9,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlencode
@@ -151,7 +151,7 @@ class EmulatorServer:
 
     def _publish(self, data: bytes, name: str) -> str:
         with self.store.lock:
-            self.store.upscaled[name] = (data, "image/jpeg")
+            self.store.upscaled[name] = (data, "image/jpeg", time.monotonic())
         return f"{self.url}/_emulator/upscaled/{name}"
 
     def _schedule_webhooks(self, stored: StoredRequest) -> None:
@@ -295,8 +295,12 @@ def create_app(emulator: EmulatorServer) -> Flask:
             return _error(400, errors)
         records = [dict(record, _id=record.get("_id") or new_id()) for record in body["records"]]
         endpoint = body.get("endpoint") or None
+        options = {
+            name: value for name, value in body.items() if name not in ("type", "endpoint", "records", "webhook")
+        }
         with store.lock:
             stored = StoredRequest(
+                options=options,
                 id=new_id(),
                 type=body["type"],
                 endpoint=endpoint,
@@ -309,7 +313,7 @@ def create_app(emulator: EmulatorServer) -> Flask:
         emulator.accept(stored)
         answer = {
             "id": stored.id,
-            "request": {"type": stored.type, "endpoint": endpoint, "records": body["records"]},
+            "request": {**options, "type": stored.type, "endpoint": endpoint, "records": body["records"]},
             "type": stored.type,
             "status": stored.status,
             "created": stored.created,
@@ -445,8 +449,25 @@ def create_app(emulator: EmulatorServer) -> Flask:
     def upscaled(name: str) -> Response:
         with store.lock:
             found = store.upscaled.get(name)
+            ttl = store.knobs.artifact_ttl_seconds
         if found is None:
             return _error(404, {"detail": "Not found."})
-        return Response(found[0], mimetype=found[1])
+        data, mimetype, published = found
+        if ttl and time.monotonic() - published > ttl:
+            return _error(410, {"detail": "Expired."})  # as a hosted file past its lifetime
+        return Response(data, mimetype=mimetype)
+
+    @app.get("/_emulator/blob/<int:megabytes>.jpg")
+    def blob(megabytes: int) -> Response:
+        """An N-MB artifact, streamed in 1 MB chunks: never built in memory (for copies of huge upscales)."""
+        chunk = bytes(range(256)) * 4096
+
+        def stream() -> Iterator[bytes]:
+            for _ in range(megabytes):
+                yield chunk
+
+        response = Response(stream(), mimetype="image/jpeg")
+        response.headers["Content-Length"] = str(megabytes * len(chunk))
+        return response
 
     return app

@@ -35,6 +35,7 @@ class Knobs:
     credits_limit: int = 1_000_000  # GET /account/v2/details: the account's credits
     credits_counter: int = 0  # credits used; each accepted record adds credits_per_record
     credits_per_record: int = 1
+    artifact_ttl_seconds: float = 0.0  # upscaled images answer 410 Gone this long after DONE (0: kept)
 
     def update(self, changes: dict[str, Any]) -> None:
         known = {f.name: f.type for f in fields(self)}
@@ -70,9 +71,10 @@ class StoredRequest:
     created: str = field(default_factory=lambda: timestamp())
     modified: str = field(default_factory=lambda: timestamp())
     response: dict[str, Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # the body's other fields (e.g. the upscaler's `mode`)
 
     def request_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"type": self.type, "records": self.records}
+        body: dict[str, Any] = {**self.options, "type": self.type, "records": self.records}
         if self.endpoint is not None:
             body["endpoint"] = self.endpoint
         return body
@@ -128,7 +130,7 @@ class Store:
         self.faults: list[PendingFault] = []
         self.calls: list[dict[str, Any]] = []
         self.webhooks: list[dict[str, Any]] = []
-        self.upscaled: dict[str, tuple[bytes, str]] = {}
+        self.upscaled: dict[str, tuple[bytes, str, float]] = {}  # name -> bytes, type, published (monotonic)
 
     def reset(self) -> None:
         with self.lock:

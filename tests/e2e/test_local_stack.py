@@ -3,7 +3,10 @@ functions wired from template.yaml, the CLI."""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from aws_lambda_powertools.utilities.data_classes import (
     SQSEvent,
 )
 from click.testing import CliRunner
+from PIL import Image
 
 from tests.support.events import EVENTS, load_event
 from xasync import cli, local_stack
@@ -45,7 +49,7 @@ def local() -> Iterator[LocalStack]:
 @pytest.fixture
 def control(local: LocalStack) -> EmulatorControl:
     emulator = EmulatorControl(local.ximilar_url)
-    emulator.set_knobs(webhook_drop_rate=0.0, webhook_duplicate_rate=0.0, final_state="DONE")
+    emulator.set_knobs(webhook_drop_rate=0.0, webhook_duplicate_rate=0.0, final_state="DONE", artifact_ttl_seconds=0.0)
     return emulator
 
 
@@ -214,9 +218,172 @@ def test_xasync_upload_and_results(
     (item,) = json.loads(one.output)
     assert (item["status"], item["result"]["_upscaled_width"]) == ("DONE", 20)
     by_request = runner.invoke(cli.main, ["results", "--request-id", item["request_id"], "--format", "csv"])
-    assert by_request.output.splitlines()[0] == "key,status,request_id,summary"
+    # The outputs column is new with the output copies (issue 12): each output's state and key.
+    assert by_request.output.splitlines()[0] == "key,status,request_id,summary,outputs"
     assert "incoming/cli/a b.png,DONE" in by_request.output
     recent = runner.invoke(cli.main, ["results", "--status", "DONE", "--since", "10m"])
     assert "incoming/cli/c.png" in recent.output
     swept = runner.invoke(cli.main, ["sweep"])
     assert swept.exit_code == 0, swept.output
+
+
+# --- outputs and completion events (issue 12) ---------------------------------------------------------
+
+
+def output_of(local: LocalStack, key: str, name: str = "upscaled") -> dict[str, Any] | None:
+    outputs = image(local, key).get("outputs", {}).get("M", {})
+    found = outputs.get(name, {}).get("M")
+    return {field: value.get("S") for field, value in found.items()} if found else None
+
+
+def wait_outputs(local: LocalStack, keys_: list[str], states: set[str], timeout: float = 60) -> None:
+    wait_for(
+        lambda: all((output_of(local, key) or {}).get("state") in states for key in keys_),
+        timeout=timeout,
+        interval=0.25,
+        what=f"outputs of {len(keys_)} images in {states}",
+    )
+
+
+def drain_events(local: LocalStack) -> list[dict[str, Any]]:
+    sqs = local.client("sqs")
+    events: list[dict[str, Any]] = []
+    while True:
+        answer = sqs.receive_message(
+            QueueUrl=local.outputs["LocalEventsQueueUrl"], MaxNumberOfMessages=10, WaitTimeSeconds=0
+        )
+        messages = answer.get("Messages", [])
+        if not messages:
+            return events
+        for message in messages:
+            events.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=local.outputs["LocalEventsQueueUrl"], ReceiptHandle=message["ReceiptHandle"])
+
+
+class Captured(logging.Handler):
+    """Every log record of the functions and the layer while a test runs, as text (message and extras)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.getMessage()} {record.__dict__}")
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[Captured]:
+    handler = Captured()
+    loggers = [logging.getLogger(name) for name in ("ximilar_async", "ximilar-async")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+    yield handler
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_every_upscaled_image_is_copied_to_the_output_location_and_each_finish_is_one_event(
+    local: LocalStack, control: EmulatorControl, captured_logs: Captured
+) -> None:
+    # Given the events of earlier tests read, and images of every kind uploaded (upscaler, flows, not an image)
+    wait_for(local.invocations.idle, timeout=30, what="earlier work to settle")
+    drain_events(local)
+    upscaled = [f"incoming/outputs/photo-{n}.png" for n in range(4)]
+    others = ["incoming/flows/outputs-flow.png", "incoming/outputs/readme.txt"]
+    put(local, upscaled)
+    put(local, others[:1])
+    put(local, others[1:], b"text")
+
+    # When they finish and the copies are made
+    wait_all(local, upscaled + others, {"DONE", "FAILED", "ERROR"})
+    wait_outputs(local, upscaled, {"STORED"})
+
+    # Then each upscaled copy is in the output location, an image of the upscaled size, named by its item
+    s3 = local.client("s3")
+    for key in upscaled:
+        output = output_of(local, key)
+        assert output is not None
+        bucket, _, object_key = str(output["uri"]).removeprefix("s3://").partition("/")
+        assert object_key == key.replace("incoming/", "outputs/").replace(".png", ".upscaled.jpg")
+        stored = s3.get_object(Bucket=bucket, Key=object_key)
+        assert stored["ContentType"] == "image/jpeg"
+        assert stored["Metadata"]["record-id"] == image(local, key)["record_id"]["S"]
+        with Image.open(io.BytesIO(stored["Body"].read())) as copy:
+            assert copy.size == (32, 24)  # 16x12 upscaled 2x
+    # And the pipeline created nothing under InputPrefix: the input bucket holds the uploads only
+    listed = s3.list_objects_v2(Bucket=local.outputs["InputBucketName"], Prefix="incoming/outputs/")
+    assert sorted(o["Key"] for o in listed.get("Contents", [])) == sorted(upscaled + others[1:])
+
+    # And every finished image produced exactly one Image Finished event, each copy one Outputs Stored
+    wait_for(local.invocations.idle, timeout=30, what="invocations to settle")
+    mine = set(upscaled + others)
+    events: list[dict[str, Any]] = []
+
+    def all_told() -> bool:
+        events.extend(e for e in drain_events(local) if e["detail"]["input"]["key"] in mine)
+        return len([e for e in events if e["detail-type"] == "Image Finished"]) >= len(mine) and len(
+            [e for e in events if e["detail-type"] == "Image Outputs Stored"]
+        ) >= len(upscaled)
+
+    wait_for(all_told, timeout=30, interval=0.5, what="the completion events")
+    finished = Counter(e["detail"]["input"]["key"] for e in events if e["detail-type"] == "Image Finished")
+    assert finished == Counter({key: 1 for key in mine})
+    stored_events = [e for e in events if e["detail-type"] == "Image Outputs Stored"]
+    assert Counter(e["detail"]["input"]["key"] for e in stored_events) == Counter({key: 1 for key in upscaled})
+    assert {e["source"] for e in events} == {local_stack.STACK_NAME}
+    readme = next(e["detail"] for e in events if e["detail"]["input"]["key"] == others[1])
+    assert (readme["status"], readme["reason"]) == ("FAILED", "not an image extension: .txt")
+
+    # And no item, event or log line holds a presigned URL
+    items = local.client("dynamodb").scan(TableName=local.outputs["ImagesTableName"])["Items"]
+    assert "X-Amz-Signature" not in json.dumps(items)
+    assert "X-Amz-Signature" not in json.dumps(events)
+    assert captured_logs.lines, "the functions logged nothing: the capture is not attached"
+    assert not [line for line in captured_logs.lines if "X-Amz-Signature" in line]
+
+
+def test_an_artifact_expired_before_its_copy_is_regenerated_once_then_ends_failed_with_the_reason(
+    local: LocalStack, control: EmulatorControl
+) -> None:
+    # Given artifacts that expire at once (before any copy can start)
+    control.set_knobs(artifact_ttl_seconds=0.000001)
+    key = "incoming/outputs/expires.png"
+    put(local, [key])
+
+    # When the image finishes, its copy meets the expiry, it is submitted again once, and meets it again
+    wait_outputs(local, [key], {"FAILED"})
+    item = image(local, key)
+
+    # Then it is DONE with its output FAILED and the reason, after exactly one regeneration
+    assert item["status"]["S"] == "DONE"
+    assert item["output_regenerations"]["N"] == "1"
+    assert item["attempts"]["N"] == "2"
+    output = output_of(local, key)
+    assert output is not None
+    assert output["reason"] == "the artifact is gone from Ximilar (HTTP 410)"
+    bucket, _, object_key = str(output["uri"]).removeprefix("s3://").partition("/")
+    assert "Contents" not in local.client("s3").list_objects_v2(Bucket=bucket, Prefix=object_key)
+
+
+def test_xasync_fetch_downloads_an_images_outputs_and_events_prints_them(
+    local: LocalStack, state_file: Path, control: EmulatorControl, tmp_path: Path
+) -> None:
+    key = "incoming/outputs/fetched.png"
+    put(local, [key])
+    wait_outputs(local, [key], {"STORED"})
+    runner = CliRunner()
+
+    fetched = runner.invoke(cli.main, ["fetch", "--key", key, "--to", str(tmp_path)])
+
+    assert fetched.exit_code == 0, fetched.output
+    with Image.open(tmp_path / "fetched.upscaled.jpg") as copy:
+        assert copy.size == (32, 24)
+    wait_for(
+        lambda: "Image Outputs Stored: incoming/outputs/fetched.png DONE" in runner.invoke(cli.main, ["events"]).output,
+        timeout=20,
+        interval=0.5,
+        what="the event printed",
+    )

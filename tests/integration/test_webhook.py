@@ -234,7 +234,9 @@ def check_a_large_result_lands_in_s3(pipeline: Pipeline) -> None:
     assert (landed.status, landed.result) == ("DONE", None)
     bucket, key = landed.result_s3_uri.removeprefix("s3://").split("/", 1)
     stored = json.loads(pipeline.stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
-    assert stored == payload["response"]["records"][0]
+    # The record as Ximilar sent it, but for its presigned `_url`: the image's URI instead (issue 12)
+    assert stored == {**payload["response"]["records"][0], "_url": item.image_uri}
+    assert "X-Amz-Signature" not in json.dumps(stored)
     assert bucket != pipeline.stack.bucket  # never the input bucket: it cannot trigger submit
 
 
@@ -323,6 +325,11 @@ def stored_result(pipeline: Pipeline, location: str) -> Any:
     return json.loads(pipeline.stack.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
+def as_kept(record: dict[str, Any], image_uri: str) -> dict[str, Any]:
+    """A record as the pipeline keeps it: its presigned `_url` replaced by the image's URI (issue 12)."""
+    return {**record, "_url": image_uri} if "_url" in record else record
+
+
 def test_a_result_over_dynamodbs_item_size_but_under_300_kb_of_json_lands_in_s3(payload_pipeline: Pipeline) -> None:
     # Given a record of many tiny values: 2 bytes each in JSON, 3 by DynamoDB's rules
     pipeline = payload_pipeline
@@ -342,7 +349,7 @@ def test_a_result_over_dynamodbs_item_size_but_under_300_kb_of_json_lands_in_s3(
     landed = pipeline.image("incoming/flows/tiny.png")
     assert (landed.status, landed.result) == ("DONE", None)
     assert landed.result_s3_uri.endswith(f"/results/{item.record_id}/{item.request_id}.json")
-    assert stored_result(pipeline, landed.result_s3_uri) == record
+    assert stored_result(pipeline, landed.result_s3_uri) == as_kept(record, landed.image_uri)
 
 
 def test_a_result_dynamodb_refuses_as_too_large_is_stored_in_s3_instead(
@@ -364,7 +371,7 @@ def test_a_result_dynamodb_refuses_as_too_large_is_stored_in_s3_instead(
     assert answer.status_code == 200, answer.text
     landed = pipeline.image("incoming/flows/refused.png")
     assert (landed.status, landed.result) == ("DONE", None)
-    assert stored_result(pipeline, landed.result_s3_uri) == record
+    assert stored_result(pipeline, landed.result_s3_uri) == as_kept(record, landed.image_uri)
 
 
 def test_a_losing_duplicate_never_overwrites_the_winners_stored_result(payload_pipeline: Pipeline) -> None:
@@ -395,7 +402,7 @@ def test_a_losing_duplicate_never_overwrites_the_winners_stored_result(payload_p
     # Then the item still points at the winner's object, and that object still holds the winner's record
     final = pipeline.image("incoming/flows/twice.png")
     assert (final.result_s3_uri, final.request_id) == (winner.result_s3_uri, item.request_id)
-    assert stored_result(pipeline, final.result_s3_uri) == first["response"]["records"][0]
+    assert stored_result(pipeline, final.result_s3_uri) == as_kept(first["response"]["records"][0], final.image_uri)
 
 
 def base64_png() -> str:

@@ -37,6 +37,7 @@ class AwsStack:
     secret_arn: str
     signing_key: bytes
     tables: Tables
+    outputs_queue_url: str = ""
 
     @property
     def auth(self) -> WebhookAuth:
@@ -59,10 +60,30 @@ class AwsStack:
                 "InputBucket": self.bucket,
                 "ResultsBucket": self.results_bucket,
                 "WebhookSigningKey": self.secret_arn,
+                "OutputsQueue": self.outputs_queue_url,
             },
         )
         environment = functions(self.template, resolver)[logical_id].environment
         return {**environment, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def output_jobs(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        """`count` messages of the outputs queue, shaped as Lambda's SQS event records."""
+        sqs = self.client("sqs")
+        received: list[dict[str, Any]] = []
+
+        def enough() -> bool:
+            answer = sqs.receive_message(
+                QueueUrl=self.outputs_queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=0,
+                AttributeNames=["All"],
+                VisibilityTimeout=600,
+            )
+            received.extend(answer.get("Messages", []))
+            return len(received) >= count
+
+        wait_for(enough, timeout=timeout, what=f"{count} output jobs")
+        return [lambda_sqs_record(message, "arn:aws:sqs:us-east-1:123456789012:outputs") for message in received]
 
     def put(self, key: str, body: bytes) -> None:
         self.client("s3").put_object(Bucket=self.bucket, Key=key, Body=body)
@@ -162,6 +183,7 @@ def create_stack(endpoint: str, template: dict[str, Any], token: str, signing_ke
     s3.create_bucket(Bucket=results)
     queue_url = sqs.create_queue(QueueName=f"submit-{suffix}")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    outputs_queue_url = sqs.create_queue(QueueName=f"outputs-{suffix}")["QueueUrl"]
     prefix = template["Parameters"]["InputPrefix"]["Default"]
     s3.put_bucket_notification_configuration(
         Bucket=bucket,
@@ -198,4 +220,5 @@ def create_stack(endpoint: str, template: dict[str, Any], token: str, signing_ke
         secret_arn=secret_arn,
         signing_key=signing_key.encode(),
         tables=bind_tables(images, requests_, host=endpoint),
+        outputs_queue_url=outputs_queue_url,
     )

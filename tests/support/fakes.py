@@ -67,6 +67,7 @@ class SentRequest:
     endpoint: str
     records: list[dict[str, Any]]
     webhook: dict[str, Any] | None
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def record_ids(self) -> list[str]:
@@ -171,12 +172,17 @@ class FakeXimilar:
         endpoint: str,
         records: Sequence[Mapping[str, Any]],
         webhook: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         kind = request_type if isinstance(request_type, RequestType) else parse_request_type(request_type)
         self._answer("submit", kind.value)
         validate_records(kind, records)
         request_id = f"ximilar-request-{next(self._ids):04d}"
-        self.sent.append(SentRequest(request_id, kind, endpoint, [dict(r) for r in records], dict(webhook or {})))
+        self.sent.append(
+            SentRequest(
+                request_id, kind, endpoint, [dict(r) for r in records], dict(webhook or {}), dict(options or {})
+            )
+        )
         self.states[request_id] = "CREATED"
         return {"id": request_id, "status": "CREATED", "type": kind.value}
 
@@ -274,3 +280,56 @@ def empty_tables(tables: Tables) -> None:
         with model.batch_write() as batch:
             for item in model.scan():
                 batch.delete(item)
+
+
+# --- outputs and events -----------------------------------------------------------------------------
+
+
+@dataclass
+class FakeOutputQueue:
+    """`outputs.OutputQueue`: the jobs the recorder queued (`assert job in queue`)."""
+
+    jobs: list[Any] = field(default_factory=list)
+    sends: int = 0
+
+    def send(self, jobs: Any) -> None:
+        self.sends += 1
+        self.jobs.extend(jobs)
+
+    def __contains__(self, job: object) -> bool:
+        return job in self.jobs
+
+
+@dataclass
+class FakeEventBus:
+    """`events.EventPublisher`: the events published, in order (`bus.of_type("Image Finished")`)."""
+
+    events: list[Any] = field(default_factory=list)
+
+    def publish(self, events: Any) -> None:
+        self.events.extend(events)
+
+    def of_type(self, detail_type: str) -> list[dict[str, Any]]:
+        return [event.detail for event in self.events if event.detail_type == detail_type]
+
+
+@dataclass
+class FakeArtifacts:
+    """`outputs.ArtifactCopier` over URLs the test serves from memory; a URL it forgot answers 410."""
+
+    served: dict[str, tuple[bytes, str]] = field(default_factory=dict)
+    stored: dict[str, tuple[bytes, str, dict[str, str]]] = field(default_factory=dict)  # s3 URI -> body, type, meta
+    failing: int = 0  # copies that raise a passing error first
+
+    def copy(self, url: str, bucket: str, key_for: Callable[[str], str], metadata: Mapping[str, str]) -> Any:
+        from ximilar_async.outputs import ArtifactGone, CopiedArtifact, extension_of
+
+        if self.failing:
+            self.failing -= 1
+            raise ConnectionError("the artifact's server went away")
+        if url not in self.served:
+            raise ArtifactGone(410)
+        body, content_type = self.served[url]
+        uri = f"s3://{bucket}/{key_for(extension_of(content_type, url, ''))}"
+        self.stored[uri] = (body, content_type, dict(metadata))
+        return CopiedArtifact(uri, content_type, len(body))

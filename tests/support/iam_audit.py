@@ -9,6 +9,12 @@ resource by logical id. The template's statements are resolved with each resourc
 through the function's environment (the template sets those variables with !Ref) and, for the input
 bucket, which no variable names, through the prefix of the name the template computes for it.
 
+Grants are resolved for the default configuration of what is a key prefix or an optional name: a
+`*Prefix` parameter stands for its default and an empty default stays empty (so `!If` on an empty
+`OutputBucketName` takes the results bucket's branch, the one the tests run); every other parameter
+stands for `@<Name>`. SQS calls are named by their queue URL, EventBridge calls by their bus; a
+multipart upload (`upload_fileobj`) is s3:PutObject, as IAM counts it.
+
 A presigned URL makes no call but is only good if the signer may s3:GetObject (GetObjectVersion with
 a VersionId): `generate_presigned_url` is recorded as that action.
 """
@@ -56,7 +62,21 @@ NEEDED_BUT_UNTESTED: dict[tuple[str, str], str] = {
     ("SweeperFunction", "s3:PutObject"): "a large result recorded by the sweeper instead of the webhook",
     # Resubmitting an image of a versioned bucket presigns its version (submit's test proves the action).
     ("SweeperFunction", "s3:GetObjectVersion"): "resubmitting an image of a versioned input bucket",
+    # S3's multipart cleanup after a copy failed half way (upload_fileobj calls it; no test breaks S3 mid-copy).
+    ("OutputsFunction", "s3:AbortMultipartUpload"): "a multipart copy that failed half way",
+    # Submitter.own -> forget_request when a regeneration finds its image claimed by someone else.
+    ("OutputsFunction", "dynamodb:DeleteItem"): "a regeneration whose image was claimed meanwhile",
+    ("OutputsFunction", "s3:GetObjectVersion"): "regenerating an image of a versioned input bucket",
 }
+
+# IAM names of S3 operations that are not actions of their own.
+_S3_ACTIONS = {
+    "HeadObject": "GetObject",
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+}
+_SQS_ACTIONS = {"SendMessageBatch": "SendMessage", "DeleteMessageBatch": "DeleteMessage"}
 
 _TRANSACT_ACTIONS = {
     "Put": "PutItem",
@@ -93,9 +113,16 @@ def grants_of(template: dict[str, Any]) -> tuple[list[Grant], list[str]]:
     """Every (action, resource) an Allow statement gives a function, resolved to logical ids; and
     the policies this audit cannot read (managed policies, SAM policy templates)."""
     resources = template["Resources"]
+
+    def stand_in(name: str, declared: dict[str, Any]) -> str:
+        default = declared.get("Default")
+        if name.endswith("Prefix") or default == "":
+            return str(default)
+        return f"@{name}"
+
     resolver = Resolver(
         template,
-        parameters={name: f"@{name}" for name in template.get("Parameters", {})},
+        parameters={name: stand_in(name, declared) for name, declared in template.get("Parameters", {}).items()},
         physical_ids={logical_id: f"@{logical_id}" for logical_id in resources},
         attributes={f"{logical_id}.Arn": f"arn:@:{logical_id}" for logical_id in resources},
     )
@@ -194,7 +221,7 @@ class Audit:
             if "Key" not in params:
                 action = "ListBucket" if operation.startswith("ListObjects") else operation
                 return [(f"s3:{action}", arn(params["Bucket"]))]
-            action = "GetObject" if operation == "HeadObject" else operation
+            action = _S3_ACTIONS.get(operation, operation)
             if action == "GetObject" and params.get("VersionId"):
                 action = "GetObjectVersion"
             return [(f"s3:{action}", f"{arn(params['Bucket'])}/{params['Key']}")]
@@ -207,6 +234,15 @@ class Audit:
             ]
         if service == "secretsmanager":
             return [(f"secretsmanager:{operation}", self._ref(function, params["SecretId"]))]
+        if service == "sqs" and "QueueUrl" in params:
+            return [(f"sqs:{_SQS_ACTIONS.get(operation, operation)}", arn(params["QueueUrl"]))]
+        if service == "events" and operation == "PutEvents":
+            region, account = self.pseudo["AWS::Region"], self.pseudo["AWS::AccountId"]
+            buses = {entry.get("EventBusName", "default") for entry in params["Entries"]}
+            return [
+                (f"events:{operation}", f"arn:aws:events:{region}:{account}:event-bus/{self._ref(function, bus)}")
+                for bus in sorted(buses)
+            ]
         return [(f"{service}:{operation}", "*")]
 
     def _ref(self, function: str, name: str) -> str:

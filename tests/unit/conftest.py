@@ -14,9 +14,18 @@ from typing import Any
 import pytest
 from pytest_socket import disable_socket, enable_socket
 
-from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, empty_tables, in_process_tables
+from tests.support.fakes import (
+    FakeClock,
+    FakeEventBus,
+    FakeObjectStore,
+    FakeOutputQueue,
+    FakeXimilar,
+    empty_tables,
+    in_process_tables,
+)
 from ximilar_async.dal.models import Tables
 from ximilar_async.dal.repository import Repository
+from ximilar_async.events import CompletionEvents
 from ximilar_async.results import ResultRecorder
 from ximilar_async.settings import SweeperSettings
 from ximilar_async.submission import Submitter
@@ -50,6 +59,13 @@ SETTINGS_ENVIRONMENT = {
     "RESULTS_BUCKET": RESULTS_BUCKET,
     "MAX_REQUEST_AGE_SECONDS": "3600",
     "MAX_API_CALLS_PER_RUN": "100",
+    "EVENT_BUS_NAME": "default",
+    "EVENT_SOURCE": "ximilar-async",
+    "OUTPUT_BUCKET_NAME": "",
+    "OUTPUT_PREFIX": "outputs/",
+    "INPUT_PREFIX": "incoming/",
+    "OUTPUTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/outputs",
+    "ROUTE_OPTIONS": "",
 }
 
 
@@ -74,9 +90,22 @@ def settings() -> SweeperSettings:
 
 
 @pytest.fixture
-def repository(_tables: Tables, settings: SweeperSettings) -> Repository:
+def bus() -> FakeEventBus:
+    return FakeEventBus()
+
+
+@pytest.fixture
+def output_queue() -> FakeOutputQueue:
+    return FakeOutputQueue()
+
+
+@pytest.fixture
+def repository(_tables: Tables, settings: SweeperSettings, bus: FakeEventBus) -> Repository:
     empty_tables(_tables)
-    return Repository(_tables, settings.index_shards, timedelta(days=settings.request_retention_days))
+    events = CompletionEvents(bus)
+    return Repository(
+        _tables, settings.index_shards, timedelta(days=settings.request_retention_days), finished=events.finished
+    )
 
 
 @pytest.fixture
@@ -112,8 +141,21 @@ def submitter(
 
 
 @pytest.fixture
-def recorder(repository: Repository, objects: FakeObjectStore, clock: FakeClock) -> ResultRecorder:
-    return ResultRecorder(repository, objects, RESULTS_BUCKET, clock=clock)
+def recorder(
+    repository: Repository,
+    objects: FakeObjectStore,
+    clock: FakeClock,
+    settings: SweeperSettings,
+    output_queue: FakeOutputQueue,
+) -> ResultRecorder:
+    return ResultRecorder(
+        repository,
+        objects,
+        RESULTS_BUCKET,
+        clock=clock,
+        output_location=settings.output_location,
+        output_queue=output_queue,
+    )
 
 
 @pytest.fixture

@@ -36,6 +36,17 @@ VALID_SUBMIT_ENV = {
     "SUBMIT_CONCURRENCY": "8",
     "DAILY_SUBMIT_LIMIT": "0",
     "MIN_REMAINING_CREDITS": "0",
+    "ROUTE_OPTIONS": "",
+    "EVENT_BUS_NAME": "default",
+    "EVENT_SOURCE": "ximilar-async",
+}
+# What the recorder (webhook, sweeper) and the outputs function read besides.
+OUTPUT_ENV = {
+    "RESULTS_BUCKET": "results",
+    "OUTPUT_BUCKET_NAME": "",
+    "OUTPUT_PREFIX": "outputs/",
+    "INPUT_PREFIX": "incoming/",
+    "OUTPUTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/outputs",
 }
 
 
@@ -121,7 +132,7 @@ def test_settings_name_every_missing_or_malformed_variable() -> None:
 def test_the_webhook_result_source_is_ximilar_or_payload_and_the_body_limit_fits_a_lambda_event() -> None:
     environment = {
         **VALID_SUBMIT_ENV,
-        "RESULTS_BUCKET": "results",
+        **OUTPUT_ENV,
         "MAX_WEBHOOK_BODY_BYTES": "4194304",
         "WEBHOOK_RESULT_SOURCE": "ximilar",
         "MAX_REQUEST_AGE_SECONDS": "86400",

@@ -60,6 +60,7 @@ class Image:
     result_s3_uri: str | None = None
     attempts: int = 0
     outputs: dict[str, Output] = field(default_factory=dict)  # artifact name (e.g. "upscaled") -> its copy
+    output_regenerations: int = 0  # resubmissions made because an artifact had expired before its copy
     created_at: datetime
     updated_at: datetime
 
@@ -99,6 +100,7 @@ class ImageResult:
     reason: str | None
     record: dict[str, Any] | None  # the record, when it fits in the item
     result_s3_uri: str | None = None  # else where it is stored
+    outputs: dict[str, Output] = field(default_factory=dict)  # artifacts to copy, PENDING (DONE results only)
 
 
 @dataclass

@@ -1,13 +1,15 @@
-"""The object store: S3 reads, presigned GETs and JSON writes, behind the small interface the domain uses."""
+"""The object store: S3 reads, presigned GETs and JSON writes, and artifact copies, behind the domain's interfaces."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from botocore.exceptions import ClientError
 
 from ximilar_async.entities import ObjectLocation
+from ximilar_async.outputs import GONE_STATUSES, ArtifactGone, CopiedArtifact, extension_of
 
 GONE_CODES: Final = frozenset({"NoSuchKey", "NoSuchVersion", "404"})
 
@@ -44,3 +46,49 @@ def _params(location: ObjectLocation) -> dict[str, str]:
     if location.version_id:
         params["VersionId"] = location.version_id
     return params
+
+
+@dataclass(frozen=True)
+class S3ArtifactCopier:
+    """`outputs.ArtifactCopier`: an HTTP download streamed into S3, never held whole in memory.
+
+    `requests` with `stream=True` hands its raw socket stream to boto3's `upload_fileobj`, which
+    reads it part by part (multipart above the TransferConfig's threshold). Memory is bounded by
+    the part size times the transfer's concurrency, whatever the artifact's size.
+    """
+
+    s3: Any
+    session: Any  # a requests.Session
+    transfer: Any  # boto3.s3.transfer.TransferConfig
+    timeout: tuple[float, float] = (3.05, 30.0)
+
+    def copy(self, url: str, bucket: str, key_for: Callable[[str], str], metadata: Mapping[str, str]) -> CopiedArtifact:
+        with self.session.get(url, stream=True, timeout=self.timeout) as answer:
+            if answer.status_code in GONE_STATUSES:
+                raise ArtifactGone(answer.status_code)
+            answer.raise_for_status()
+            content_type = answer.headers.get("Content-Type") or "application/octet-stream"
+            key = key_for(extension_of(content_type, url, ""))
+            answer.raw.decode_content = True  # a gzip transfer encoding is undone, as the browser would
+            counted = _CountingReader(answer.raw)
+            self.s3.upload_fileobj(
+                counted,
+                bucket,
+                key,
+                ExtraArgs={"ContentType": content_type, "Metadata": dict(metadata)},
+                Config=self.transfer,
+            )
+        return CopiedArtifact(f"s3://{bucket}/{key}", content_type, counted.read_bytes)
+
+
+class _CountingReader:
+    """A file-like view of a stream that counts what was read (the copy's size, without a HEAD)."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk: bytes = self.raw.read(size)
+        self.read_bytes += len(chunk)
+        return chunk

@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from ximilar_async.entities import DueCounter, Image, ImageResult, ObjectLocation, SpendDay, TrackedRequest
+from ximilar_async.entities import DueCounter, Image, ImageResult, ObjectLocation, Output, SpendDay, TrackedRequest
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
@@ -31,7 +31,10 @@ class XimilarApi(Protocol):
         endpoint: str,
         records: Sequence[Mapping[str, Any]],
         webhook: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]: ...
+        options: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """POST a request; `options` are extra body fields of its route (e.g. the upscaler's `mode`)."""
+        ...
 
     def status(self, request_id: str) -> str: ...
 
@@ -92,6 +95,12 @@ class Store(Protocol):
         *,
         from_statuses: tuple[Status, ...] = ...,
     ) -> int: ...
+
+    def set_output(self, uri: str, record_id: str, name: str, output: Output, now: datetime) -> Image | None: ...
+
+    def count_output_regeneration(
+        self, image: Image, name: str, reason: str, now: datetime, *, limit: int
+    ) -> Image | None: ...
 
     # requests
     def open_request(
@@ -175,3 +184,5 @@ class Store(Protocol):
 
     # queries
     def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]: ...
+
+    def image(self, uri: str) -> Image | None: ...

@@ -19,6 +19,14 @@ same Ximilar request (webhook and sweeper), whose record is the same. Writing af
 would leave a pointer to nothing if the function died between the two writes. A loser's object is
 left in place (it cannot be told from the winner's without another read); the results bucket's
 lifecycle, if any, applies to it.
+
+No credential at rest: Ximilar echoes each record's input `_url`, a presigned URL of the input
+bucket; the stored record holds the image's `s3://` URI there instead (and so do unmatched payloads).
+
+Outputs: a DONE record that names artifacts (`outputs.artifacts_of`: the upscaled image, ...) gets
+them in the same conditional write as the result, each PENDING with the S3 URI its copy will have,
+and one job per image goes to the outputs queue (SendMessageBatch) for the copier, after the writes
+and before the request is finished: a failed send fails the call, so the caller sees it.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from ximilar_async import item_size
-from ximilar_async.entities import ImageResult, TrackedRequest
+from ximilar_async.entities import ImageResult, Output, TrackedRequest
+from ximilar_async.outputs import OutputJob, OutputLocation, OutputQueue, artifacts_of, split_s3_uri
 from ximilar_async.payloads import RequestOutcome, ResultRecord
 from ximilar_async.ports import ItemTooLarge, ObjectStore, Store
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
@@ -104,6 +113,8 @@ class ResultRecorder:
     results_bucket: str
     clock: Callable[[], datetime] = utc_now
     inline_max_bytes: int = INLINE_RESULT_MAX_BYTES
+    output_location: OutputLocation | None = None  # None: artifacts stay at Ximilar (no copier wired)
+    output_queue: OutputQueue | None = None
 
     def record(self, submission_id: str, outcome: RequestOutcome) -> RecordingOutcome:
         """Record `outcome` (a webhook payload, or a request's details) for the request `submission_id`."""
@@ -142,6 +153,7 @@ class ResultRecorder:
         ]
         result.unmatched = len(outcome.response.records) - len(matched)
         answered = {record.record_id for _, record in matched}
+        jobs: list[OutputJob] = []
         for (_, record), (image_result, uploaded_at) in zip(
             matched, self._record_all(matched, outcome.id, now), strict=True
         ):
@@ -150,6 +162,8 @@ class ResultRecorder:
             if uploaded_at is not None:
                 result.recorded += 1
                 result.latencies.append((now - uploaded_at).total_seconds())
+                if image_result.outputs:
+                    jobs.append(self._job(image_result, record))
                 if image_result.status is Status.ERROR and is_transient_record_error(
                     record.status.code, record.status.text
                 ):
@@ -157,6 +171,8 @@ class ResultRecorder:
             else:
                 result.duplicates += 1
 
+        if jobs and self.output_queue is not None:
+            self.output_queue.send(jobs)
         unanswered = {record_id: uri for record_id, uri in images.items() if record_id not in answered}
         unfinished = self._unfinished(request, unanswered)
         context = {"submission_id": submission_id, "request_id": outcome.id}
@@ -240,12 +256,13 @@ class ResultRecorder:
     ) -> tuple[ImageResult, datetime | None]:
         """Write one image's result (inline, or in S3 with a pointer); returns it and, when the write
         applied, the image's upload time (None: it had finished already)."""
-        stored = record.as_stored()
+        stored = without_credentials(record.as_stored(), uri)
         code, text = record.status.code, record.status.text
         status = Status.DONE if code == 200 else Status.ERROR
         reason = None if status is Status.DONE else f"{code}: {text}"[:MAX_REASON_CHARS]
+        outputs = self._outputs(uri, stored) if status is Status.DONE else {}
         if item_size.attribute_size("result", stored) <= self.inline_max_bytes:
-            inline = ImageResult(uri, record.record_id, request_id, status, reason, stored)
+            inline = ImageResult(uri, record.record_id, request_id, status, reason, stored, outputs=outputs)
             try:
                 return inline, self.repository.record_image_result(inline, now)
             except ItemTooLarge:
@@ -256,8 +273,17 @@ class ResultRecorder:
                 )
         body = json.dumps(stored, separators=(",", ":")).encode()
         location = self.objects.put_json(self.results_bucket, result_key(record.record_id, request_id), body)
-        pointer = ImageResult(uri, record.record_id, request_id, status, reason, None, location)
+        pointer = ImageResult(uri, record.record_id, request_id, status, reason, None, location, outputs=outputs)
         return pointer, self.repository.record_image_result(pointer, now)
+
+    def _outputs(self, uri: str, stored: dict[str, object]) -> dict[str, Output]:
+        if self.output_location is None:
+            return {}
+        return self.output_location.pending(split_s3_uri(uri)[1], artifacts_of(stored))
+
+    def _job(self, image_result: ImageResult, record: ResultRecord) -> OutputJob:
+        artifacts = artifacts_of(record.as_stored())
+        return OutputJob(image_result.uri, image_result.record_id, image_result.request_id, artifacts)
 
     def store_unmatched(self, body: bytes) -> str | None:
         """Keep a payload for a request the tables do not know, for someone to inspect; returns where.
@@ -268,4 +294,32 @@ class ResultRecorder:
         if len(body) > UNMATCHED_MAX_BYTES:
             return None
         key = f"unmatched/{hashlib.sha256(body).hexdigest()}.json"
-        return self.objects.put_json(self.results_bucket, key, body)
+        return self.objects.put_json(self.results_bucket, key, scrub_payload(body))
+
+
+REMOVED: Final = "(presigned URL removed)"
+
+
+def without_credentials(record: dict[str, object], image_uri: str) -> dict[str, object]:
+    """The record with its input `_url` (a presigned URL, signed with the submitter's credentials)
+    replaced by the image's `s3://` URI: nothing that grants access is kept at rest."""
+    if "_url" in record:
+        return {**record, "_url": image_uri}
+    return record
+
+
+def scrub_payload(body: bytes) -> bytes:
+    """A payload kept for inspection, with every record's `_url` removed (the body as is, if not JSON)."""
+    try:
+        payload = json.loads(body)
+        records = payload["response"]["records"]
+    except (ValueError, KeyError, TypeError):
+        return body
+    if not isinstance(records, list):
+        return body
+    signed = [record for record in records if isinstance(record, dict) and "_url" in record]
+    if not signed:
+        return body  # kept byte for byte when there is nothing to remove
+    for record in signed:
+        record["_url"] = REMOVED
+    return json.dumps(payload, separators=(",", ":")).encode()

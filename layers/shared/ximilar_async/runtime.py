@@ -18,16 +18,29 @@ from datetime import datetime, timedelta
 from typing import Final, Protocol
 
 import boto3
+import requests
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from ximilar_async.copying import OutputCopier
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.dal.repository import Repository
-from ximilar_async.objects import S3Objects
+from ximilar_async.events import CompletionEvents, EventBridgePublisher
+from ximilar_async.objects import S3ArtifactCopier, S3Objects
+from ximilar_async.outputs import SqsOutputQueue
+from ximilar_async.ports import Store
 from ximilar_async.results import ResultRecorder, utc_now
-from ximilar_async.settings import CommonSettings, SubmitSettings, SweeperSettings, WebhookSettings
+from ximilar_async.settings import (
+    CommonSettings,
+    OutputSettings,
+    OutputsSettings,
+    SubmitSettings,
+    SweeperSettings,
+    WebhookSettings,
+)
 from ximilar_async.spend import SpendGuard
 from ximilar_async.submission import Submitter
 from ximilar_async.sweeper import Sweeper
@@ -40,6 +53,10 @@ SECRET_MAX_AGE: Final = 300  # seconds
 # A token of an unknown key makes the keys be read again (a rotation may be younger than the cache),
 # at most this often, so that forged key ids cannot turn into a Secrets Manager call each.
 KEY_REFRESH_INTERVAL: Final = 30.0  # seconds
+# A copy holds at most PART_BYTES x COPY_CONCURRENCY of the artifact in memory, whatever its size
+# (benchmarks/bench_outputs.py measures it); 8 MB parts reach S3's 10,000-part limit at 80 GB.
+PART_BYTES: Final = 8 * 1024 * 1024
+COPY_CONCURRENCY: Final = 4
 
 Clock = Callable[[], datetime]
 
@@ -116,9 +133,34 @@ class SecretSigningKeys:
         return [current, previous]
 
 
-def repository(settings: CommonSettings) -> Repository:
+def completion_events(settings: CommonSettings) -> CompletionEvents:
+    publisher = EventBridgePublisher(boto3.client("events"), settings.event_bus_name, settings.event_source)
+    return CompletionEvents(publisher)
+
+
+def repository(settings: CommonSettings, events: CompletionEvents | None = None) -> Repository:
+    """The tables; every image a write finishes is told to the event bus (the stack's completion events)."""
     tables = bind_tables(settings.images_table, settings.requests_table)
-    return Repository(tables, settings.index_shards, timedelta(days=settings.request_retention_days))
+    events = events or completion_events(settings)
+    return Repository(
+        tables, settings.index_shards, timedelta(days=settings.request_retention_days), finished=events.finished
+    )
+
+
+def output_queue(settings: OutputSettings) -> SqsOutputQueue:
+    return SqsOutputQueue(boto3.client("sqs"), settings.outputs_queue_url)
+
+
+def recorder(settings: OutputSettings, store: Store, objects: S3Objects, *, clock: Clock = utc_now) -> ResultRecorder:
+    """The one recording path, with the outputs of DONE results queued for the copier."""
+    return ResultRecorder(
+        store,
+        objects,
+        settings.results_bucket,
+        clock=clock,
+        output_location=settings.output_location,
+        output_queue=output_queue(settings),
+    )
 
 
 def object_store() -> S3Objects:
@@ -159,13 +201,48 @@ def submitter(settings: SubmitSettings, *, clock: Clock = utc_now) -> Submitter:
 
 def webhook_receiver(settings: WebhookSettings) -> WebhookReceiver:
     secrets = SecretSources.create()
-    recorder = ResultRecorder(repository(settings), object_store(), settings.results_bucket)
+    recording = recorder(settings, repository(settings), object_store())
     auth = webhook_auth(settings.webhook_secret_arn, secrets, timedelta(seconds=settings.max_request_age_seconds))
     source = ximilar_client(settings, secrets)
-    return WebhookReceiver(recorder, auth, settings.max_webhook_body_bytes, source, settings.result_source)
+    return WebhookReceiver(recording, auth, settings.max_webhook_body_bytes, source, settings.result_source)
 
 
 def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
     submit = submitter(settings, clock=clock)
-    recorder = ResultRecorder(submit.repository, submit.objects, settings.results_bucket, clock=clock)
-    return Sweeper(submit.repository, submit.ximilar, recorder, submit, settings, clock=clock)
+    recording = recorder(settings, submit.repository, object_store(), clock=clock)
+    return Sweeper(submit.repository, submit.ximilar, recording, submit, settings, clock=clock)
+
+
+def copy_transfer_config() -> TransferConfig:
+    """Multipart uploads of a stream that hold at most COPY_CONCURRENCY parts in memory."""
+    config = TransferConfig(
+        multipart_threshold=PART_BYTES,
+        multipart_chunksize=PART_BYTES,
+        max_concurrency=COPY_CONCURRENCY,
+        max_io_queue=COPY_CONCURRENCY,
+    )
+    # A stream is not seekable, so s3transfer reads parts ahead into memory: 10 of them unless told
+    # (s3transfer's own setting, which boto3's TransferConfig inherits without taking it as an argument).
+    config.max_in_memory_upload_chunks = COPY_CONCURRENCY
+    return config
+
+
+def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> OutputCopier:
+    """The outputs function's service: streamed copies, and a submitter to regenerate expired artifacts."""
+    submit = submitter(settings, clock=clock)
+    copier = S3ArtifactCopier(
+        boto3.client("s3", config=Config(signature_version="s3v4")),
+        requests.Session(),
+        copy_transfer_config(),
+        timeout=(CONNECT_TIMEOUT_SECONDS, settings.ximilar_read_timeout_seconds),
+    )
+    return OutputCopier(
+        submit.repository,
+        copier,
+        settings.output_location,
+        submit,
+        settings.regenerate_outputs_for,
+        settings.outputs_max_receive_count,
+        events=completion_events(settings),
+        clock=clock,
+    )

@@ -6,13 +6,15 @@ its name. The variable names are the field aliases, so the template tests can re
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Final, Self
+from typing import Annotated, Any, Final, Self
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from ximilar_async.outputs import OutputLocation
 from ximilar_async.request_types import RequestType, parse_request_type, records_per_request
 from ximilar_async.routing import Route, parse_routes
 
@@ -51,10 +53,46 @@ def _http_url(text: str) -> str:
     return text.rstrip("/")
 
 
+# Fields of a submission body the pipeline writes itself: a route option may not replace them.
+RESERVED_REQUEST_FIELDS: Final = frozenset({"type", "endpoint", "records", "webhook"})
+
+
+def _parse_route_options(text: Any) -> dict[tuple[RequestType, str], dict[str, Any]]:
+    """`{"type:endpoint": {field: value, ...}, ...}` (JSON; may be empty): extra fields of those requests."""
+    if isinstance(text, dict):
+        return text
+    if not str(text).strip():
+        return {}
+    try:
+        parsed = json.loads(str(text))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not JSON: {error.msg}") from None
+    if not isinstance(parsed, dict):
+        raise ValueError('expected a JSON object {"type:endpoint": {"field": value}}')
+    options: dict[tuple[RequestType, str], dict[str, Any]] = {}
+    for route, fields in parsed.items():
+        kind, sep, endpoint = str(route).partition(":")
+        if not sep or not endpoint.strip():
+            raise ValueError(f"{route!r} is not of the form type:endpoint")
+        if not isinstance(fields, dict):
+            raise ValueError(f"the options of {route!r} must be a JSON object")
+        reserved = RESERVED_REQUEST_FIELDS & set(fields)
+        if reserved:
+            raise ValueError(f"the options of {route!r} may not set {sorted(reserved)}")
+        options[(parse_request_type(kind.strip()), endpoint.strip())] = fields
+    return options
+
+
+def _parse_types(text: str) -> frozenset[RequestType]:
+    return frozenset(parse_request_type(part.strip()) for part in text.split(",") if part.strip())
+
+
 NonEmpty = Annotated[str, Field(min_length=1)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Routes = Annotated[tuple[Route, ...], BeforeValidator(parse_routes)]
 Limits = Annotated[dict[RequestType, int], BeforeValidator(_parse_limits)]
+RouteOptions = Annotated[dict[tuple[RequestType, str], dict[str, Any]], BeforeValidator(_parse_route_options)]
+RequestTypes = Annotated[frozenset[RequestType], BeforeValidator(_parse_types)]
 
 
 class _Settings(BaseModel):
@@ -88,6 +126,31 @@ class CommonSettings(_Settings):
     ximilar_read_timeout_seconds: float = Field(alias="XIMILAR_READ_TIMEOUT_SECONDS", gt=0, le=60)
     records_per_request: Limits = Field(alias="RECORDS_PER_REQUEST")
     request_retention_days: int = Field(alias="REQUEST_RETENTION_DAYS", ge=1)
+    event_bus_name: NonEmpty = Field(alias="EVENT_BUS_NAME")
+    event_source: NonEmpty = Field(alias="EVENT_SOURCE")  # the stack's name
+
+
+class OutputSettings(CommonSettings):
+    """Where copies of Ximilar's artifacts go; the recorder (webhook, sweeper) and the copier read it."""
+
+    results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
+    output_bucket_name: str = Field(alias="OUTPUT_BUCKET_NAME")  # empty: the results bucket
+    output_prefix: NonEmpty = Field(alias="OUTPUT_PREFIX")
+    input_prefix: str = Field(alias="INPUT_PREFIX")
+    outputs_queue_url: NonEmpty = Field(alias="OUTPUTS_QUEUE_URL")
+
+    @property
+    def output_location(self) -> OutputLocation:
+        return OutputLocation(self.output_bucket_name or self.results_bucket, self.output_prefix, self.input_prefix)
+
+    @model_validator(mode="after")
+    def _output_not_in_input(self) -> Self:
+        # The template's AllowedPattern refuses the input bucket's name already; this is the defence in depth.
+        try:
+            self.output_location.check()
+        except ValueError as error:
+            raise ValueError(f"OUTPUT_BUCKET_NAME, OUTPUT_PREFIX: {error}") from None
+        return self
 
 
 class SubmitSettings(CommonSettings):
@@ -102,9 +165,10 @@ class SubmitSettings(CommonSettings):
     submit_concurrency: int = Field(alias="SUBMIT_CONCURRENCY", ge=1, le=32)
     daily_submit_limit: int = Field(alias="DAILY_SUBMIT_LIMIT", ge=0)  # images per UTC day; 0: none
     min_remaining_credits: int = Field(alias="MIN_REMAINING_CREDITS", ge=0)  # Ximilar credits floor; 0: none
+    route_options: RouteOptions = Field(alias="ROUTE_OPTIONS")
 
 
-class WebhookSettings(CommonSettings):
+class WebhookSettings(OutputSettings):
     webhook_secret_arn: NonEmpty = Field(alias="WEBHOOK_SECRET_ARN")
     results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
     max_webhook_body_bytes: int = Field(alias="MAX_WEBHOOK_BODY_BYTES", ge=1024, le=MAX_WEBHOOK_BODY_LIMIT)
@@ -113,7 +177,13 @@ class WebhookSettings(CommonSettings):
     max_request_age_seconds: int = Field(alias="MAX_REQUEST_AGE_SECONDS", ge=60)
 
 
-class SweeperSettings(SubmitSettings):
-    results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
+class SweeperSettings(SubmitSettings, OutputSettings):
     max_request_age_seconds: int = Field(alias="MAX_REQUEST_AGE_SECONDS", ge=60)
     max_api_calls_per_run: int = Field(alias="MAX_API_CALLS_PER_RUN", ge=1)
+
+
+class OutputsSettings(SubmitSettings, OutputSettings):
+    """The copier: it submits again (an expired artifact of a type in `regenerate_outputs_for`)."""
+
+    regenerate_outputs_for: RequestTypes = Field(alias="REGENERATE_OUTPUTS_FOR")
+    outputs_max_receive_count: int = Field(alias="OUTPUTS_MAX_RECEIVE_COUNT", ge=1)

@@ -327,7 +327,8 @@ class Submitter:
         log_context = {"submission_id": submission_id, "keys": [upload.key for upload in sent]}
         sending = Owned(submission_id, request.request_type, request.endpoint, sent)
         try:
-            answer = self.ximilar.submit(request.request_type, request.endpoint, records, webhook)
+            options = self.settings.route_options.get((request.request_type, request.endpoint))
+            answer = self.ximilar.submit(request.request_type, request.endpoint, records, webhook, options)
         except XimilarThrottled as error:
             breaker.trip(error.retry_after)
             return self._hand_on(sending, "Ximilar is throttling (429)", breaker, outcome)

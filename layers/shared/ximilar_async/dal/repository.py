@@ -91,6 +91,7 @@ def _image(item: ImageItem) -> Image:
         result_s3_uri=item.result_s3_uri,
         attempts=int(item.attempts or 0),
         outputs=_outputs(item.outputs.as_dict() if item.outputs is not None else {}),  # type: ignore[no-untyped-call]
+        output_regenerations=int(item.output_regenerations or 0),
         created_at=item.created_at,
         updated_at=item.updated_at,
     )
@@ -101,6 +102,13 @@ def _outputs(stored: dict[str, Any]) -> dict[str, Output]:
         name: Output(uri=str(value["uri"]), state=OutputState(value["state"]), reason=value.get("reason"))
         for name, value in stored.items()
     }
+
+
+def _output_value(output: Output) -> dict[str, str]:
+    value = {"uri": output.uri, "state": output.state.value}
+    if output.reason:
+        value["reason"] = output.reason
+    return value
 
 
 def _request(item: RequestItem) -> TrackedRequest:
@@ -136,6 +144,14 @@ class Repository:
     tables: Tables
     shards: int
     request_retention: timedelta
+    # Told of each image a write of this repository finished (DONE, ERROR, FAILED), once, after the
+    # write applied, with the item as DynamoDB returned it: the completion events hang here because
+    # only here is it known which of several racing writers won (runtime wires it; None: nobody).
+    finished: Callable[[Image], None] | None = None
+
+    def _tell_finished(self, item: ImageItem) -> None:
+        if self.finished is not None:
+            self.finished(_image(item))
 
     # --- images -------------------------------------------------------------------------------------
     def _new_image_condition(self, upload: Upload) -> Condition:
@@ -181,6 +197,8 @@ class Repository:
         image = self._image(upload, Status.SUBMITTING, now)
         image.request_type, image.endpoint, image.submission_id = request_type, endpoint, submission_id
         image.attempts = 1 if retry_of is None else retry_of.attempts + 1
+        if retry_of is not None and retry_of.output_regenerations:
+            image.output_regenerations = retry_of.output_regenerations  # a regeneration stays counted
         image.lease_until = epoch(now + lease)
         if retry_of is None:
             reclaimable = (
@@ -202,7 +220,10 @@ class Repository:
         """Record an upload that is not submitted as FAILED with `reason`; False for a duplicate."""
         image = self._image(upload, Status.FAILED, now)
         image.status_reason = reason
-        return _applied(lambda: image.save(condition=self._new_image_condition(upload)))
+        applied = _applied(lambda: image.save(condition=self._new_image_condition(upload)))
+        if applied:
+            self._tell_finished(image)
+        return applied
 
     def _status_actions(self, uri: str, status: Status, now: datetime) -> list[Action]:
         """A status change of one image: the status, its `by_status` shard key, the time; no lease left."""
@@ -215,7 +236,12 @@ class Repository:
         ]
 
     def _update_claimed(
-        self, submission_id: str, uris: Iterable[str], actions_for: Callable[[str], list[Action]]
+        self,
+        submission_id: str,
+        uris: Iterable[str],
+        actions_for: Callable[[str], list[Action]],
+        *,
+        finishes: bool = False,
     ) -> int:
         """Apply each image's actions to the images this submission still holds in SUBMITTING; returns how many.
 
@@ -225,7 +251,11 @@ class Repository:
         held = (images.submission_id == submission_id) & (images.status == Status.SUBMITTING.value)
 
         def update(uri: str) -> bool:
-            return _applied(lambda: images(uri).update(actions=actions_for(uri), condition=held))
+            item = images(uri)
+            applied = _applied(lambda: item.update(actions=actions_for(uri), condition=held))
+            if applied and finishes:
+                self._tell_finished(item)  # pynamodb's update loads the item DynamoDB returns (ALL_NEW)
+            return applied
 
         return sum(update(uri) for uri in uris)
 
@@ -252,6 +282,7 @@ class Repository:
             submission_id,
             uris,
             lambda uri: [*self._status_actions(uri, Status.FAILED, now), images.status_reason.set(reason)],
+            finishes=True,
         )
 
     # --- requests -----------------------------------------------------------------------------------
@@ -348,13 +379,60 @@ class Repository:
             actions += [images.result_s3_uri.set(result.result_s3_uri), images.result.remove()]
         actions += [*self._status_actions(result.uri, result.status, now), images.request_id.set(result.request_id)]
         actions.append(images.status_reason.set(result.reason) if result.reason else images.status_reason.remove())
+        # The outputs to copy ride on the result's own write: no second write, and no PENDING without a result.
+        if result.outputs:
+            outputs = {name: _output_value(output) for name, output in result.outputs.items()}
+            actions.append(images.outputs.set(outputs))
+        else:
+            actions.append(images.outputs.remove())
         replaceable = [status.value for status in (*UNFINISHED, Status.FAILED)]
         condition = (images.record_id == result.record_id) & images.status.is_in(*replaceable)
         item = images(result.uri)
         if not _applied(lambda: item.update(actions=actions, condition=condition)):
             return None
+        self._tell_finished(item)
         created_at: datetime | None = getattr(item, "created_at", None)
         return created_at or now
+
+    def set_output(self, uri: str, record_id: str, name: str, output: Output, now: datetime) -> Image | None:
+        """Move one PENDING output of this upload's DONE image to `output` (STORED or FAILED).
+
+        Returns the image as written, or None when the condition failed: the output is no longer
+        PENDING (a repeated message: harmless), or the image was uploaded or submitted again since.
+        """
+        images = self.tables.images
+        condition = (
+            (images.record_id == record_id)
+            & (images.status == Status.DONE.value)
+            & (images.outputs[name]["state"] == OutputState.PENDING.value)
+        )
+        actions = [images.outputs[name].set(_output_value(output)), images.updated_at.set(now)]
+        item = images(uri)
+        return _image(item) if _applied(lambda: item.update(actions=actions, condition=condition)) else None
+
+    def count_output_regeneration(
+        self, image: Image, name: str, reason: str, now: datetime, *, limit: int
+    ) -> Image | None:
+        """Count one regeneration of `image` (its artifact `name` expired) if fewer than `limit` were made.
+
+        The image must be exactly as read (same `updated_at`), so two copiers cannot both count one.
+        Returns the image as written (for `claim_image(retry_of=...)`), or None when refused.
+        """
+        images = self.tables.images
+        condition = (
+            (images.record_id == image.record_id)
+            & (images.status == Status.DONE.value)
+            & (images.updated_at == image.updated_at)
+            & (images.output_regenerations.does_not_exist() | (images.output_regenerations < limit))
+        )
+        failed = Output(image.outputs[name].uri if name in image.outputs else "", OutputState.FAILED, reason)
+        actions = [
+            images.output_regenerations.add(1),
+            images.outputs[name].set(_output_value(failed)),
+            images.updated_at.set(now),
+        ]
+        item = images(image.uri)
+        return _image(item) if _applied(lambda: item.update(actions=actions, condition=condition)) else None
 
     def await_missing_records(
         self,
@@ -408,7 +486,11 @@ class Repository:
         def fail(record_id: str, uri: str) -> bool:
             actions = [*self._status_actions(uri, Status.FAILED, now), images.status_reason.set(reason)]
             condition = (images.record_id == record_id) & images.status.is_in(*pending)
-            return _applied(lambda: images(uri).update(actions=actions, condition=condition))
+            item = images(uri)
+            applied = _applied(lambda: item.update(actions=actions, condition=condition))
+            if applied:
+                self._tell_finished(item)
+            return applied
 
         return sum(fail(record_id, uri) for record_id, uri in record_ids_to_uris.items())
 

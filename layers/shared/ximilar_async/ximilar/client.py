@@ -173,14 +173,19 @@ class XimilarClient:
         endpoint: str,
         records: Sequence[Mapping[str, Any]],
         webhook: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> JsonObject:
-        """POST a new request; returns Ximilar's answer (`id`, `status`, `type`, `created`, ...)."""
+        """POST a new request; returns Ximilar's answer (`id`, `status`, `type`, `created`, ...).
+
+        `options` are the route's extra body fields (e.g. the upscaler's `mode`), sent as they are.
+        """
         try:
             kind = request_type if isinstance(request_type, RequestType) else parse_request_type(request_type)
         except ValueError as error:
             raise InvalidRequest(str(error)) from None
         validate_records(kind, records, self.records_per_request)
-        body: JsonObject = {"type": kind.value, "endpoint": endpoint, "records": [dict(r) for r in records]}
+        body: JsonObject = {**(options or {}), "type": kind.value, "endpoint": endpoint}
+        body["records"] = [dict(r) for r in records]
         if webhook is not None:
             if not webhook.get("endpoint"):
                 raise InvalidRequest("a webhook needs an endpoint")

@@ -1,0 +1,34 @@
+"""One line about an image's result, for people: the CLI's table and the completion events share it.
+
+Events carry this line instead of the result, which can be far larger than an event may be (256 KB).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def summary(item: dict[str, Any]) -> str:
+    """A one-line summary of an image's result (or of why it has none); `item` as the images table names it."""
+    status = item.get("status")
+    if status in ("FAILED", "ERROR"):
+        return str(item.get("status_reason") or "")
+    result = item.get("result") or {}
+    if item.get("result_s3_uri"):
+        return f"result stored at {item['result_s3_uri']}"
+    if not result:
+        return ""
+    if "_upscaled_width" in result:
+        size = f"{result.get('_width')}x{result.get('_height')}"
+        return f"upscaled {size} -> {result['_upscaled_width']}x{result['_upscaled_height']}"
+    grades = result.get("grades")
+    if isinstance(grades, dict):
+        return f"grade {grades.get('final')} ({grades.get('condition')})"
+    for found in result.get("_objects") or []:
+        match = (found.get("_identification") or {}).get("best_match")
+        if match:
+            return f"{match.get('name')} - {match.get('set')} {match.get('card_number')}"
+    tags = result.get("_tags_simple") or []
+    if tags:
+        return "tags: " + ", ".join(str(tag) for tag in tags)
+    return f"{result.get('_width')}x{result.get('_height')}"
