@@ -241,6 +241,11 @@ def test_a_transient_error_is_tried_a_bounded_number_of_times_then_failed(pipeli
     for attempt in range(1, MAX_IMAGE_ATTEMPTS + 1):
         image = pipeline.wait_status(key, "ERROR")
         assert image.attempts == attempt
+        # The image's ERROR is written before its request notes the retry: sweep once both are there.
+        wait_for(
+            lambda: pipeline.stack.tables.requests.get(image.submission_id).retry_record_ids,  # noqa: B023
+            what="the retry noted on the request",
+        )
         pipeline.sweep(LATER * attempt)
     final = pipeline.image(key)
     assert final.status == "FAILED"

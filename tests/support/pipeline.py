@@ -89,6 +89,11 @@ class Pipeline:
         return {"Content-Type": "application/json", **self.stack.auth.headers(submission_id)}
 
 
+def as_kept(record: dict[str, Any], image_uri: str) -> dict[str, Any]:
+    """A record as the pipeline keeps it: its presigned `_url` replaced by the image's URI (no credential at rest)."""
+    return {**record, "_url": image_uri} if "_url" in record else record
+
+
 def start_pipeline(
     monkeypatch: pytest.MonkeyPatch, stack: AwsStack, emulator: RunningEmulator, **parameters: str
 ) -> Iterator[Pipeline]:
