@@ -18,6 +18,7 @@ from xasync.servers import wait_for
 from xasync.template import PROJECT_ROOT
 from ximilar_async import keys
 from ximilar_async.dal.models import bind_tables
+from ximilar_async.entities import OutputState
 from ximilar_async.statuses import TERMINAL_STATUSES
 from ximilar_emulator import EmulatorControl
 
@@ -126,22 +127,27 @@ def loaded_images(page: Any, selector: str) -> list[tuple[str, int]]:
 
 
 def seed_outputs(local: LocalStack, target: cli.Target) -> None:
-    """What the output copier (another branch) will write: a STORED copy of one upscaled image, one
-    copy PENDING and one FAILED. The stored bytes are the emulator's own upscaled image."""
+    """Once the output copier has stored the upscaled copies, turn two of them into the other states a
+    person must see: one PENDING, one FAILED with a reason holding markup. City at night keeps its copy."""
     tables = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"], host=local.aws_endpoint)
-    bucket, results = local.outputs["InputBucketName"], local.outputs["ResultsBucketName"]
+    bucket = local.outputs["InputBucketName"]
     repository = target.repository()
-    city = repository.image(keys.image_uri(bucket, "incoming/photos/city at night.png"))
-    assert city is not None and city.result is not None
-    upscaled = requests.get(city.result["_upscaled_image_url"], timeout=10)
-    upscaled.raise_for_status()
-    copy_key = "outputs/incoming/photos/city at night.png"
-    local.client("s3").put_object(Bucket=results, Key=copy_key, Body=upscaled.content)
+    upscaled = ["incoming/photos/city at night.png", "incoming/photos/sunset.png", "incoming/photos/forest.jpg"]
+
+    def copied() -> bool:
+        images = [repository.image(keys.image_uri(bucket, key)) for key in upscaled]
+        return all(
+            image is not None and image.outputs and {o.state for o in image.outputs.values()} == {OutputState.STORED}
+            for image in images
+        )
+
+    wait_for(copied, timeout=60, what="the output copier to store every upscaled image")
+    wait_for(local.invocations.idle, timeout=30, what="the functions to settle")
+    results = local.outputs["ResultsBucketName"]
     outputs = {
-        "incoming/photos/city at night.png": {"uri": f"s3://{results}/{copy_key}", "state": "STORED"},
-        "incoming/photos/sunset.png": {"uri": f"s3://{results}/outputs/sunset.png", "state": "PENDING"},
+        "incoming/photos/sunset.png": {"uri": f"s3://{results}/outputs/photos/sunset.upscaled.png", "state": "PENDING"},
         "incoming/photos/forest.jpg": {
-            "uri": f"s3://{results}/outputs/forest.jpg",
+            "uri": f"s3://{results}/outputs/photos/forest.upscaled.jpg",
             "state": "FAILED",
             "reason": "<b>expired</b> at Ximilar before the copy",
         },
@@ -190,9 +196,18 @@ def test_the_upscaled_output_is_shown_beside_its_input(
     seed_outputs(local, target)
     page.goto(page_url)
     city = card(page, "incoming/photos/city at night.png")
-    wait_for(lambda: len(loaded_images(page, "img.output")) == 1, timeout=30, what="the output to load")
-    input_width = city.locator("img.input").evaluate("img => img.naturalWidth")
-    output_width = city.locator("img.output").evaluate("img => img.naturalWidth")
+    width = "img => img.complete ? img.naturalWidth : 0"
+    wait_for(
+        lambda: (
+            city.locator("img.output").count() == 1
+            and city.locator("img.input").evaluate(width) > 0
+            and city.locator("img.output").evaluate(width) > 0
+        ),
+        timeout=30,
+        what="city at night's input and its stored copy to load",
+    )
+    input_width = city.locator("img.input").evaluate(width)
+    output_width = city.locator("img.output").evaluate(width)
     assert output_width == 2 * input_width  # the upscaler doubled it: the "after" beside the "before"
     assert card(page, "incoming/photos/sunset.png").locator(".output-PENDING .placeholder").inner_text() == "pending"
     failed = card(page, "incoming/photos/forest.jpg").locator(".output-FAILED .placeholder")
