@@ -66,25 +66,6 @@ class AwsStack:
         environment = functions(self.template, resolver)[logical_id].environment
         return {**environment, "AWS_ENDPOINT_URL": self.endpoint}
 
-    def output_jobs(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
-        """`count` messages of the outputs queue, shaped as Lambda's SQS event records."""
-        sqs = self.client("sqs")
-        received: list[dict[str, Any]] = []
-
-        def enough() -> bool:
-            answer = sqs.receive_message(
-                QueueUrl=self.outputs_queue_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=0,
-                AttributeNames=["All"],
-                VisibilityTimeout=600,
-            )
-            received.extend(answer.get("Messages", []))
-            return len(received) >= count
-
-        wait_for(enough, timeout=timeout, what=f"{count} output jobs")
-        return [lambda_sqs_record(message, "arn:aws:sqs:us-east-1:123456789012:outputs") for message in received]
-
     def put(self, key: str, body: bytes) -> None:
         self.client("s3").put_object(Bucket=self.bucket, Key=key, Body=body)
 
