@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 
-from xasync import cli, local_stack
+from tests.support.cli_runner import point_cli_at, xasync
+from xasync import local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
@@ -38,17 +38,7 @@ def control(local: LocalStack) -> EmulatorControl:
 
 @pytest.fixture(autouse=True)
 def state_file(local: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The state `xasync up` writes, so the CLI's commands find this stack."""
-    path = tmp_path / "local.json"
-    monkeypatch.setattr(local_stack, "STATE_FILE", path)
-    local_stack.write_state(local, path)
-    return path
-
-
-def xasync(*arguments: str) -> Result:
-    result = CliRunner().invoke(cli.main, list(arguments))
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
+    return point_cli_at(local, tmp_path / "local.json", monkeypatch)
 
 
 def image(local: LocalStack, key: str) -> dict[str, Any]:

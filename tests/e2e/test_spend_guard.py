@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 
-from xasync import cli, local_stack
+from tests.support.cli_runner import point_cli_at, xasync
+from xasync import local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
@@ -30,16 +30,7 @@ def local() -> Iterator[LocalStack]:
 
 @pytest.fixture(autouse=True)
 def state_file(local: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "local.json"
-    monkeypatch.setattr(local_stack, "STATE_FILE", path)
-    local_stack.write_state(local, path)
-    return path
-
-
-def xasync(*arguments: str) -> Result:
-    result = CliRunner().invoke(cli.main, list(arguments))
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    return result
+    return point_cli_at(local, tmp_path / "local.json", monkeypatch)
 
 
 def put(local: LocalStack, keys_: list[str]) -> None:
