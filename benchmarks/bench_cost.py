@@ -43,6 +43,7 @@ from xasync.servers import wait_for
 from xasync.template import load_template, resources_of_type
 from ximilar_async import keys
 from ximilar_async.dal.models import bind_tables
+from ximilar_async.dal.repository import LAST_SWEEP_KEY
 from ximilar_async.statuses import TERMINAL_STATUSES
 from ximilar_emulator import EmulatorControl
 
@@ -57,6 +58,7 @@ PLATFORM_LOG_BYTES = 370
 DYNAMODB_ITEM_OVERHEAD = 100
 # Lambda's SQS event source polls an idle queue with 5 long polls (20 s each) at once.
 SQS_IDLE_POLLERS, SQS_LONG_POLL_SECONDS = 5, 20
+PER_RUN = "per-run."  # usage of a sweeper run whatever the images (its last-run record), not per image
 SECRET_MAX_AGE = 300  # ximilar_async.runtime caches the token and the key this long (per warm container)
 # Values of the HTTP API's access-log variables with typical lengths, to size one access-log line.
 ACCESS_LOG_SAMPLE = {
@@ -254,17 +256,20 @@ class Meter:
                 self.items[(table.name, json.dumps(key, sort_keys=True))] = new
         usage = Usage()
         twice = 2 if call.operation == "TransactWriteItems" else 1  # a transaction writes in two phases
-        for (table, _, kind), old, new in zip(writes, before, after, strict=True):
+        for (table, key, kind), old, new in zip(writes, before, after, strict=True):
             label = self.labels[table.name]
+            # Per run, not per image: the sweeper's record of its last run is written once a minute
+            # whatever the volume, and `fixed_month` prices it with the schedule's runs.
+            per_run = PER_RUN if LAST_SWEEP_KEY in json.dumps(key) else ""
             if kind == "ConditionCheck":
                 usage[f"ddb.wcu.{label}"] += twice * write_units(item_size(old))
                 continue
             cost = write_cost(table, old, new, applied=not refused, kind=kind)
-            usage["ddb.item_writes"] += 1
-            usage[f"ddb.wcu.{label}"] += twice * cost.table_units
+            usage[f"{per_run}ddb.item_writes"] += 1
+            usage[f"{per_run}ddb.wcu.{label}"] += twice * cost.table_units
             for index, units in cost.index_units.items():
-                usage[f"ddb.wcu.{label}/{index}"] += twice * units
-                usage[f"ddb.index_writes.{label}/{index}"] += cost.index_writes[index]
+                usage[f"{per_run}ddb.wcu.{label}/{index}"] += twice * units
+                usage[f"{per_run}ddb.index_writes.{label}/{index}"] += cost.index_writes[index]
         self.add(usage)
         if failure is not None:
             raise failure
@@ -368,12 +373,16 @@ class Meter:
                 and isinstance(answer, dict)
                 and not (answer.get("items_read") or answer.get("taken") or answer.get("stopped"))
             )
+            per_image = Usage({name: value for name, value in usage.items() if not name.startswith(PER_RUN)})
+            per_run = Usage({name[len(PER_RUN) :]: value for name, value in usage.items() if name.startswith(PER_RUN)})
             with self.lock:
                 if idle:
-                    self.idle_sweeps.add(usage)
+                    self.idle_sweeps.add(per_image)
+                    self.idle_sweeps.add(per_run)
                     self.idle_sweeps["runs"] += 1
                 elif self.phase is not None:
-                    self.phase.add(usage)
+                    # A busy run's own record is priced with every run of the schedule (`fixed_month`).
+                    self.phase.add(per_image)
 
         return finish
 

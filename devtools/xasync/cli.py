@@ -236,7 +236,7 @@ def find_items(
     else:
         statuses = [Status(status)] if status else list(Status)
         uris = repository.image_uris_by_status(statuses, since or datetime.now(UTC) - timedelta(days=1))
-    found = repository.images_by_uri(uris, consistent=False).values()
+    found = repository.images_as_known(uris).values()
     return sorted((views.as_item(image) for image in found), key=lambda item: str(item["key"]))
 
 

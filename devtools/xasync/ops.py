@@ -69,7 +69,7 @@ def status_report(
     now = now or utc_now()
     counts = repository.count_by_status(since, list(Status))
     in_flight = Counter(request.status.value for request in repository.unfinished_requests())
-    oldest = repository.least_recently_updated(UNFINISHED)
+    oldest = repository.oldest_in_flight()
     last_sweep = repository.last_sweep()
     day = repository.spend_day(now.date())
     paused_by_hand = repository.pause_reason()

@@ -79,6 +79,16 @@ def image(stack: AwsStack, key: str) -> Any:
     return stack.tables.images.get(keys.image_uri(stack.bucket, key))
 
 
+def state(stack: AwsStack, key: str) -> tuple[str, str]:
+    """(the image's status, its request's status): an image stays SUBMITTING until its result."""
+    item = image(stack, key)
+    return item.status, stack.request_of(item).status
+
+
+def request_id(stack: AwsStack, key: str) -> str:
+    return str(stack.request_of(image(stack, key)).request_id)
+
+
 def test_23_objects_of_a_10_record_type_become_requests_of_10_10_and_3(
     submit_handler: Callable[..., ModuleType], aws_stack: AwsStack, emulator: RunningEmulator
 ) -> None:
@@ -88,11 +98,11 @@ def test_23_objects_of_a_10_record_type_become_requests_of_10_10_and_3(
 
     assert invoke(handler, records) == {"batchItemFailures": []}
 
-    request_ids = {image(aws_stack, f"incoming/cards/card-{n:02d}.png").request_id for n in range(23)}
+    request_ids = {request_id(aws_stack, f"incoming/cards/card-{n:02d}.png") for n in range(23)}
     sizes = sorted(len(ximilar_request(emulator, rid)["request"]["records"]) for rid in request_ids)
     assert sizes == [3, 10, 10]
     assert len(posts(emulator)) == 3
-    assert {image(aws_stack, f"incoming/cards/card-{n:02d}.png").status for n in range(23)} == {"CREATED"}
+    assert {state(aws_stack, f"incoming/cards/card-{n:02d}.png") for n in range(23)} == {("SUBMITTING", "CREATED")}
 
 
 def test_upscaler_objects_are_one_request_each_and_two_routes_make_two_requests(
@@ -102,10 +112,11 @@ def test_upscaler_objects_are_one_request_each_and_two_routes_make_two_requests(
     keys_ = ["incoming/a.png", "incoming/b.png", "incoming/flows/c.png", "incoming/flows/d.png"]
     invoke(handler, upload_all(aws_stack, keys_))
     items = {key: image(aws_stack, key) for key in keys_}
-    assert len({items["incoming/a.png"].request_id, items["incoming/b.png"].request_id}) == 2
-    assert items["incoming/flows/c.png"].request_id == items["incoming/flows/d.png"].request_id
+    ids = {key: aws_stack.request_of(item).request_id for key, item in items.items()}
+    assert len({ids["incoming/a.png"], ids["incoming/b.png"]}) == 2
+    assert ids["incoming/flows/c.png"] == ids["incoming/flows/d.png"]
     assert len(posts(emulator)) == 3
-    flows = ximilar_request(emulator, items["incoming/flows/c.png"].request_id)
+    flows = ximilar_request(emulator, ids["incoming/flows/c.png"])
     assert (flows["type"], flows["request"]["endpoint"]) == ("flows", "my-flow")
 
 
@@ -118,11 +129,11 @@ def test_keys_that_need_decoding_are_stored_decoded_and_really_fetched(
     assert key not in records[1]["body"]  # S3 sent it URL-encoded
     invoke(handler, records)
     stored = image(aws_stack, key)
-    assert (stored.key, stored.status) == (key, "CREATED")
+    assert (stored.key, state(aws_stack, key)) == (key, ("SUBMITTING", "CREATED"))
     assert stored.record_id == keys.record_id(aws_stack.bucket, key, stored.version)
 
     def fetched() -> dict[str, Any] | None:
-        details = ximilar_request(emulator, stored.request_id)
+        details = ximilar_request(emulator, request_id(aws_stack, key))
         return details if details["status"] == "DONE" else None
 
     record = wait_for(fetched, what="the emulator to process the presigned URL")["response"]["records"][0]
@@ -150,7 +161,7 @@ def test_in_a_versioned_bucket_the_uploaded_version_is_the_one_sent(
     assert stored.version_id
 
     def fetched() -> dict[str, Any] | None:
-        details = ximilar_request(emulator, stored.request_id)
+        details = ximilar_request(emulator, request_id(aws_stack, "incoming/versioned.png"))
         return details if details["status"] == "DONE" else None
 
     record = wait_for(fetched, what="the emulator to process the versioned image")["response"]["records"][0]
@@ -178,7 +189,7 @@ def test_a_duplicate_notification_makes_no_second_request(
     invoke(handler, records)  # delivered again
     invoke(handler, records + records)  # and twice in one batch
     assert len(posts(emulator)) == 1
-    assert image(aws_stack, "incoming/flows/once.png").request_id == first.request_id
+    assert image(aws_stack, "incoming/flows/once.png").submission_id == first.submission_id
 
 
 def test_a_new_upload_of_the_same_key_is_a_new_submission(
@@ -192,7 +203,7 @@ def test_a_new_upload_of_the_same_key_is_a_new_submission(
     invoke(handler, aws_stack.receive(1))
     second = image(aws_stack, "incoming/flows/again.png")
     assert second.record_id != first.record_id
-    assert second.request_id != first.request_id
+    assert second.submission_id != first.submission_id
     # The older notification arriving late changes nothing.
     invoke(handler, first_records[1:])
     assert image(aws_stack, "incoming/flows/again.png").record_id == second.record_id
@@ -207,7 +218,7 @@ def test_429_then_success_submits_once(
     emulator.control.fail_next(1, status=429, retry_after=1)
     assert invoke(handler, records) == {"batchItemFailures": []}
     assert [call["status"] for call in posts(emulator)] == [429, 201]
-    assert image(aws_stack, "incoming/flows/busy.png").status == "CREATED"
+    assert state(aws_stack, "incoming/flows/busy.png") == ("SUBMITTING", "CREATED")
 
 
 def test_a_500_storm_hands_exactly_the_affected_images_to_the_sweeper_and_retries_no_message(
@@ -222,7 +233,7 @@ def test_a_500_storm_hands_exactly_the_affected_images_to_the_sweeper_and_retrie
     waiting = [image(aws_stack, key) for key in keys_[:10]]
     assert [item.status for item in waiting] == ["SUBMITTING"] * 10
     assert all(item.status_reason.startswith("waiting to be submitted: not accepted yet") for item in waiting)
-    assert [image(aws_stack, key).status for key in keys_[10:]] == ["CREATED"] * 2
+    assert [state(aws_stack, key) for key in keys_[10:]] == [("SUBMITTING", "CREATED")] * 2
     request = aws_stack.tables.requests.get(waiting[0].submission_id)
     assert (request.status, request.due_shard is not None) == ("SUBMITTING", True)  # due for the sweeper
     assert [call["status"] for call in posts(emulator)] == [500, 201]
@@ -238,9 +249,8 @@ def test_a_400_marks_the_images_failed_with_ximilars_message_and_is_not_retried(
         stored = image(aws_stack, key)
         assert stored.status == "FAILED"
         assert "400" in stored.status_reason and "no more than 1" in stored.status_reason
-    request = aws_stack.tables.requests.get(stored.submission_id)
-    assert request.status == "FAILED"
-    assert request.due_shard is None  # off the sweeper's index
+    # Nothing for the sweeper, and no request item: Ximilar has nothing of it (the images say why).
+    assert aws_stack.tables.requests.count(stored.submission_id) == 0
 
 
 def test_bad_inputs_end_failed_with_a_reason_and_no_request(
@@ -264,10 +274,9 @@ def test_a_non_image_with_an_image_name_is_answered_with_a_non_200_status(
 ) -> None:
     handler = submit_handler()
     invoke(handler, upload_all(aws_stack, ["incoming/flows/fake.jpg"], b"this is text, not a jpeg"))
-    stored = image(aws_stack, "incoming/flows/fake.jpg")
 
     def done() -> dict[str, Any] | None:
-        details = ximilar_request(emulator, stored.request_id)
+        details = ximilar_request(emulator, request_id(aws_stack, "incoming/flows/fake.jpg"))
         return details if details["status"] == "DONE" else None
 
     status = wait_for(done, what="DONE")["response"]["records"][0]["_status"]
@@ -280,8 +289,7 @@ def test_small_objects_can_go_inline_as_base64(
 ) -> None:
     handler = submit_handler(InlineBase64MaxBytes="100000")
     invoke(handler, upload_all(aws_stack, ["incoming/flows/inline.png"], png_bytes(13, 7)))
-    stored = image(aws_stack, "incoming/flows/inline.png")
-    sent = ximilar_request(emulator, stored.request_id)["request"]["records"][0]
+    sent = ximilar_request(emulator, request_id(aws_stack, "incoming/flows/inline.png"))["request"]["records"][0]
     assert "_base64" in sent and "_url" not in sent
 
 
@@ -308,12 +316,16 @@ def test_request_items_record_what_was_sent(
     invoke(handler, upload_all(aws_stack, ["incoming/flows/r1.png", "incoming/flows/r2.png"]))
     stored = image(aws_stack, "incoming/flows/r1.png")
     request = aws_stack.tables.requests.get(stored.submission_id)
-    assert (request.status, request.request_id, request.request_type) == ("CREATED", stored.request_id, "flows")
+    assert (request.status, request.request_type) == ("CREATED", "flows")
+    sent = ximilar_request(emulator, request.request_id)["request"]["records"]
+    assert sorted(record["_id"] for record in sent) == sorted(request.images.as_dict())
     assert sorted(request.images.as_dict().values()) == sorted(
         keys.image_uri(aws_stack.bucket, k) for k in ("incoming/flows/r1.png", "incoming/flows/r2.png")
     )
     assert request.due_shard is not None and request.next_check_at is not None
-    assert stored.status_shard.startswith("CREATED#")  # findable by status, not left under SUBMITTING
+    # The image is not written after the POST: in no status index until its result (one write saved, and
+    # three index writes), without Ximilar's id (the request has it), and findable in flight from its request.
+    assert (stored.status, stored.status_shard, stored.request_id) == ("SUBMITTING", None, None)
 
 
 def test_logs_carry_no_token_key_or_url_signature(
@@ -342,7 +354,7 @@ def test_a_plain_s3_event_works_as_sam_local_invoke_sends_it(
     aws_stack.put("incoming/holiday photos/café terrace.jpg", png_bytes())
     answer = handler.lambda_handler(event, LocalLambdaContext())
     assert answer["images_submitted"] == 1
-    assert image(aws_stack, "incoming/holiday photos/café terrace.jpg").status == "CREATED"
+    assert state(aws_stack, "incoming/holiday photos/café terrace.jpg") == ("SUBMITTING", "CREATED")
 
 
 def test_the_sqs_event_file_is_handled_test_event_route_and_rejection_included(
@@ -357,7 +369,7 @@ def test_the_sqs_event_file_is_handled_test_event_route_and_rejection_included(
         record["body"] = json.dumps(body)
     aws_stack.put("incoming/cards/pikachu (1999).png", png_bytes())
     assert invoke(handler, event["Records"]) == {"batchItemFailures": []}
-    assert image(aws_stack, "incoming/cards/pikachu (1999).png").status == "CREATED"
+    assert state(aws_stack, "incoming/cards/pikachu (1999).png") == ("SUBMITTING", "CREATED")
     assert image(aws_stack, "incoming/notes.txt").status == "FAILED"
 
 
@@ -369,4 +381,4 @@ def test_a_message_that_is_not_a_notification_is_retried_not_dropped(
     broken = {**records[1], "messageId": "broken-1", "body": "{not json"}
     answer = invoke(handler, [*records, broken])
     assert answer == {"batchItemFailures": [{"itemIdentifier": "broken-1"}]}
-    assert image(aws_stack, "incoming/flows/good.png").status == "CREATED"
+    assert state(aws_stack, "incoming/flows/good.png") == ("SUBMITTING", "CREATED")

@@ -45,6 +45,12 @@ class AwsStack:
         max_age = int(self.template["Parameters"]["MaxRequestAgeSeconds"]["Default"])
         return WebhookAuth(static_keys(self.signing_key), timedelta(seconds=max_age))
 
+    def request_of(self, image: Any) -> Any:
+        """The request item of an image in flight (its `submission_id`): the image item itself is not
+        written between its claim and its result, so Ximilar's id and CREATED are on the request."""
+        found = list(self.tables.requests.batch_get([image.submission_id]))
+        return found[0] if found else None
+
     def client(self, service: str) -> Any:
         factory: Any = boto3.client  # its overloads want a literal service name
         return factory(service, endpoint_url=self.endpoint)

@@ -56,16 +56,12 @@ NOT_OBSERVABLE: dict[str, str] = {
 # Grants whose code path exists but no test reaches yet, each with the code that needs it. A grant
 # listed here and used by a test is fine; remove the entry when a test covers it.
 NEEDED_BUT_UNTESTED: dict[tuple[str, str], str] = {
-    # Submitter.submit_batch -> Repository.forget_request, when a resubmission's POST is refused.
-    ("SweeperFunction", "dynamodb:DeleteItem"): "the sweeper's resubmission forgetting a refused request",
     # ResultRecorder stores records over the item limit; tests send large results only by webhook.
     ("SweeperFunction", "s3:PutObject"): "a large result recorded by the sweeper instead of the webhook",
     # Resubmitting an image of a versioned bucket presigns its version (submit's test proves the action).
     ("SweeperFunction", "s3:GetObjectVersion"): "resubmitting an image of a versioned input bucket",
     # S3's multipart cleanup after a copy failed half way (upload_fileobj calls it; no test breaks S3 mid-copy).
     ("OutputsFunction", "s3:AbortMultipartUpload"): "a multipart copy that failed half way",
-    # Submitter.own -> forget_request when a regeneration finds its image claimed by someone else.
-    ("OutputsFunction", "dynamodb:DeleteItem"): "a regeneration whose image was claimed meanwhile",
     ("OutputsFunction", "s3:GetObjectVersion"): "regenerating an image of a versioned input bucket",
 }
 

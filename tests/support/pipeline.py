@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from types import ModuleType
 from typing import Any
@@ -47,7 +47,13 @@ class Pipeline:
         self.submit.lambda_handler({"Records": records}, LocalLambdaContext())
 
     def image(self, key: str) -> Any:
-        return self.stack.tables.images.get(keys.image_uri(self.stack.bucket, key))
+        """The image item as the pipeline reports it (`AsReported`)."""
+        uri = keys.image_uri(self.stack.bucket, key)
+        item = self.stack.tables.images.get(uri)
+        # The test's own tables (not a function's clients): these reads are nobody's IAM to grant.
+        repository = replace(self.sweeper.sweeper.repository, tables=self.stack.tables)
+        reported = repository.images_as_known([uri])[uri]
+        return AsReported(item, reported.status.value, reported.request_id)
 
     def wait_status(self, key: str, *statuses: str) -> Any:
         return wait_for(
@@ -87,6 +93,18 @@ class Pipeline:
     def signed_headers(self, submission_id: str) -> dict[str, str]:
         """The headers submit gave Ximilar for this request (a token made now)."""
         return {"Content-Type": "application/json", **self.stack.auth.headers(submission_id)}
+
+
+class AsReported:
+    """An image item, with the status and Ximilar id the pipeline reports for it (what `xasync results`
+    shows): an image in flight stays SUBMITTING with no Ximilar id in its own item from claim to result,
+    and its request item says CREATED or PROCESSING and holds the id (`Repository.images_as_known`)."""
+
+    def __init__(self, item: Any, status: str, request_id: str | None) -> None:
+        self.item, self.status, self.request_id = item, status, request_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.item, name)
 
 
 def as_kept(record: dict[str, Any], image_uri: str) -> dict[str, Any]:

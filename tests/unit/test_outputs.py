@@ -251,7 +251,7 @@ def test_an_expired_upscale_is_regenerated_once_and_a_second_expiry_ends_failed(
     assert first.regenerated
     assert len(ximilar.sent) == 2
     regenerated = image_of(repository, upload)
-    assert (regenerated.status, regenerated.output_regenerations) == (Status.CREATED, 1)
+    assert (regenerated.status, regenerated.output_regenerations) == (Status.SUBMITTING, 1)
 
     # And when the new result's artifact has expired too, the output ends FAILED: no second regeneration
     clock.advance(minutes=1)

@@ -142,7 +142,7 @@ def test_a_pending_state_records_nothing_yet(
     outcome = recorder.record(submission_id(sent), RequestOutcome(status="PROCESSING", id=sent.id))
 
     assert (outcome.recorded, outcome.duplicates, outcome.matched_nothing) == (0, 0, True)
-    assert {image_of(repository, upload).status for upload in uploads} == {Status.CREATED}
+    assert {image_of(repository, upload).status for upload in uploads} == {Status.SUBMITTING}
     assert request_of(repository, sent).status is Status.CREATED
 
 

@@ -49,8 +49,10 @@ def test_past_the_limit_uploads_are_owned_and_wait_with_the_reason(
 
     assert (outcome.images_submitted, outcome.paused, outcome.handed_on) == (2, 1, 1)
     assert len(ximilar.sent) == 2
-    waiting = [image for u in uploads if (image := repository.image(u.uri)) and image.status is Status.SUBMITTING]
-    assert len(waiting) == 1
+    # Every image stays SUBMITTING until its result; the one held back carries the reason.
+    images = [image for u in uploads if (image := repository.image(u.uri)) and image.status is Status.SUBMITTING]
+    waiting = [image for image in images if image.status_reason]
+    assert (len(images), len(waiting)) == (3, 1)
     assert str(waiting[0].status_reason).startswith("waiting to be submitted: daily submit limit of 2 images")
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import pytest
 
-from tests.support.fakes import FakeObjectStore, FakeXimilar
+from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
 from ximilar_async.dal.repository import Repository
 from ximilar_async.entities import Image
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import Status
-from ximilar_async.submission import Submitter
+from ximilar_async.submission import CLAIM_LEASE, Submitter
 from ximilar_async.uploads import Upload
 from ximilar_async.webhook_auth import WebhookAuth
 from ximilar_async.ximilar import XimilarRequestError, XimilarThrottled, XimilarTransientError
@@ -51,7 +52,8 @@ def test_uploads_are_grouped_by_route_and_chunked_by_the_type_limit(
     ]
     assert all(upload in ximilar for upload in [*flows, *photos])
     assert (outcome.requests_submitted, outcome.images_submitted, outcome.retry) == (4, 14, {})
-    assert {status_of(repository, upload)[0] for upload in [*flows, *photos]} == {Status.CREATED}
+    # In flight, each image stays as claimed (SUBMITTING) until its result: its request item says CREATED.
+    assert {status_of(repository, upload)[0] for upload in [*flows, *photos]} == {Status.SUBMITTING}
 
 
 def test_a_submitted_request_is_recorded_created_with_ximilars_id_and_a_webhook_that_authenticates_it(
@@ -63,7 +65,8 @@ def test_a_submitted_request_is_recorded_created_with_ximilars_id_and_a_webhook_
 
     (sent,) = ximilar.sent
     image = repository.image(upload.uri)
-    assert image is not None and (image.status, image.request_id) == (Status.CREATED, sent.id)
+    # The image is not written after the POST: Ximilar's id is on the request item (one write, not 1 + N).
+    assert image is not None and (image.status, image.request_id) == (Status.SUBMITTING, None)
     request = repository.get_request(str(image.submission_id))
     assert request is not None
     assert (request.status, request.request_id) == (Status.CREATED, sent.id)
@@ -92,6 +95,40 @@ def test_a_repeated_notification_and_a_stale_upload_are_skipped_as_duplicates(
     assert len(ximilar.sent) == 2
     assert older not in ximilar
     assert image_of(repository, older).record_id == newer.record_id
+
+
+def test_a_notification_repeated_after_the_claims_lease_never_submits_a_posted_image_again(
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+) -> None:
+    # Given an upload submitted (its image stays SUBMITTING until its result: no write after the POST)
+    upload = objects.put("incoming/photo.png", SMALL)
+    submitter.submit_uploads([upload])
+
+    # When its notification comes again long after the claim's lease ran out
+    clock.advance(CLAIM_LEASE * 10)
+    outcome = submitter.submit_uploads([upload])
+
+    # Then the request item shows the image is Ximilar's: it is a duplicate, not sent again
+    assert (outcome.duplicates, outcome.requests_submitted, len(ximilar.sent)) == (1, 0, 1)
+    assert image_of(repository, upload).status is Status.SUBMITTING
+
+
+def test_a_claim_left_by_a_submitter_that_died_is_taken_by_the_next_delivery_after_its_lease(
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+) -> None:
+    # Given an upload claimed by a submitter that died before writing any request item
+    upload = objects.put("incoming/photo.png", SMALL)
+    assert repository.claim_image(upload, "upscaler", "upscale_2x", "died-before-posting", clock(), CLAIM_LEASE)
+
+    # When SQS delivers the message again, first within the lease, then after it
+    within = submitter.submit_uploads([upload])
+    clock.advance(CLAIM_LEASE + timedelta(seconds=1))
+    after = submitter.submit_uploads([upload])
+
+    # Then the live-looking claim is respected, and the dead one is taken and submitted once
+    assert (within.duplicates, within.requests_submitted) == (1, 0)
+    assert (after.duplicates, after.requests_submitted, len(ximilar.sent)) == (0, 1, 1)
+    assert image_of(repository, upload).submission_id != "died-before-posting"
 
 
 def test_the_same_notification_twice_in_one_batch_is_sent_once(
@@ -195,9 +232,8 @@ def test_a_refused_request_ends_its_images_failed_without_retry(
     assert [status_of(repository, upload) for upload in uploads] == [(Status.FAILED, reason)] * 2
     assert (outcome.retry, outcome.images_failed) == ({}, {"refused": 2})
     submission_id = image_of(repository, uploads[0]).submission_id
-    request = repository.get_request(str(submission_id))
-    assert request is not None and (request.status, request.status_reason) == (Status.FAILED, reason)
-    assert request.next_check_at is None  # nothing left for the sweeper
+    # Nothing left for the sweeper: no request item was ever written (the images say why they failed).
+    assert repository.get_request(str(submission_id)) is None
 
 
 def test_an_object_deleted_before_it_is_read_ends_failed_and_the_rest_is_sent(
@@ -230,8 +266,7 @@ def test_a_request_whose_every_object_is_gone_ends_failed_without_a_call(
     assert status_of(repository, gone) == (Status.FAILED, "the object no longer exists")
     assert outcome.images_failed == {"object-gone": 1}
     assert ximilar.calls == []
-    request = repository.get_request(str(image_of(repository, gone).submission_id))
-    assert request is not None and (request.status, request.status_reason) == (Status.FAILED, "no object could be read")
+    assert repository.get_request(str(image_of(repository, gone).submission_id)) is None  # nothing was sent
 
 
 def test_small_objects_are_sent_inline_and_large_ones_by_presigned_url(

@@ -293,6 +293,6 @@ def test_images_whose_download_failed_are_submitted_again_in_a_new_request(
     assert outcome.resubmitted_images == 1
     again = ximilar.sent[-1]
     assert (again.id != sent.id, again.record_ids) == (True, [failed.record_id])
-    assert (image_of(repository, failed).status, image_of(repository, failed).attempts) == (Status.CREATED, 2)
+    assert (image_of(repository, failed).status, image_of(repository, failed).attempts) == (Status.SUBMITTING, 2)
     assert image_of(repository, fine).status is Status.DONE
     assert request_of(repository, sent).retry_record_ids == frozenset()

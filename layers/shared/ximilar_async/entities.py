@@ -61,6 +61,7 @@ class Image:
     attempts: int = 0
     outputs: dict[str, Output] = field(default_factory=dict)  # artifact name (e.g. "upscaled") -> its copy
     output_regenerations: int = 0  # resubmissions made because an artifact had expired before its copy
+    lease_until: int | None = None  # SUBMITTING: epoch seconds its claim is held until (0: released)
     created_at: datetime
     updated_at: datetime
 

@@ -2,16 +2,21 @@
 
 An invocation works in two phases, so that no upload is ever left without an item:
 1. own: for each group of uploads with the same (type, endpoint), in chunks of the type's records
-   limit, the request item is written SUBMITTING and each image claimed for it (duplicates and
-   stale uploads are skipped). These are quick DynamoDB writes; nothing slow happens before them.
+   limit, each image is claimed SUBMITTING for a new submission id (duplicates and stale uploads
+   are skipped). These are quick DynamoDB writes; nothing slow happens before them. The claims,
+   each naming the submission, are the record of what is about to be sent.
 2. post: the owned requests go to Ximilar through a bounded pool (`SUBMIT_CONCURRENCY`), one POST
    each, with a webhook whose headers authenticate that one request. No POST starts when the
    invocation's remaining time is under `start_margin`; after Ximilar throttles, none starts at all
    (a circuit breaker for the invocation). What is not posted is handed on: its claims released and
-   its request due for the sweeper, which submits it (Retry-After honoured), with the reason on
-   every image. The SQS message is done either way: the pipeline, not redelivery, owns the retry.
-On success the request and its images become CREATED with Ximilar's id; on a 4xx the images end
-FAILED with Ximilar's message.
+   a request item written SUBMITTING, due for the sweeper, which submits it (Retry-After honoured),
+   with the reason on every image. The SQS message is done either way: the pipeline, not
+   redelivery, owns the retry.
+On success the request item is written once, CREATED with Ximilar's id and due for the sweeper's
+first check; the images are not written again until their results (they stay SUBMITTING, owned by
+the request). On a 4xx the images end FAILED with Ximilar's message. Should the invocation die
+between the claims and the request item, SQS delivers the message again after the claims' lease,
+and a claim with no request item is taken again (`Repository.claim_image`).
 """
 
 from __future__ import annotations
@@ -89,12 +94,17 @@ class SubmitOutcome:
 
 @dataclass(frozen=True)
 class Owned:
-    """A request item written and its images claimed for it: owned by the pipeline, ready to POST."""
+    """Images claimed for one submission: owned by the pipeline, ready to POST.
+
+    `opened`: its request item exists already (the sweeper submitting a handed-on request again);
+    otherwise the item is written once the POST has an outcome.
+    """
 
     submission_id: str
     request_type: RequestType
     endpoint: str
     uploads: Sequence[Upload]
+    opened: bool = False
 
 
 class Breaker:
@@ -190,15 +200,12 @@ class Submitter:
         submission_id: str | None = None,
         previous: Mapping[str, Image] | None = None,
     ) -> list[Owned]:
-        """Write the request item and claim its images; [] when nothing is left to post."""
+        """Claim the images for one submission; [] when nothing is left to post."""
         now = self.clock()
         give_up_at = now + timedelta(seconds=self.settings.submitting_timeout_seconds)
-        intended = {upload.record_id: upload.uri for upload in uploads}
         existing = submission_id is not None
         if submission_id is None:
             submission_id = str(uuid.uuid4())
-            if not self.repository.open_request(submission_id, request_type.value, endpoint, intended, now, give_up_at):
-                raise RuntimeError(f"submission id {submission_id} already exists")  # a UUID4 collision
         elif not self.repository.restart_request(submission_id, now, give_up_at):
             return []  # it left SUBMITTING meanwhile (finished, or taken by another attempt)
 
@@ -218,12 +225,10 @@ class Submitter:
             self.repository.finish_request(submission_id, Status.FAILED, now, reason=reason)
             return []
         if not claimed:
-            # Nothing was sent; if the item is no longer SUBMITTING, someone else owns it: leave it.
-            self.repository.forget_request(submission_id)
-            return []
-        if len(claimed) != len(intended):
+            return []  # every upload was a duplicate: nothing to send, nothing written
+        if existing and len(claimed) != len(uploads):
             self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in claimed}, now)
-        return [Owned(submission_id, request_type, endpoint, claimed)]
+        return [Owned(submission_id, request_type, endpoint, claimed, opened=existing)]
 
     # --- phase 2: post -----------------------------------------------------------------------------------
     def post_all(self, owned: Sequence[Owned], deadline: float | None, outcome: SubmitOutcome) -> None:
@@ -288,11 +293,13 @@ class Submitter:
         wait_seconds = max(float(self.settings.first_check_delay_seconds), breaker.retry_after or 0.0)
         text = f"waiting to be submitted: {reason}"
         uris = [upload.uri for upload in request.uploads]
+        check_at = now + timedelta(seconds=wait_seconds)
         self.repository.release_images(request.submission_id, uris, text, now)
-        # False: the request left SUBMITTING meanwhile; whoever moved it owns it now.
-        self.repository.defer_request(
-            request.submission_id, text, now, now + timedelta(seconds=wait_seconds), held_back=held_back
-        )
+        if request.opened:
+            # False: the request left SUBMITTING meanwhile; whoever moved it owns it now.
+            self.repository.defer_request(request.submission_id, text, now, check_at, held_back=held_back)
+        else:
+            self._open(request, request.uploads, now, check_at, reason=text, held_back=held_back)
         logger.warning(
             "request handed on to the sweeper", extra={"submission_id": request.submission_id, "reason": reason}
         )
@@ -300,13 +307,46 @@ class Submitter:
         outcome.handed_on += len(uris)
         return outcome
 
+    def _open(
+        self,
+        request: Owned,
+        uploads: Sequence[Upload],
+        now: datetime,
+        check_at: datetime,
+        *,
+        request_id: str | None = None,
+        reason: str | None = None,
+        held_back: bool = False,
+    ) -> None:
+        images = {upload.record_id: upload.uri for upload in uploads}
+        if not self.repository.open_request(
+            request.submission_id,
+            request.request_type.value,
+            request.endpoint,
+            images,
+            now,
+            check_at,
+            request_id=request_id,
+            reason=reason,
+            held_back=held_back,
+        ):
+            raise RuntimeError(f"submission id {request.submission_id} already exists")  # a UUID4 collision
+
     def _post_or_hand_on(self, request: Owned, breaker: Breaker) -> SubmitOutcome:
         try:
             return self._post(request, breaker)
-        except Exception:
-            # The request item stays SUBMITTING and due at its submitting timeout: the sweeper takes it.
+        except Exception as error:
             logger.exception("posting a request failed", extra={"submission_id": request.submission_id})
-            return SubmitOutcome()
+            if request.opened:
+                return SubmitOutcome()  # its item stays SUBMITTING, due at its submitting timeout
+            # No request item yet: write one for the sweeper (the POST may or may not have reached
+            # Ximilar; if it did, the webhook can still record it, its body naming the request).
+            try:
+                return self._hand_on(request, f"posting failed: {type(error).__name__}", breaker, held_back=False)
+            except Exception:
+                logger.exception("handing a request on failed", extra={"submission_id": request.submission_id})
+                # SQS delivers these messages again, after the claims' lease, and they are taken again.
+                return SubmitOutcome(retry={u.message_id: type(error).__name__ for u in request.uploads})
 
     def _post(self, request: Owned, breaker: Breaker) -> SubmitOutcome:
         outcome = SubmitOutcome()
@@ -316,16 +356,17 @@ class Submitter:
             self.repository.fail_claimed_images(submission_id, [upload.uri], "the object no longer exists", now)
             outcome.images_failed["object-gone"] += 1
         sent = [upload for upload in request.uploads if upload not in gone]
-        if gone:
+        if gone and request.opened:
             self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in sent}, now)
         if not sent:
-            self.repository.finish_request(submission_id, Status.FAILED, now, reason="no object could be read")
+            if request.opened:
+                self.repository.finish_request(submission_id, Status.FAILED, now, reason="no object could be read")
             return outcome
 
         uris = [upload.uri for upload in sent]
         webhook = self.auth.webhook(self.settings.webhook_url, submission_id)
         log_context = {"submission_id": submission_id, "keys": [upload.key for upload in sent]}
-        sending = Owned(submission_id, request.request_type, request.endpoint, sent)
+        sending = Owned(submission_id, request.request_type, request.endpoint, sent, opened=request.opened)
         try:
             options = self.settings.route_options.get((request.request_type, request.endpoint))
             answer = self.ximilar.submit(request.request_type, request.endpoint, records, webhook, options)
@@ -339,18 +380,21 @@ class Submitter:
             reason = f"Ximilar refused the request: {error}"
             logger.warning("Ximilar refused the request", extra={**log_context, "reason": reason})
             self.repository.fail_claimed_images(submission_id, uris, reason, now)
-            self.repository.finish_request(submission_id, Status.FAILED, now, reason=reason)
+            if request.opened:
+                self.repository.finish_request(submission_id, Status.FAILED, now, reason=reason)
             outcome.images_failed["refused"] += len(sent)
             return outcome
 
         request_id = str(answer["id"])
         accepted_at = self.clock()
-        first_check = timedelta(seconds=self.settings.first_check_delay_seconds)
-        if not self.repository.mark_request_created(submission_id, request_id, accepted_at, accepted_at + first_check):
+        check_at = accepted_at + timedelta(seconds=self.settings.first_check_delay_seconds)
+        if not request.opened:
+            # The request's one write before its result: Ximilar's id, and due for the sweeper's first check.
+            self._open(sending, sent, accepted_at, check_at, request_id=request_id)
+        elif not self.repository.mark_request_created(submission_id, request_id, accepted_at, check_at):
             # The request left SUBMITTING while the POST was out (the sweeper gave up on it): Ximilar
-            # has it all the same, so its images still get its id; say so for whoever looks.
+            # has it all the same; say so for whoever looks.
             logger.warning("request was finished while it was being submitted", extra=log_context)
-        self.repository.mark_images_created(submission_id, request_id, uris, accepted_at)
         logger.info("request submitted", extra={**log_context, "request_id": request_id})
         outcome.requests_submitted += 1
         outcome.images_submitted += len(sent)

@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 RECHECK_WHEN_UNAVAILABLE: Final = timedelta(minutes=1)
 # The most a delivery waits on Ximilar, retries included, before leaving the request to the sweeper.
 SOURCE_SECONDS: Final = 3.0
+# The submitter writes a request item just after Ximilar answered its POST, so a fast webhook can come
+# first: a delivery whose item is missing looks again for this long before calling it unknown.
+REQUEST_ITEM_WAIT_SECONDS: Final = 3.0
+REQUEST_ITEM_POLL_SECONDS: Final = 0.2
 
 
 class Refusal(StrEnum):
@@ -109,7 +113,7 @@ class WebhookReceiver:
         except PayloadError as error:
             raise WebhookRefused(Refusal.NOT_A_PAYLOAD, str(error)) from None
 
-        request = self.recorder.repository.get_request(credentials.submission_id)
+        request = self._request_item(credentials.submission_id)
         if request is None:
             # Authenticated, but the item is gone (expired by TTL, or deleted): keep it for a human.
             location = self.recorder.store_unmatched(raw)
@@ -121,6 +125,15 @@ class WebhookReceiver:
         if self.result_source is ResultSource.PAYLOAD:
             return self._record_posted(request, posted)
         return self._record_from_ximilar(request, posted)
+
+    def _request_item(self, submission_id: str) -> TrackedRequest | None:
+        """The request item, waited for a moment (`REQUEST_ITEM_WAIT_SECONDS`) when it is not there yet."""
+        give_up_at = time.monotonic() + REQUEST_ITEM_WAIT_SECONDS
+        while (request := self.recorder.repository.get_request(submission_id)) is None:
+            if time.monotonic() >= give_up_at:
+                return None
+            time.sleep(REQUEST_ITEM_POLL_SECONDS)
+        return request
 
     def _check_size(self, length: int, base64_encoded: bool) -> None:
         # Base64 text is 4/3 of its bytes; a text body is at least as many bytes as characters.

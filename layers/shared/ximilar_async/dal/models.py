@@ -19,12 +19,12 @@ from pynamodb.attributes import (
     UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex, IncludeProjection
+from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection, KeysOnlyProjection
 from pynamodb.models import Model
 
 
 class ByRequestIndex(GlobalSecondaryIndex["ImageItem"]):
-    """All images of one Ximilar request (sparse: only images that have a `request_id`)."""
+    """The answered images of one Ximilar request (sparse: an image gets its `request_id` with its result)."""
 
     class Meta:
         index_name = "by_request"
@@ -35,7 +35,10 @@ class ByRequestIndex(GlobalSecondaryIndex["ImageItem"]):
 
 
 class ByStatusIndex(GlobalSecondaryIndex["ImageItem"]):
-    """Images by status and time; `status_shard` is `<STATUS>#<nn>`, write-sharded."""
+    """Finished images (DONE, ERROR, FAILED) by status and time; `status_shard` is `<STATUS>#<nn>`, write-sharded.
+
+    Sparse: an image in flight has no `status_shard`, so it enters the index once, when it finishes.
+    """
 
     class Meta:
         index_name = "by_status"
@@ -46,11 +49,15 @@ class ByStatusIndex(GlobalSecondaryIndex["ImageItem"]):
 
 
 class DueIndex(GlobalSecondaryIndex["RequestItem"]):
-    """Requests whose next check is due: sparse, an item leaves it when it reaches a terminal status."""
+    """Requests whose next check is due: sparse, an item leaves it when it reaches a terminal status.
+
+    Keys only: the sweeper reads each due request from the table anyway (consistently, before taking
+    it), and an entry that projects nothing else costs one write unit however large the request item.
+    """
 
     class Meta:
         index_name = "due"
-        projection = AllProjection()
+        projection = KeysOnlyProjection()
 
     due_shard = UnicodeAttribute(hash_key=True)
     next_check_at = NumberAttribute(range_key=True)
@@ -72,7 +79,7 @@ class ImageItem(Model):
     record_id = UnicodeAttribute()
     status = UnicodeAttribute()
     status_reason = UnicodeAttribute(null=True)
-    status_shard = UnicodeAttribute()
+    status_shard = UnicodeAttribute(null=True)  # finished images only: the by_status index is sparse
     request_type = UnicodeAttribute(null=True)
     endpoint = UnicodeAttribute(null=True)
     submission_id = UnicodeAttribute(null=True)

@@ -1,8 +1,11 @@
 """The operations on the two tables, each one conditional write that keeps the state machine honest.
 
-An image moves SUBMITTING -> CREATED -> (PROCESSING) -> DONE | ERROR, or ends FAILED; a write never
-moves a finished image back, never lets an older upload of a key replace a newer one, and never
-lets two submitters hold the same upload at once (the SUBMITTING claim carries a lease).
+An image is written twice in its life when all goes well: claimed SUBMITTING, then finished DONE or
+ERROR (or FAILED) with its result; while Ximilar has it, the request item, not the image, says so
+(CREATED, PROCESSING). A write never moves a finished image back, never lets an older upload of a
+key replace a newer one, and never lets two submitters hold the same upload at once. Only finished
+images enter the `by_status` index and carry Ximilar's `request_id` (`by_request`): a status
+change in flight would cost index writes nobody reads.
 
 One rule for a lost race: every conditional write returns whether it applied (`_applied`), and its
 caller decides what a lost race means there. A write that would make an item too large raises
@@ -17,7 +20,7 @@ import itertools
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, TypeVar
 
@@ -92,6 +95,7 @@ def _image(item: ImageItem) -> Image:
         attempts=int(item.attempts or 0),
         outputs=_outputs(item.outputs.as_dict() if item.outputs is not None else {}),  # type: ignore[no-untyped-call]
         output_regenerations=int(item.output_regenerations or 0),
+        lease_until=None if item.lease_until is None else int(item.lease_until),
         created_at=item.created_at,
         updated_at=item.updated_at,
     )
@@ -135,6 +139,17 @@ def _request(item: RequestItem) -> TrackedRequest:
     )
 
 
+def _as_known(image: Image, request: TrackedRequest) -> Image:
+    """An image as the pipeline knows it: one in flight (SUBMITTING from claim to result) takes its
+    request's status (CREATED, PROCESSING at Ximilar) and Ximilar's id, which only the request item holds."""
+    if image.status is not Status.SUBMITTING or image.submission_id != request.submission_id:
+        return image
+    if request.status not in (Status.CREATED, Status.PROCESSING):
+        return image
+    reason = image.status_reason or request.status_reason
+    return replace(image, status=request.status, status_reason=reason, request_id=request.request_id)
+
+
 def epoch(moment: datetime) -> int:
     return int(moment.timestamp())
 
@@ -171,10 +186,14 @@ class Repository:
             size_bytes=upload.size,
             record_id=upload.record_id,
             status=status.value,
-            status_shard=keys.status_shard(status, upload.uri, self.shards),
+            status_shard=self._status_shard(status, upload.uri),
             created_at=now,
             updated_at=now,
         )
+
+    def _status_shard(self, status: Status, uri: str) -> str | None:
+        """The `by_status` key of an image in `status`: only finished images are in that index."""
+        return keys.status_shard(status, uri, self.shards) if status.is_terminal else None
 
     def claim_image(
         self,
@@ -189,32 +208,53 @@ class Repository:
     ) -> bool:
         """Write the image SUBMITTING for `submission_id`; False when it is a duplicate or stale upload.
 
-        Taken: a new key, a newer upload of a key, or this upload when its earlier claim was released
-        or its lease ran out (the submitter that held it failed or died). With `retry_of` (the sweeper
-        submitting an image again), only if the image is still exactly as it was read.
+        Taken: a new key, a newer upload of a key, or this upload when nobody holds it any more
+        (`_reclaimable`). With `retry_of` (the sweeper submitting an image again), only if the
+        image is still exactly as it was read.
         """
-        images = self.tables.images
         image = self._image(upload, Status.SUBMITTING, now)
         image.request_type, image.endpoint, image.submission_id = request_type, endpoint, submission_id
         image.attempts = 1 if retry_of is None else retry_of.attempts + 1
         if retry_of is not None and retry_of.output_regenerations:
             image.output_regenerations = retry_of.output_regenerations  # a regeneration stays counted
         image.lease_until = epoch(now + lease)
-        if retry_of is None:
-            reclaimable = (
-                (images.record_id == upload.record_id)
-                & (images.status == Status.SUBMITTING.value)
-                & (images.lease_until < epoch(now))
-            )
-            condition = self._new_image_condition(upload) | reclaimable
-        else:
+        if retry_of is not None:
             image.created_at = retry_of.created_at
-            condition = (
-                (images.record_id == upload.record_id)
-                & (images.status == retry_of.status.value)
-                & (images.updated_at == retry_of.updated_at)
-            )
-        return _applied(lambda: image.save(condition=condition))
+            return _applied(lambda: image.save(condition=self._unchanged(retry_of)))
+        if _applied(lambda: image.save(condition=self._new_image_condition(upload))):
+            return True
+        # Taken already: the common duplicate costs this one read more, and only duplicates pay it.
+        held = self.image(upload.uri)
+        if held is None or not self._reclaimable(held, upload, now):
+            return False
+        return _applied(lambda: image.save(condition=self._unchanged(held)))
+
+    def _unchanged(self, image: Image) -> Condition:
+        images = self.tables.images
+        condition: Condition = (
+            (images.record_id == image.record_id)
+            & (images.status == image.status.value)
+            & (images.updated_at == image.updated_at)
+        )
+        return condition
+
+    def _reclaimable(self, held: Image, upload: Upload, now: datetime) -> bool:
+        """May a new delivery of `upload` take it from the submission that claimed it?
+
+        Yes when that claim was released (handed on: the next delivery may take it at once), or when
+        its lease ran out before any request item was written: the submitter died before or right
+        after its POST, and SQS delivers the message again after the lease. A claim whose request
+        item exists belongs to that request (Ximilar has it, or the sweeper will submit it): the
+        image stays SUBMITTING while Ximilar works, with no write after the POST, so the request
+        item is what says it was posted.
+        """
+        if held.record_id != upload.record_id or held.status is not Status.SUBMITTING:
+            return False
+        if held.lease_until == 0:
+            return True
+        if held.lease_until is None or held.lease_until >= epoch(now) or held.submission_id is None:
+            return False
+        return self.get_request(held.submission_id) is None
 
     def reject_image(self, upload: Upload, reason: str, now: datetime) -> bool:
         """Record an upload that is not submitted as FAILED with `reason`; False for a duplicate."""
@@ -228,9 +268,10 @@ class Repository:
     def _status_actions(self, uri: str, status: Status, now: datetime) -> list[Action]:
         """A status change of one image: the status, its `by_status` shard key, the time; no lease left."""
         images = self.tables.images
+        shard = self._status_shard(status, uri)
         return [
             images.status.set(status.value),
-            images.status_shard.set(keys.status_shard(status, uri, self.shards)),
+            images.status_shard.set(shard) if shard else images.status_shard.remove(),
             images.updated_at.set(now),
             images.lease_until.remove(),
         ]
@@ -259,14 +300,6 @@ class Repository:
 
         return sum(update(uri) for uri in uris)
 
-    def mark_images_created(self, submission_id: str, request_id: str, uris: Iterable[str], now: datetime) -> int:
-        images = self.tables.images
-        return self._update_claimed(
-            submission_id,
-            uris,
-            lambda uri: [*self._status_actions(uri, Status.CREATED, now), images.request_id.set(request_id)],
-        )
-
     def release_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int:
         """Let the next delivery (or the sweeper) take these images again at once."""
         images = self.tables.images
@@ -294,16 +327,29 @@ class Repository:
         images: Mapping[str, str],
         now: datetime,
         check_at: datetime,
+        *,
+        request_id: str | None = None,
+        reason: str | None = None,
+        held_back: bool = False,
     ) -> bool:
-        """The request item, SUBMITTING and due for the sweeper at `check_at` should nothing follow.
+        """The request item, written once its first POST has an outcome, due for the sweeper at `check_at`.
 
-        False if the submission id is taken (never, for a fresh UUID).
+        With Ximilar's `request_id` it is CREATED (the webhook finishes it, or the sweeper checks it);
+        without, it is SUBMITTING with `reason`: handed on for the sweeper to submit (`held_back`: not
+        tried, which is not a failed attempt). Before the POST, the images' claims (each naming the
+        submission) are the record of what is being sent. False if the submission id is taken (never,
+        for a fresh UUID).
         """
+        status = Status.CREATED if request_id else Status.SUBMITTING
         item = self.tables.requests(
             submission_id,
             request_type=request_type,
             endpoint=endpoint,
-            status=Status.SUBMITTING.value,
+            status=status.value,
+            ximilar_status=Status.CREATED.value if request_id else None,
+            request_id=request_id,
+            status_reason=reason,
+            held_back=held_back or None,
             images=dict(images),
             submit_attempts=1,
             due_shard=keys.due_shard(submission_id, self.shards),
@@ -316,11 +362,6 @@ class Repository:
     def set_request_images(self, submission_id: str, images: Mapping[str, str], now: datetime) -> None:
         requests = self.tables.requests
         requests(submission_id).update(actions=[requests.images.set(dict(images)), requests.updated_at.set(now)])
-
-    def forget_request(self, submission_id: str) -> bool:
-        """Delete a request item that never led to a POST (every upload in it was a duplicate)."""
-        requests = self.tables.requests
-        return _applied(lambda: requests(submission_id).delete(condition=requests.status == Status.SUBMITTING.value))
 
     def mark_request_created(self, submission_id: str, request_id: str, now: datetime, check_at: datetime) -> bool:
         """SUBMITTING -> CREATED with Ximilar's id; False when the request is no longer SUBMITTING."""
@@ -538,12 +579,19 @@ class Repository:
 
     # --- the sweeper ------------------------------------------------------------------------------------
     def due_requests(self, shard_order: Iterable[int], now: datetime, counter: DueCounter) -> Iterator[TrackedRequest]:
-        """Requests whose next check is due, shard by shard, read lazily: the caller stops when it must."""
+        """Requests whose next check is due, shard by shard, read lazily: the caller stops when it must.
+
+        The index holds keys only: each due request is read from the table (consistently), and one whose
+        check time changed since the index was read (another run took it, or it finished) is passed over;
+        between this read and `take_due`, the conditional write decides.
+        """
         requests = self.tables.requests
         for shard in shard_order:
-            for request in requests.due.query(f"due#{shard:02d}", requests.next_check_at <= epoch(now), page_size=100):
+            for entry in requests.due.query(f"due#{shard:02d}", requests.next_check_at <= epoch(now), page_size=100):
                 counter.items_read += 1
-                yield _request(request)
+                request = self.get_request(entry.submission_id)
+                if request is not None and request.next_check_at == int(entry.next_check_at):
+                    yield request
 
     def take_due(self, request: TrackedRequest, until: datetime) -> bool:
         """Hold a due request until `until`: False when another sweeper run took (or finished) it first."""
@@ -630,30 +678,74 @@ class Repository:
             return None
 
     def image_uris_of_request(self, request_id: str) -> list[str]:
-        """Every image of one Ximilar request (the `by_request` index)."""
-        return [item.image_uri for item in self.tables.images.by_request.query(request_id)]
+        """Every image of one Ximilar request: those answered (`by_request`), else those still in flight."""
+        return list(self.image_statuses_of_request(request_id))
+
+    # --- images in flight: the unfinished requests' images (they are in no status index) ----------------
+    def in_flight_images(self) -> list[Image]:
+        """The images of every unfinished request (the `due` index), each with its request's status.
+
+        An image item stays SUBMITTING from its claim to its result; while Ximilar has it, its request
+        says CREATED or PROCESSING, and that is the status shown here. An image claimed a moment ago
+        whose request item is not written yet is not among them. O(images in flight), for the CLI and
+        the page, never for the pipeline.
+        """
+        requests = [request for request in self.unfinished_requests() if not request.status.is_terminal]
+        found = self.images_by_uri({uri for request in requests for uri in request.images.values()}, consistent=False)
+        shown: list[Image] = []
+        for request in requests:
+            for record_id, uri in request.images.items():
+                image = found.get(uri)
+                if image is not None and image.record_id == record_id and image.submission_id == request.submission_id:
+                    shown.append(_as_known(image, request))
+        return [image for image in shown if not image.status.is_terminal]
+
+    def images_as_known(self, uris: Iterable[str]) -> dict[str, Image]:
+        """`images_by_uri` (eventually consistent), each image in flight with its request's status and id."""
+        found = self.images_by_uri(uris, consistent=False)
+        flying = {image.submission_id for image in found.values() if image.status is Status.SUBMITTING}
+        wanted = [submission_id for submission_id in flying if submission_id]
+        requests = {item.submission_id: _request(item) for item in self.tables.requests.batch_get(wanted)}
+        return {
+            uri: _as_known(image, request) if (request := requests.get(image.submission_id or "")) else image
+            for uri, image in found.items()
+        }
+
+    def _in_flight(self, statuses: Iterable[Status]) -> list[Image]:
+        wanted = set(statuses) & set(UNFINISHED)
+        return [image for image in self.in_flight_images() if image.status in wanted] if wanted else []
 
     def image_uris_by_status(self, statuses: Iterable[Status], since: datetime) -> list[str]:
-        """Images in `statuses` changed since `since`, every write shard of the `by_status` index."""
+        """Images in `statuses`: finished ones changed since `since` (every shard of `by_status`), and
+        every image in flight in an unfinished status."""
         images = self.tables.images
+        statuses = list(statuses)
         return [
             item.image_uri
             for status in statuses
+            if status.is_terminal
             for shard in keys.all_status_shards(status, self.shards)
             for item in images.by_status.query(shard, images.updated_at >= since)
-        ]
+        ] + [image.uri for image in self._in_flight(statuses)]
 
     # --- pages of images (the results page) ---------------------------------------------------------
     def count_by_status(self, since: datetime, statuses: Iterable[Status] = tuple(Status)) -> dict[Status, int]:
-        """How many images of each status changed since `since`: a COUNT query per `by_status` shard.
-
-        COUNT queries still read the index items (and their capacity), but no item leaves DynamoDB.
+        """How many images of each status: finished ones changed since `since` (a COUNT query per
+        `by_status` shard: it still reads the index items, but no item leaves DynamoDB), and every
+        image in flight in an unfinished status.
         """
         images = self.tables.images
-        shards = [(status, shard) for status in statuses for shard in keys.all_status_shards(status, self.shards)]
+        statuses = list(statuses)
+        in_flight = Counter(image.status for image in self._in_flight(statuses))
+        shards = [
+            (status, shard)
+            for status in statuses
+            if status.is_terminal
+            for shard in keys.all_status_shards(status, self.shards)
+        ]
         with ThreadPoolExecutor(max_workers=min(len(shards), PARALLEL_QUERIES) or 1) as pool:
             counted = pool.map(lambda pair: images.by_status.count(pair[1], images.updated_at >= since), shards)
-            counts = dict.fromkeys(dict.fromkeys(status for status, _ in shards), 0)
+            counts = {status: in_flight[status] for status in dict.fromkeys(statuses)}
             for (status, _), count in zip(shards, counted, strict=True):
                 counts[status] += count
         return counts
@@ -695,14 +787,25 @@ class Repository:
         page costs about `limit` index items per shard whatever the table holds. `request_type` is not
         in the index: it filters the fetched images, and at most `budget` index items are examined
         for one page (the page may then be short; `after` of the answer continues the search).
+        Images in flight (no status index holds them) come from `in_flight_images`, merged in by time.
         """
         page_size = max(1, min(limit, 100))
+        statuses = list(dict.fromkeys(statuses))
         shards = [
             self._by_status_newest_first(shard, since, after, uri_prefix, page_size)
-            for status in dict.fromkeys(statuses)
+            for status in statuses
+            if status.is_terminal
             for shard in keys.all_status_shards(status, self.shards)
         ]
-        merged = heapq.merge(*_first_pages_at_once(shards), reverse=True)
+        in_flight = {
+            image.uri: image
+            for image in self._in_flight(statuses)
+            if image.updated_at >= since
+            and (uri_prefix is None or image.uri.startswith(uri_prefix))
+            and (after is None or (image.updated_at, image.uri) < (after.updated_at, after.uri))
+        }
+        flying = sorted(((image.updated_at, image.uri) for image in in_flight.values()), reverse=True)
+        merged = heapq.merge(iter(flying), *_first_pages_at_once(shards), reverse=True)
         found: list[Image] = []
         examined = 0
         last: tuple[datetime, str] | None = None
@@ -712,7 +815,8 @@ class Repository:
             if not chunk:
                 return ImagePage(found, None)
             examined += len(chunk)
-            by_uri = self.images_by_uri([uri for _, uri in chunk], consistent=False)
+            by_uri = self.images_by_uri([uri for _, uri in chunk if uri not in in_flight], consistent=False)
+            by_uri.update(in_flight)
             for position in chunk:
                 last = position
                 image = by_uri.get(position[1])
@@ -733,6 +837,9 @@ class Repository:
         images = self.tables.images
         condition = images.image_uri > after_uri if after_uri else None
         uris = [item.image_uri for item in images.by_request.query(request_id, condition, limit=limit + 1)]
+        if not uris and after_uri is None:
+            flying = sorted(self._in_flight_of_request(request_id).items())
+            return ImagePage([image for _, image in flying[:limit]], None)
         by_uri = self.images_by_uri(uris[:limit], consistent=False)
         found = [by_uri[uri] for uri in uris[:limit] if uri in by_uri]
         if len(uris) <= limit:
@@ -750,25 +857,27 @@ class Repository:
             for item in images.by_status.query(shard, images.updated_at >= since)
         )
 
-    def least_recently_updated(self, statuses: Iterable[Status]) -> Image | None:
-        """The image in `statuses` that changed longest ago: the first item of every shard, oldest wins."""
-        images = self.tables.images
-        oldest: Any = None
-        for status in statuses:
-            for shard in keys.all_status_shards(status, self.shards):
-                for item in images.by_status.query(shard, scan_index_forward=True, limit=1):
-                    if oldest is None or item.updated_at < oldest.updated_at:
-                        oldest = item
-        return None if oldest is None else self.image(oldest.image_uri)
+    def oldest_in_flight(self) -> Image | None:
+        """The image in flight uploaded longest ago (see `in_flight_images`)."""
+        return min(self.in_flight_images(), key=lambda image: image.created_at, default=None)
 
     def unfinished_requests(self) -> list[TrackedRequest]:
         """Every request still in the `due` index (not finished, or DONE with images to retry), every shard."""
         requests = self.tables.requests
-        return [_request(item) for shard in keys.all_due_shards(self.shards) for item in requests.due.query(shard)]
+        ids = [entry.submission_id for shard in keys.all_due_shards(self.shards) for entry in requests.due.query(shard)]
+        found = [_request(item) for item in requests.batch_get(ids)] if ids else []
+        return [request for request in found if request.next_check_at is not None]
 
     def image_statuses_of_request(self, request_id: str) -> dict[str, Status]:
-        """Image URI -> status of every image that carries this Ximilar request id (the `by_request` index)."""
-        return {item.image_uri: Status(item.status) for item in self.tables.images.by_request.query(request_id)}
+        """Image URI -> status of every image of this Ximilar request: those answered carry its id (the
+        `by_request` index); before any answer, the request's images in flight."""
+        answered = {item.image_uri: Status(item.status) for item in self.tables.images.by_request.query(request_id)}
+        if answered:
+            return answered
+        return {uri: image.status for uri, image in self._in_flight_of_request(request_id).items()}
+
+    def _in_flight_of_request(self, request_id: str) -> dict[str, Image]:
+        return {image.uri: image for image in self.in_flight_images() if image.request_id == request_id}
 
     # --- spend guard and operations state (control items in the requests table) ----------------------
     def pause_reason(self) -> str | None:
