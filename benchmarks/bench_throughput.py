@@ -5,7 +5,9 @@ over the four request types in turn (a quarter each: upscaler 1 record per reque
 collectibles-recognition and flows 10), the same mix as bench_local and the cost model. The clock runs
 from the first upload to the moment every image is seen with a terminal status.
 
-The emulator's own delays (time in CREATED and in PROCESSING) are set to 0 by default (`--delay`):
+Uploads go 10 at a time, as `aws s3 cp --recursive` puts them. FirstCheckDelaySeconds is the
+template's (120 s), not the local stack's quick 3 s, which has the sweeper race the webhooks for the
+same requests. The emulator's own delays (time in CREATED and in PROCESSING) are set to 0 by default (`--delay`):
 what is measured is the pipeline's own work plus the emulator's real work (it downloads each image,
 upscales with Pillow, posts the webhook), not a Ximilar latency that would be invented.
 
@@ -46,6 +48,7 @@ from tests.support import botocore_calls
 from tests.support.botocore_calls import ACTING, BotocoreCall
 from xasync import local_stack
 from xasync.sample_images import png_bytes
+from xasync.template import load_template
 
 # The target: millions of images a day is 1,000,000 / 86,400 = 11.6 images/s on average.
 MILLION_A_DAY = 1_000_000 / 86_400
@@ -173,6 +176,13 @@ def main() -> int:
     )
     parser.add_argument("--side", type=int, default=64, help="side of the (solid colour) PNG uploaded, in pixels")
     parser.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    parser.add_argument("--upload-workers", type=int, default=10, help="PUTs at once (aws s3 cp's default: 10)")
+    parser.add_argument(
+        "--first-check-delay",
+        default=load_template()["Parameters"]["FirstCheckDelaySeconds"]["Default"],
+        help="FirstCheckDelaySeconds: the template's by default (the local stack's 3 s makes the sweeper race "
+        "the webhooks)",
+    )
     args = parser.parse_args()
     meter = Meter()
     botocore_calls.add_middleware(meter.middleware)  # before any function's client exists
@@ -181,7 +191,8 @@ def main() -> int:
     body = png_bytes(args.side, args.side)
     delay = str(args.delay)
     flags = ("--created-delay-seconds", delay, "--processing-delay-seconds", delay)
-    with local_stack.running(parameters={"LogLevel": "WARNING"}, emulator_flags=flags) as local:
+    parameters = {"LogLevel": "WARNING", "FirstCheckDelaySeconds": str(args.first_check_delay)}
+    with local_stack.running(parameters=parameters, emulator_flags=flags) as local:
         meter.ximilar_url = local.ximilar_url
         local.invocations.observers.append(meter.observe)
         pids = {"moto server": local.servers["moto"].pid, "Ximilar emulator": local.servers["emulator"].pid}
@@ -190,7 +201,7 @@ def main() -> int:
         own_before = own_cpu_seconds()
         meter.on = True
         started, started_epoch = time.perf_counter(), time.time()
-        uploaded_at = upload(local, keys_, body)
+        uploaded_at = upload(local, keys_, body, workers=args.upload_workers)
         uploaded = time.perf_counter() - started
         finished = wait_until_terminal(local, keys_, timeout=args.timeout) - started
         meter.on = False
@@ -220,8 +231,8 @@ def report(
     mix = ", ".join(request_type for _, request_type in routes())
     statuses = Counter(item.status for item in items)
     print(
-        f"throughput: {images} images ({image_bytes} B PNGs) in turn over {mix}; "
-        f"emulator delays {args.delay} s (created, processing)"
+        f"throughput: {images} images ({image_bytes} B PNGs) in turn over {mix}, {args.upload_workers} PUTs at "
+        f"once; emulator delays {args.delay} s (created, processing); FirstCheckDelaySeconds {args.first_check_delay}"
     )
     print(
         f"  upload {uploaded:.1f} s ({images / uploaded:.0f}/s); first upload to last terminal status "
@@ -280,6 +291,8 @@ def report(
         "images": images,
         "image_bytes": image_bytes,
         "emulator_delay_seconds": args.delay,
+        "upload_workers": args.upload_workers,
+        "first_check_delay_seconds": args.first_check_delay,
         "upload_seconds": round(uploaded, 2),
         "end_to_end_seconds": round(finished, 2),
         "images_per_second": round(rate, 3),
