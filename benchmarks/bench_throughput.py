@@ -5,11 +5,23 @@ over the four request types in turn (a quarter each: upscaler 1 record per reque
 collectibles-recognition and flows 10), the same mix as bench_local and the cost model. The clock runs
 from the first upload to the moment every image is seen with a terminal status.
 
-Uploads go 10 at a time, as `aws s3 cp --recursive` puts them. FirstCheckDelaySeconds is the
-template's (120 s), not the local stack's quick 3 s, which has the sweeper race the webhooks for the
-same requests. The emulator's own delays (time in CREATED and in PROCESSING) are set to 0 by default (`--delay`):
-what is measured is the pipeline's own work plus the emulator's real work (it downloads each image,
-upscales with Pillow, posts the webhook), not a Ximilar latency that would be invented.
+Uploads go 10 at a time, as `aws s3 cp --recursive` puts them, paced so that at most `--max-queued`
+(300) notifications wait for the submit function at once: moto 5.2's SQS lists every message of a
+queue on each ReceiveMessage, SendMessage, GetQueueAttributes and DeleteMessage, so a queue thousands
+deep makes each of those calls take seconds and the local queue, not the pipeline, sets the pace
+(10,000 images uploaded at once never finished). The pace follows the submit function (an upload goes
+when the submit function has taken a notification), so the queue never runs dry and what is measured
+is still the pipeline's rate; 300 is three of the template's batches of 100. `--max-queued 0` uploads
+as fast as the PUTs go, and `--upload-rate` caps the uploads per second as well (an offered load).
+The output says which pace held the uploads back, how long, and how deep the pollers' queues were.
+For the same reason the completion events are read off the local events queue every 2 s (moto's
+SendMessage passes over every message of the queue, so unread events slow each PutEvents down).
+
+FirstCheckDelaySeconds is the template's (120 s), not the local stack's quick 3 s, which has the
+sweeper race the webhooks for the same requests. The emulator's own delays (time in CREATED and in
+PROCESSING) are set to 0 by default (`--delay`): what is measured is the pipeline's own work plus the
+emulator's real work (it downloads each image, upscales with Pillow, posts the webhook), not a Ximilar
+latency that would be invented.
 
 Where the time goes, from hooks in this process (nothing in the functions changes):
 - each function's invocations and handler seconds (the local stack's invocation observers); as on
@@ -23,11 +35,13 @@ Where the time goes, from hooks in this process (nothing in the functions change
 Call seconds are summed over threads: where a handler runs calls in a pool they can exceed its time.
 
     .venv/bin/python -m benchmarks.bench_throughput --images 1000
+    .venv/bin/python -m benchmarks.bench_throughput --images 10000 --max-queued 300
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -52,6 +66,7 @@ from xasync.template import load_template
 
 # The issue's target: millions of images a day is 1,000,000 / 86,400 = 11.6 images/s on average.
 MILLION_A_DAY = 1_000_000 / 86_400
+SUBMIT = "SubmitFunction"  # the function S3's notifications go to (through SubmitQueue)
 
 
 @dataclass
@@ -91,6 +106,7 @@ class Meter:
         self.aws: dict[tuple[str, str, str], Tally] = defaultdict(Tally)  # (who, service, operation)
         self.ximilar: dict[tuple[str, str], Tally] = defaultdict(Tally)  # (function, what)
         self.waits: dict[str, Waits] = defaultdict(Waits)
+        self.taken: dict[str, set[str]] = defaultdict(set)  # SQS message ids a function has started on
         self.ximilar_url = ""
 
     # --- invocations and queue waits (the local stack's observers) -------------------------------------
@@ -98,6 +114,7 @@ class Meter:
         now = time.time()
         if self.on:
             with self.lock:
+                self.taken[function].update(str(r["messageId"]) for r in event.get("Records", []) if "messageId" in r)
                 for record in event.get("Records", []):
                     sent = record.get("attributes", {}).get("SentTimestamp")
                     if sent:
@@ -151,6 +168,173 @@ class Meter:
         adapter_class.send = functools.wraps(original)(send)
 
 
+class Pace:
+    """Holds each upload back until it may go: at most `rate` PUTs a second (0: no cap), and at most
+    `max_queued` notifications not yet taken by the submit function (0: no cap); a PUT in flight counts
+    as queued. Called by the upload workers before each PUT.
+    """
+
+    def __init__(self, rate: float, max_queued: int, taken: Callable[[], int]) -> None:
+        self.rate, self.max_queued, self.taken = rate, max_queued, taken
+        self.lock = threading.Lock()
+        self.first: float | None = None
+        self.slots = 0  # PUTs given a slot by the rate
+        self.let_go = 0  # PUTs let go (each one's notification counts as queued until submit takes it)
+        self.held = {"rate": 0.0, "queue": 0.0}  # seconds PUTs were held back, summed over workers
+        self.held_puts = {"rate": 0, "queue": 0}
+
+    def __call__(self) -> None:
+        if self.rate:
+            with self.lock:
+                now = time.perf_counter()
+                self.first = now if self.first is None else self.first
+                slot = self.first + self.slots / self.rate
+                self.slots += 1
+            if slot > now:
+                time.sleep(slot - now)
+                self._held("rate", slot - now)
+        started = time.perf_counter()
+        while True:
+            with self.lock:
+                if not self.max_queued or self.let_go - self.taken() < self.max_queued:
+                    self.let_go += 1
+                    break
+            time.sleep(0.05)
+        if time.perf_counter() - started > 0.01:
+            self._held("queue", time.perf_counter() - started)
+
+    def _held(self, why: str, seconds: float) -> None:
+        with self.lock:
+            self.held[why] += seconds
+            self.held_puts[why] += 1
+
+    def describe(self) -> str:
+        caps = []
+        if self.rate:
+            caps.append(f"at most {self.rate:g} PUTs/s")
+        if self.max_queued:
+            caps.append(f"at most {self.max_queued} notifications queued for {SUBMIT}")
+        return " and ".join(caps) or "no pacing (PUTs as fast as they go)"
+
+
+class QueueDepths:
+    """ApproximateNumberOfMessages (+ NotVisible) of the queues the functions poll, every `every` s.
+
+    Cheap while the queues are shallow (moto counts them by listing every message).
+    """
+
+    def __init__(
+        self, local: local_stack.LocalStack, progress: Callable[[], str], every: float = 5.0, report_every: float = 60.0
+    ) -> None:
+        self.progress, self.report_every = progress, report_every
+        self.sqs = local.client("sqs")
+        self.urls: dict[str, str] = {}
+        for function in local.template["Resources"].values():
+            for event in function.get("Properties", {}).get("Events", {}).values():
+                if event.get("Type") == "SQS":  # Queue: !GetAtt SomeQueue.Arn
+                    name = event["Properties"]["Queue"]["Fn::GetAtt"][0]
+                    self.urls[name] = local.physical_ids[name]
+        self.urls["local events queue"] = local.outputs["LocalEventsQueueUrl"]
+        self.every = every
+        self.samples: dict[str, list[tuple[int, int]]] = defaultdict(list)  # (visible, in flight)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="queue-depths", daemon=True)
+
+    def _run(self) -> None:
+        started = last_report = time.perf_counter()
+        while not self.stopping.wait(self.every):
+            if time.perf_counter() - last_report >= self.report_every:  # to stderr: stdout has the functions' EMF
+                last_report = time.perf_counter()
+                depths = ", ".join(f"{name} {seen[-1][0]}+{seen[-1][1]}" for name, seen in self.samples.items())
+                line = f"[{last_report - started:.0f} s] {self.progress()}; queues (visible+in flight) {depths}"
+                print(line, file=sys.stderr, flush=True)
+            for name, url in self.urls.items():
+                with contextlib.suppress(Exception):
+                    attributes = self.sqs.get_queue_attributes(
+                        QueueUrl=url,
+                        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+                    )["Attributes"]
+                    self.samples[name].append(
+                        (
+                            int(attributes["ApproximateNumberOfMessages"]),
+                            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
+                        )
+                    )
+
+    def __enter__(self) -> QueueDepths:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+
+    def lines(self) -> list[str]:
+        found = []
+        for name, samples in sorted(self.samples.items()):
+            visible = [v for v, _ in samples]
+            in_flight = [f for _, f in samples]
+            found.append(
+                f"{name}: n={len(samples)} visible mean {statistics.fmean(visible):.0f}, max {max(visible)}; "
+                f"in flight mean {statistics.fmean(in_flight):.0f}, max {max(in_flight)}"
+            )
+        return found
+
+
+class EventsReader:
+    """Reads the completion events off the local events queue every `every` s, as a user's consumer would.
+
+    Nothing reads that queue otherwise, and moto's SendMessage counts every message of the queue (it
+    builds the queue's attributes on each send), so unread events would make each of the functions'
+    PutEvents slower as the run goes on: 10,000 images leave over 12,000 events.
+    """
+
+    def __init__(self, local: local_stack.LocalStack, every: float = 2.0) -> None:
+        self.sqs = local.client("sqs")
+        self.url = local.outputs["LocalEventsQueueUrl"]
+        self.every = every
+        self.read: Counter[str] = Counter()  # by detail-type
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="events-reader", daemon=True)
+
+    def _drain(self) -> None:
+        while True:
+            messages = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return
+            for message in messages:
+                self.read[str(json.loads(message["Body"]).get("detail-type", "?"))] += 1
+            self.sqs.delete_message_batch(
+                QueueUrl=self.url,
+                Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)],
+            )
+
+    def _run(self) -> None:
+        while not self.stopping.wait(self.every):
+            with contextlib.suppress(Exception):
+                self._drain()
+
+    def __enter__(self) -> EventsReader:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=30)
+        with contextlib.suppress(Exception):
+            self._drain()  # the events of the last images
+
+
+def sustained_rate(finish_times: list[float], low: float = 0.1, high: float = 0.9) -> tuple[float, float, float]:
+    """Images/s between the `low` and `high` shares of images finished (the steady state, without the
+    ramp-up and the tail), with the two moments (s from the first upload)."""
+    ordered = sorted(finish_times)
+    first = ordered[int(low * (len(ordered) - 1))]
+    last = ordered[int(high * (len(ordered) - 1))]
+    count = int(high * (len(ordered) - 1)) - int(low * (len(ordered) - 1))
+    return (count / (last - first) if last > first else float("nan")), first, last
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process so far (/proc)."""
     with open(f"/proc/{pid}/stat") as stat:
@@ -178,6 +362,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
     parser.add_argument("--upload-workers", type=int, default=10, help="PUTs at once (aws s3 cp's default: 10)")
     parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=300,
+        help="hold uploads back while this many notifications wait for the submit function (0: no limit; "
+        "moto's SQS slows down with the queue's depth)",
+    )
+    parser.add_argument("--upload-rate", type=float, default=0.0, help="at most this many PUTs a second (0: no limit)")
+    parser.add_argument(
         "--first-check-delay",
         default=load_template()["Parameters"]["FirstCheckDelaySeconds"]["Default"],
         help="FirstCheckDelaySeconds: the template's by default (the local stack's 3 s makes the sweeper race "
@@ -199,17 +391,28 @@ def main() -> int:
         keys_ = mixed_keys(args.images, "tput")
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         own_before = own_cpu_seconds()
+        pace = Pace(args.upload_rate, args.max_queued, lambda: len(meter.taken[SUBMIT]))
         meter.on = True
-        started, started_epoch = time.perf_counter(), time.time()
-        uploaded_at = upload(local, keys_, body, workers=args.upload_workers)
-        uploaded = time.perf_counter() - started
-        finished = wait_until_terminal(local, keys_, timeout=args.timeout) - started
+        events = EventsReader(local)
+
+        def progress() -> str:
+            return (
+                f"{pace.let_go} uploads let go, {len(meter.taken[SUBMIT])} taken by {SUBMIT}, "
+                f"{events.read['Image Finished']} Image Finished events"
+            )
+
+        with QueueDepths(local, progress) as depths, events:
+            started, started_epoch = time.perf_counter(), time.time()
+            uploaded_at = upload(local, keys_, body, workers=args.upload_workers, pace=pace)
+            uploaded = time.perf_counter() - started
+            finished = wait_until_terminal(local, keys_, timeout=args.timeout) - started
         meter.on = False
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
         cpu["this process (handlers, pollers, HTTP API, benchmark)"] = own_cpu_seconds() - own_before
         items = image_items(local, keys_)
         errors = {name: len(found) for name, found in local.invocations.errors.items() if found}
-    report(args, len(body), meter, uploaded, finished, started, started_epoch, uploaded_at, items, cpu, errors)
+    timing = (uploaded, finished, started, started_epoch)
+    report(args, len(body), meter, pace, depths, events, timing, uploaded_at, items, cpu, errors)
     return 0
 
 
@@ -217,15 +420,16 @@ def report(
     args: argparse.Namespace,
     image_bytes: int,
     meter: Meter,
-    uploaded: float,
-    finished: float,
-    started: float,
-    started_epoch: float,
+    pace: Pace,
+    depths: QueueDepths,
+    events: EventsReader,
+    timing: tuple[float, float, float, float],
     uploaded_at: dict[str, float],
     items: list[Any],
     cpu: dict[str, float],
     errors: dict[str, int],
 ) -> None:
+    uploaded, finished, started, started_epoch = timing
     images = args.images
     rate = images / finished
     mix = ", ".join(request_type for _, request_type in routes())
@@ -234,11 +438,31 @@ def report(
         f"throughput: {images} images ({image_bytes} B PNGs) in turn over {mix}, {args.upload_workers} PUTs at "
         f"once; emulator delays {args.delay} s (created, processing); FirstCheckDelaySeconds {args.first_check_delay}"
     )
-    print(
-        f"  upload {uploaded:.1f} s ({images / uploaded:.0f}/s); first upload to last terminal status "
-        f"{finished:.1f} s: {rate:.2f} images/s end to end ({rate / MILLION_A_DAY:.2f}x a million a day's "
-        f"average of {MILLION_A_DAY:.1f}/s); statuses {dict(statuses)}; handler errors: {errors or 'none'}"
+    held = ", ".join(
+        f"{why} {pace.held_puts[why]} PUTs for {pace.held[why]:.0f} s summed over workers"
+        for why in ("rate", "queue")
+        if pace.held_puts[why]
     )
+    print(
+        f"  upload pace: {pace.describe()}; uploads took {uploaded:.1f} s ({images / uploaded:.1f}/s); "
+        f"held back by {held or 'nothing'}"
+    )
+    if pace.max_queued:
+        print(
+            f"  the limit is the local SQS, not the pipeline: moto's SQS lists every message on each "
+            f"ReceiveMessage, so uploads wait for {SUBMIT} to take notifications and the queue stays shallow"
+        )
+    first_upload = min(uploaded_at.values()) if uploaded_at else started_epoch
+    steady, steady_from, steady_to = sustained_rate([item.updated_at.timestamp() - first_upload for item in items])
+    print(
+        f"  first upload to last terminal status {finished:.1f} s: {rate:.2f} images/s end to end "
+        f"({rate / MILLION_A_DAY:.2f}x a million a day's average of {MILLION_A_DAY:.1f}/s); sustained "
+        f"{steady:.2f} images/s from 10% to 90% done ({steady_from:.0f} s to {steady_to:.0f} s)"
+    )
+    print(f"  statuses {dict(statuses)}; handler errors: {errors or 'none'}")
+    for depth in depths.lines():
+        print(f"  queue depth every {depths.every:.0f} s, {depth}")
+    print(f"  completion events read off the local events queue every {events.every:.0f} s: {dict(events.read)}")
     total = [item.updated_at.timestamp() - uploaded_at[item.key] for item in items]
     to_claim = [item.created_at.timestamp() - uploaded_at[item.key] for item in items]
     after_claim = [(item.updated_at - item.created_at).total_seconds() for item in items]
@@ -292,6 +516,12 @@ def report(
         "image_bytes": image_bytes,
         "emulator_delay_seconds": args.delay,
         "upload_workers": args.upload_workers,
+        "max_queued": args.max_queued,
+        "upload_rate": args.upload_rate,
+        "upload_held_seconds": {why: round(seconds, 1) for why, seconds in pace.held.items()},
+        "sustained_images_per_second": round(steady, 3),
+        "events_read": dict(events.read),
+        "queue_depth_max": {name: max(v for v, _ in samples) for name, samples in depths.samples.items()},
         "first_check_delay_seconds": args.first_check_delay,
         "upload_seconds": round(uploaded, 2),
         "end_to_end_seconds": round(finished, 2),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from xasync import local_stack
@@ -36,16 +36,26 @@ def mixed_keys(count: int, name: str) -> list[str]:
     return [f"{PREFIXES[n % len(PREFIXES)]}{name}-{n:05d}.png" for n in range(count)]
 
 
-def upload(local: local_stack.LocalStack, keys_: Sequence[str], body: bytes, workers: int = 1) -> dict[str, float]:
+def upload(
+    local: local_stack.LocalStack,
+    keys_: Sequence[str],
+    body: bytes,
+    workers: int = 1,
+    pace: Callable[[], None] | None = None,
+) -> dict[str, float]:
     """PUT each key into the input bucket, `workers` at a time; returns each key's upload time (epoch s).
 
-    `aws s3 cp --recursive` puts 10 at a time (its max_concurrent_requests).
+    `aws s3 cp --recursive` puts 10 at a time (its max_concurrent_requests). `pace`, if given, is called
+    by a worker before each PUT and returns when that PUT may go (bench_throughput holds uploads back
+    with it).
     """
     s3 = local.client("s3")  # boto3 clients are thread-safe
     bucket = local.outputs["InputBucketName"]
     uploaded: dict[str, float] = {}
 
     def put(key: str) -> None:
+        if pace is not None:
+            pace()
         s3.put_object(Bucket=bucket, Key=key, Body=body)
         uploaded[key] = time.time()
 
