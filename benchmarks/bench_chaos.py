@@ -32,6 +32,7 @@ from typing import Any
 import botocore.client
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 
+from benchmarks.local_run import PREFIXES, mixed_keys
 from xasync import local_stack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
@@ -40,8 +41,6 @@ from ximilar_async.dal.models import bind_tables
 from ximilar_async.entities import ImageResult
 from ximilar_async.statuses import TERMINAL_STATUSES
 from ximilar_emulator import EmulatorControl
-
-PREFIXES = ("incoming/", "incoming/cards/", "incoming/collectibles/", "incoming/flows/")
 
 
 class _Body:
@@ -171,7 +170,7 @@ def main() -> int:
         s3 = local.client("s3")
         bucket = local.outputs["InputBucketName"]
         images = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"]).images
-        keys_ = [f"{PREFIXES[n % 4]}chaos-{n:05d}.png" for n in range(args.images)]
+        keys_ = mixed_keys(args.images, "chaos")
         body = png_bytes(24, 16)
         started = time.monotonic()
         for key in keys_:

@@ -35,6 +35,7 @@ from rich.table import Table as RichTable
 
 from benchmarks import prices_us_east_1 as price
 from benchmarks.dynamodb_units import Table, item_size, read_units, write_cost, write_units
+from benchmarks.local_run import routes
 from tests.support import botocore_calls
 from tests.support.botocore_calls import ACTING, BotocoreCall
 from xasync import local_stack
@@ -97,15 +98,6 @@ class Usage(defaultdict[str, float]):
 
     def scaled(self, factor: float) -> Usage:
         return Usage({name: value * factor for name, value in self.items()})
-
-
-def routes() -> list[tuple[str, str]]:
-    """(prefix, request type) of the local stack's routes, read from its Routes parameter."""
-    found = []
-    for entry in local_stack.LOCAL_PARAMETERS["Routes"].split(";"):
-        prefix, target = entry.split("=", 1)
-        found.append((prefix, target.split(":", 1)[0]))
-    return found
 
 
 @dataclass
