@@ -73,7 +73,14 @@ class SecretSources:
 
     @classmethod
     def create(cls) -> SecretSources:
-        return cls(SSMProvider(), SecretsProvider(), SecretsProvider())
+        # Clients of boto3's one session, like every other client here: a provider left to itself makes a
+        # session of its own, and each new session loads botocore's endpoints and partitions again.
+        secretsmanager = boto3.client("secretsmanager")
+        return cls(
+            SSMProvider(boto3_client=boto3.client("ssm")),
+            SecretsProvider(boto3_client=secretsmanager),
+            SecretsProvider(boto3_client=secretsmanager),
+        )
 
     def api_token(self, parameter_name: str) -> str:
         return str(self.ssm.get(parameter_name, decrypt=True, max_age=SECRET_MAX_AGE))
