@@ -25,6 +25,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from ximilar_async import snapstart
 from ximilar_async.copying import OutputCopier
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.dal.repository import Repository
@@ -76,11 +77,18 @@ class SecretSources:
         # Clients of boto3's one session, like every other client here: a provider left to itself makes a
         # session of its own, and each new session loads botocore's endpoints and partitions again.
         secretsmanager = boto3.client("secretsmanager")
-        return cls(
+        sources = cls(
             SSMProvider(boto3_client=boto3.client("ssm")),
             SecretsProvider(boto3_client=secretsmanager),
             SecretsProvider(boto3_client=secretsmanager),
         )
+        snapstart.after_restore(sources.clear)
+        return sources
+
+    def clear(self) -> None:
+        """Forget every cached value (a SnapStart restore: nothing read before the snapshot is kept)."""
+        for provider in (self.ssm, self.secrets, self.previous_secrets):
+            provider.clear_cache()  # type: ignore[no-untyped-call]  # Powertools leaves it unannotated
 
     def api_token(self, parameter_name: str) -> str:
         return str(self.ssm.get(parameter_name, decrypt=True, max_age=SECRET_MAX_AGE))
@@ -217,7 +225,9 @@ def webhook_receiver(settings: WebhookSettings) -> WebhookReceiver:
 def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
     submit = submitter(settings, clock=clock)
     recording = recorder(settings, submit.repository, object_store(), clock=clock)
-    return Sweeper(submit.repository, submit.ximilar, recording, submit, settings, clock=clock)
+    sweeper = Sweeper(submit.repository, submit.ximilar, recording, submit, settings, clock=clock)
+    snapstart.reseed(sweeper.rng)
+    return sweeper
 
 
 def copy_transfer_config() -> TransferConfig:
