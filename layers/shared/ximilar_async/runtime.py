@@ -11,13 +11,15 @@ at moto) is what they use.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import boto3
+import botocore.session
 import requests
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
@@ -62,6 +64,22 @@ COPY_CONCURRENCY: Final = 4
 Clock = Callable[[], datetime]
 
 
+@functools.cache
+def aws_sessions() -> tuple[boto3.session.Session, botocore.session.Session]:
+    """The one session every AWS client of this process comes from (on Lambda, of this cold start).
+
+    A session loads botocore's endpoints, partitions and each service's model once; the Powertools
+    providers and pynamodb, left to themselves, make sessions of their own and load them again.
+    """
+    core = botocore.session.get_session()
+    return boto3.session.Session(botocore_session=core), core
+
+
+def aws_client(service: Any, config: Config | None = None) -> Any:
+    """A client of the one session (built now; each factory below makes those of its service)."""
+    return aws_sessions()[0].client(service, config=config)
+
+
 @dataclass(frozen=True)
 class SecretSources:
     """The Ximilar token (SSM SecureString) and the webhook signing key (Secrets Manager), cached."""
@@ -76,9 +94,9 @@ class SecretSources:
     def create(cls) -> SecretSources:
         # Clients of boto3's one session, like every other client here: a provider left to itself makes a
         # session of its own, and each new session loads botocore's endpoints and partitions again.
-        secretsmanager = boto3.client("secretsmanager")
+        secretsmanager = aws_client("secretsmanager")
         sources = cls(
-            SSMProvider(boto3_client=boto3.client("ssm")),
+            SSMProvider(boto3_client=aws_client("ssm")),
             SecretsProvider(boto3_client=secretsmanager),
             SecretsProvider(boto3_client=secretsmanager),
         )
@@ -149,13 +167,13 @@ class SecretSigningKeys:
 
 
 def completion_events(settings: CommonSettings) -> CompletionEvents:
-    publisher = EventBridgePublisher(boto3.client("events"), settings.event_bus_name, settings.event_source)
+    publisher = EventBridgePublisher(aws_client("events"), settings.event_bus_name, settings.event_source)
     return CompletionEvents(publisher)
 
 
 def repository(settings: CommonSettings, events: CompletionEvents | None = None) -> Repository:
     """The tables; every image a write finishes is told to the event bus (the stack's completion events)."""
-    tables = bind_tables(settings.images_table, settings.requests_table)
+    tables = bind_tables(settings.images_table, settings.requests_table, session=aws_sessions()[1])
     events = events or completion_events(settings)
     return Repository(
         tables, settings.index_shards, timedelta(days=settings.request_retention_days), finished=events.finished
@@ -163,7 +181,7 @@ def repository(settings: CommonSettings, events: CompletionEvents | None = None)
 
 
 def output_queue(settings: OutputSettings) -> SqsOutputQueue:
-    return SqsOutputQueue(boto3.client("sqs"), settings.outputs_queue_url)
+    return SqsOutputQueue(aws_client("sqs"), settings.outputs_queue_url)
 
 
 def recorder(settings: OutputSettings, store: Store, objects: S3Objects, *, clock: Clock = utc_now) -> ResultRecorder:
@@ -180,7 +198,7 @@ def recorder(settings: OutputSettings, store: Store, objects: S3Objects, *, cloc
 
 def object_store() -> S3Objects:
     # Signature v4 everywhere: presigned URLs of v2 do not work in newer regions.
-    return S3Objects(boto3.client("s3", config=Config(signature_version="s3v4")))
+    return S3Objects(aws_client("s3", config=Config(signature_version="s3v4")))
 
 
 def ximilar_client(settings: CommonSettings, secrets: SecretSources) -> XimilarClient:
@@ -248,7 +266,7 @@ def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> Outpu
     """The outputs function's service: streamed copies, and a submitter to regenerate expired artifacts."""
     submit = submitter(settings, clock=clock)
     copier = S3ArtifactCopier(
-        boto3.client("s3", config=Config(signature_version="s3v4")),
+        aws_client("s3", config=Config(signature_version="s3v4")),
         requests.Session(),
         copy_transfer_config(),
         timeout=(CONNECT_TIMEOUT_SECONDS, settings.ximilar_read_timeout_seconds),
