@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
 from ximilar_async.settings import SubmitSettings
+from ximilar_async.sqs_batch import partial_batch_response
 from ximilar_async.submission import SubmitOutcome
 from ximilar_async.uploads import NotAnS3Notification, Upload, uploads_from_notification
 
@@ -62,19 +63,8 @@ def handle_sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str,
     outcome = submitter.submit_uploads(uploads, remaining_millis=context.get_remaining_time_in_millis)
     record_metrics(outcome)
     failures.update(outcome.retry)
+    # The failures are known: Powertools' BatchProcessor would only format them.
     return partial_batch_response([record["messageId"] for record in records], failures)
-
-
-def partial_batch_response(message_ids: list[str], failures: dict[str, str]) -> dict[str, Any]:
-    """The answer of an SQS event source with ReportBatchItemFailures, as Powertools' BatchProcessor gives it
-    (the failures are known before: its import, a tenth of this cold start, would only format them)."""
-    if not message_ids:
-        raise ValueError("Unexpected batch event type: no SQS Records")
-    failed = [message_id for message_id in message_ids if message_id in failures]
-    if len(failed) == len(message_ids):
-        # Every message again: an error of the invocation, as Powertools raises it.
-        raise RetryLater(f"All records failed processing: {sorted(set(failures.values()))}")
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
 
 
 def handle_s3_event(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
