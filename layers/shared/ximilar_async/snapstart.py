@@ -10,8 +10,8 @@ the import leaves in memory is then the same in all of them:
 - caches with a time to live (the Ximilar token, the webhook signing keys): the import reads none, but
   they are emptied after a restore anyway, so nothing read before a snapshot outlives its `max_age`;
 - connections and credentials: the import makes no call, so no connection is open in the snapshot;
-  boto3 resolves SnapStart's credentials from the container endpoint Lambda gives a restored
-  environment (refreshable), not from the snapshot.
+  credentials are botocore's to refresh (Lambda gives SnapStart functions theirs through the container
+  credentials endpoint, not through the snapshot).
 
 The hooks go through `snapshot_restore_py`, which Lambda's Python runtimes include; elsewhere (the
 tests, the local stack) nothing is ever restored, and `restored()` runs the hooks for a test.
