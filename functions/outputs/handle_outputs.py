@@ -12,25 +12,23 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
 from ximilar_async.outputs import OutputJob
 from ximilar_async.settings import OutputsSettings
+from ximilar_async.sqs_batch import Record, process_records
 
 settings = OutputsSettings.from_env()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
 copier = runtime.output_copier(settings)
 
 
-def copy_one(record: SQSRecord) -> None:
-    job = OutputJob.from_json(record.body)
-    attempt = int(record.attributes.approximate_receive_count or 1)
+def copy_one(record: Record) -> None:
+    job = OutputJob.from_json(record["body"])
+    attempt = int(record["attributes"]["ApproximateReceiveCount"] or 1)
     logger.append_keys(image_uri=job.image_uri, request_id=job.request_id)
     result = copier.copy(job, attempt)
     metrics.add_metric(name="OutputsStored", unit=MetricUnit.Count, value=len(result.stored))
@@ -44,4 +42,4 @@ def copy_one(record: SQSRecord) -> None:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return dict(process_partial_response(event=event, record_handler=copy_one, processor=processor, context=context))
+    return process_records(event, copy_one)

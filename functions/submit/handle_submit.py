@@ -12,13 +12,11 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.data_classes import SQSEvent
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
 from ximilar_async.settings import SubmitSettings
+from ximilar_async.sqs_batch import partial_batch_response
 from ximilar_async.submission import SubmitOutcome
 from ximilar_async.uploads import NotAnS3Notification, Upload, uploads_from_notification
 
@@ -27,7 +25,6 @@ logger = Logger()
 # The shared package logs through stdlib logging; give it the same JSON output and correlation keys.
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
 submitter = runtime.submitter(settings)
 
 
@@ -52,24 +49,22 @@ def record_metrics(outcome: SubmitOutcome) -> None:
 
 
 def handle_sqs_batch(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    records = event["Records"]
     uploads: list[Upload] = []
     failures: dict[str, str] = {}
-    for record in SQSEvent(event).records:
+    for record in records:
+        message_id = record["messageId"]
         try:
-            uploads.extend(uploads_from_notification(record.message_id, record.body))
+            uploads.extend(uploads_from_notification(message_id, record["body"]))
         except NotAnS3Notification as error:
             # Not ours to drop: retried, then kept in the DLQ for someone to look at.
-            logger.error("message is not an S3 notification", extra={"message_id": record.message_id})
-            failures[record.message_id] = str(error)
+            logger.error("message is not an S3 notification", extra={"message_id": message_id})
+            failures[message_id] = str(error)
     outcome = submitter.submit_uploads(uploads, remaining_millis=context.get_remaining_time_in_millis)
     record_metrics(outcome)
     failures.update(outcome.retry)
-
-    def report(record: SQSRecord) -> None:
-        if record.message_id in failures:
-            raise RetryLater(failures[record.message_id])
-
-    return dict(process_partial_response(event=event, record_handler=report, processor=processor, context=context))
+    # The failures are known: Powertools' BatchProcessor would only format them.
+    return partial_batch_response([record["messageId"] for record in records], failures)
 
 
 def handle_s3_event(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

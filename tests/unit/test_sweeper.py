@@ -236,7 +236,7 @@ def test_a_run_stops_before_its_api_call_budget_is_exceeded(
     for sent in requests:
         ximilar.set_state(sent.id, "PROCESSING")
     clock.advance(PAST_FIRST_CHECK)
-    budgeted = replace(sweeper, settings=sweeper.settings.model_copy(update={"max_api_calls_per_run": 4}))
+    budgeted = replace(sweeper, settings=replace(sweeper.settings, max_api_calls_per_run=4))
 
     # When the sweeper runs
     outcome = budgeted.sweep(plenty_of_time)

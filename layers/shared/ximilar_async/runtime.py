@@ -11,13 +11,15 @@ at moto) is what they use.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import boto3
+import botocore.session
 import requests
 from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
@@ -25,6 +27,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from ximilar_async import snapstart
 from ximilar_async.copying import OutputCopier
 from ximilar_async.dal.models import bind_tables
 from ximilar_async.dal.repository import Repository
@@ -61,6 +64,22 @@ COPY_CONCURRENCY: Final = 4
 Clock = Callable[[], datetime]
 
 
+@functools.cache
+def aws_sessions() -> tuple[boto3.session.Session, botocore.session.Session]:
+    """The one session every AWS client of this process comes from (on Lambda, of this cold start).
+
+    A session loads botocore's endpoints, partitions and each service's model once; the Powertools
+    providers and pynamodb, left to themselves, make sessions of their own and load them again.
+    """
+    core = botocore.session.get_session()
+    return boto3.session.Session(botocore_session=core), core
+
+
+def aws_client(service: Any, config: Config | None = None) -> Any:
+    """A client of the one session (built now; each factory below makes those of its service)."""
+    return aws_sessions()[0].client(service, config=config)
+
+
 @dataclass(frozen=True)
 class SecretSources:
     """The Ximilar token (SSM SecureString) and the webhook signing key (Secrets Manager), cached."""
@@ -73,7 +92,21 @@ class SecretSources:
 
     @classmethod
     def create(cls) -> SecretSources:
-        return cls(SSMProvider(), SecretsProvider(), SecretsProvider())
+        # Clients of boto3's one session, like every other client here: a provider left to itself makes a
+        # session of its own, and each new session loads botocore's endpoints and partitions again.
+        secretsmanager = aws_client("secretsmanager")
+        sources = cls(
+            SSMProvider(boto3_client=aws_client("ssm")),
+            SecretsProvider(boto3_client=secretsmanager),
+            SecretsProvider(boto3_client=secretsmanager),
+        )
+        snapstart.after_restore(sources.clear)
+        return sources
+
+    def clear(self) -> None:
+        """Forget every cached value (a SnapStart restore: nothing read before the snapshot is kept)."""
+        for provider in (self.ssm, self.secrets, self.previous_secrets):
+            provider.clear_cache()  # type: ignore[no-untyped-call]  # Powertools leaves it unannotated
 
     def api_token(self, parameter_name: str) -> str:
         return str(self.ssm.get(parameter_name, decrypt=True, max_age=SECRET_MAX_AGE))
@@ -134,13 +167,13 @@ class SecretSigningKeys:
 
 
 def completion_events(settings: CommonSettings) -> CompletionEvents:
-    publisher = EventBridgePublisher(boto3.client("events"), settings.event_bus_name, settings.event_source)
+    publisher = EventBridgePublisher(aws_client("events"), settings.event_bus_name, settings.event_source)
     return CompletionEvents(publisher)
 
 
 def repository(settings: CommonSettings, events: CompletionEvents | None = None) -> Repository:
     """The tables; every image a write finishes is told to the event bus (the stack's completion events)."""
-    tables = bind_tables(settings.images_table, settings.requests_table)
+    tables = bind_tables(settings.images_table, settings.requests_table, session=aws_sessions()[1])
     events = events or completion_events(settings)
     return Repository(
         tables, settings.index_shards, timedelta(days=settings.request_retention_days), finished=events.finished
@@ -148,7 +181,7 @@ def repository(settings: CommonSettings, events: CompletionEvents | None = None)
 
 
 def output_queue(settings: OutputSettings) -> SqsOutputQueue:
-    return SqsOutputQueue(boto3.client("sqs"), settings.outputs_queue_url)
+    return SqsOutputQueue(aws_client("sqs"), settings.outputs_queue_url)
 
 
 def recorder(settings: OutputSettings, store: Store, objects: S3Objects, *, clock: Clock = utc_now) -> ResultRecorder:
@@ -165,7 +198,7 @@ def recorder(settings: OutputSettings, store: Store, objects: S3Objects, *, cloc
 
 def object_store() -> S3Objects:
     # Signature v4 everywhere: presigned URLs of v2 do not work in newer regions.
-    return S3Objects(boto3.client("s3", config=Config(signature_version="s3v4")))
+    return S3Objects(aws_client("s3", config=Config(signature_version="s3v4")))
 
 
 def ximilar_client(settings: CommonSettings, secrets: SecretSources) -> XimilarClient:
@@ -210,7 +243,9 @@ def webhook_receiver(settings: WebhookSettings) -> WebhookReceiver:
 def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
     submit = submitter(settings, clock=clock)
     recording = recorder(settings, submit.repository, object_store(), clock=clock)
-    return Sweeper(submit.repository, submit.ximilar, recording, submit, settings, clock=clock)
+    sweeper = Sweeper(submit.repository, submit.ximilar, recording, submit, settings, clock=clock)
+    snapstart.reseed(sweeper.rng)
+    return sweeper
 
 
 def copy_transfer_config() -> TransferConfig:
@@ -231,7 +266,7 @@ def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> Outpu
     """The outputs function's service: streamed copies, and a submitter to regenerate expired artifacts."""
     submit = submitter(settings, clock=clock)
     copier = S3ArtifactCopier(
-        boto3.client("s3", config=Config(signature_version="s3v4")),
+        aws_client("s3", config=Config(signature_version="s3v4")),
         requests.Session(),
         copy_transfer_config(),
         timeout=(CONNECT_TIMEOUT_SECONDS, settings.ximilar_read_timeout_seconds),

@@ -1,18 +1,21 @@
 """Settings of every function, read from the environment in this one module.
 
 Each function loads its own class at cold start; a missing or malformed variable fails there with
-its name. The variable names are the field aliases, so the template tests can read them from here.
+its name. Each field names its variable (`env`), so the template tests can read them from here.
+The classes are plain frozen dataclasses checked by hand, in pydantic's words: pydantic's import and
+schema building were a fifth of every cold start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Final, Self
-
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from typing import Any, Final, Self
 
 from ximilar_async.outputs import OutputLocation
 from ximilar_async.request_types import RequestType, parse_request_type, records_per_request
@@ -87,103 +90,180 @@ def _parse_types(text: str) -> frozenset[RequestType]:
     return frozenset(parse_request_type(part.strip()) for part in text.split(",") if part.strip())
 
 
-NonEmpty = Annotated[str, Field(min_length=1)]
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
-Routes = Annotated[tuple[Route, ...], BeforeValidator(parse_routes)]
-Limits = Annotated[dict[RequestType, int], BeforeValidator(_parse_limits)]
-RouteOptions = Annotated[dict[tuple[RequestType, str], dict[str, Any]], BeforeValidator(_parse_route_options)]
-RequestTypes = Annotated[frozenset[RequestType], BeforeValidator(_parse_types)]
+def _non_empty(text: str) -> str:
+    if not text:
+        raise SettingsProblem("String should have at least 1 character")
+    return text
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", validate_by_alias=True, validate_by_name=False)
+def _any_text(text: str) -> str:
+    return text
 
+
+_WHOLE_NUMBER: Final = re.compile(r"([+-]?[0-9_]+)(?:\.0+)?")
+
+
+def _integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        # As pydantic reads an int: ASCII digits (underscores between them), a sign, a zero fraction ("8.0").
+        whole = _WHOLE_NUMBER.fullmatch(text.strip())
+        try:
+            value = int(whole.group(1)) if whole else int("not a number")
+        except ValueError:
+            raise SettingsProblem("Input should be a valid integer, unable to parse string as an integer") from None
+        if minimum is not None and value < minimum:
+            raise SettingsProblem(f"Input should be greater than or equal to {minimum}")
+        if maximum is not None and value > maximum:
+            raise SettingsProblem(f"Input should be less than or equal to {maximum}")
+        return value
+
+    return parse
+
+
+MAX_READ_TIMEOUT_SECONDS: Final = 60
+
+
+def _seconds(text: str) -> float:
+    """More than 0, at most MAX_READ_TIMEOUT_SECONDS."""
+    try:
+        if not text.isascii():
+            raise ValueError(text)
+        value = float(text.strip())
+    except ValueError:
+        raise SettingsProblem("Input should be a valid number, unable to parse string as a number") from None
+    if not value <= MAX_READ_TIMEOUT_SECONDS:  # NaN fails this first, as in pydantic
+        raise SettingsProblem(f"Input should be less than or equal to {MAX_READ_TIMEOUT_SECONDS}")
+    if not value > 0:
+        raise SettingsProblem("Input should be greater than 0")
+    return value
+
+
+def _result_source(text: str) -> ResultSource:
+    try:
+        return ResultSource(text)
+    except ValueError:
+        choices = " or ".join(f"'{source.value}'" for source in ResultSource)
+        raise SettingsProblem(f"Input should be {choices}") from None
+
+
+class SettingsProblem(ValueError):
+    """What is wrong with one variable, in the words given (no "Value error, " before them)."""
+
+
+def env(name: str, parse: Callable[[str], Any]) -> Any:
+    """A field read from the variable `name` by `parse` (a ValueError says what is wrong with it)."""
+    return field(metadata={"env": name, "parse": parse})
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
-        source = dict(os.environ if environ is None else environ)
-        try:
-            return cls.model_validate(source)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in issue['loc'])}: "
-                + ("missing" if issue["type"] == "missing" else issue["msg"])
-                for issue in error.errors()
-            )
-            raise SettingsError(f"invalid environment for {cls.__name__}: {problems}") from None
+        source = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for each in dataclasses.fields(cls):
+            name = each.metadata["env"]
+            if name not in source:
+                problems.append(f"{name}: missing")
+                continue
+            try:
+                values[each.name] = each.metadata["parse"](source[name])
+            except SettingsProblem as error:
+                problems.append(f"{name}: {error}")
+            except ValueError as error:
+                problems.append(f"{name}: Value error, {error}")
+        if not problems:
+            settings = cls(**values)
+            try:
+                settings._check()
+            except ValueError as error:
+                problems.append(f": Value error, {error}")
+            else:
+                return settings
+        raise SettingsError(f"invalid environment for {cls.__name__}: {'; '.join(problems)}")
+
+    def _check(self) -> None:
+        """What no single variable shows (a ValueError says what); run once every variable is valid."""
 
     @classmethod
     def variable_names(cls) -> frozenset[str]:
         """The environment variables this class reads."""
-        return frozenset(field.alias or name for name, field in cls.model_fields.items())
+        return frozenset(each.metadata["env"] for each in dataclasses.fields(cls))
 
 
+@dataclass(frozen=True, kw_only=True)
 class CommonSettings(_Settings):
-    images_table: NonEmpty = Field(alias="IMAGES_TABLE")
-    requests_table: NonEmpty = Field(alias="REQUESTS_TABLE")
-    index_shards: int = Field(alias="INDEX_SHARDS", ge=1, le=100)
-    ximilar_api_url: HttpUrl = Field(alias="XIMILAR_API_URL")
-    ximilar_token_parameter: NonEmpty = Field(alias="XIMILAR_TOKEN_PARAMETER")
-    ximilar_read_timeout_seconds: float = Field(alias="XIMILAR_READ_TIMEOUT_SECONDS", gt=0, le=60)
-    records_per_request: Limits = Field(alias="RECORDS_PER_REQUEST")
-    request_retention_days: int = Field(alias="REQUEST_RETENTION_DAYS", ge=1)
-    event_bus_name: NonEmpty = Field(alias="EVENT_BUS_NAME")
-    event_source: NonEmpty = Field(alias="EVENT_SOURCE")  # the stack's name
+    images_table: str = env("IMAGES_TABLE", _non_empty)
+    requests_table: str = env("REQUESTS_TABLE", _non_empty)
+    index_shards: int = env("INDEX_SHARDS", _integer(1, 100))
+    ximilar_api_url: str = env("XIMILAR_API_URL", _http_url)
+    ximilar_token_parameter: str = env("XIMILAR_TOKEN_PARAMETER", _non_empty)
+    ximilar_read_timeout_seconds: float = env("XIMILAR_READ_TIMEOUT_SECONDS", _seconds)
+    records_per_request: dict[RequestType, int] = env("RECORDS_PER_REQUEST", _parse_limits)
+    request_retention_days: int = env("REQUEST_RETENTION_DAYS", _integer(1))
+    event_bus_name: str = env("EVENT_BUS_NAME", _non_empty)
+    event_source: str = env("EVENT_SOURCE", _non_empty)  # the stack's name
 
 
+@dataclass(frozen=True, kw_only=True)
 class OutputSettings(CommonSettings):
     """Where copies of Ximilar's artifacts go; the recorder (webhook, sweeper) and the copier read it."""
 
-    results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
-    output_bucket_name: str = Field(alias="OUTPUT_BUCKET_NAME")  # empty: the results bucket
-    output_prefix: NonEmpty = Field(alias="OUTPUT_PREFIX")
-    input_prefix: str = Field(alias="INPUT_PREFIX")
-    outputs_queue_url: NonEmpty = Field(alias="OUTPUTS_QUEUE_URL")
+    results_bucket: str = env("RESULTS_BUCKET", _non_empty)
+    output_bucket_name: str = env("OUTPUT_BUCKET_NAME", _any_text)  # empty: the results bucket
+    output_prefix: str = env("OUTPUT_PREFIX", _non_empty)
+    input_prefix: str = env("INPUT_PREFIX", _any_text)
+    outputs_queue_url: str = env("OUTPUTS_QUEUE_URL", _non_empty)
 
     @property
     def output_location(self) -> OutputLocation:
         return OutputLocation(self.output_bucket_name or self.results_bucket, self.output_prefix, self.input_prefix)
 
-    @model_validator(mode="after")
-    def _output_not_in_input(self) -> Self:
+    def _check(self) -> None:
+        super()._check()
         # The template's AllowedPattern refuses the input bucket's name already; this is the defence in depth.
         try:
             self.output_location.check()
         except ValueError as error:
             raise ValueError(f"OUTPUT_BUCKET_NAME, OUTPUT_PREFIX: {error}") from None
-        return self
 
 
+@dataclass(frozen=True, kw_only=True)
 class SubmitSettings(CommonSettings):
-    webhook_url: HttpUrl = Field(alias="WEBHOOK_URL")
-    webhook_secret_arn: NonEmpty = Field(alias="WEBHOOK_SECRET_ARN")
-    routes: Routes = Field(alias="ROUTES")
-    max_image_bytes: int = Field(alias="MAX_IMAGE_BYTES", ge=1)
-    inline_base64_max_bytes: int = Field(alias="INLINE_BASE64_MAX_BYTES", ge=0)
-    presigned_url_expiry_seconds: int = Field(alias="PRESIGNED_URL_EXPIRY_SECONDS", ge=60, le=604800)
-    submitting_timeout_seconds: int = Field(alias="SUBMITTING_TIMEOUT_SECONDS", ge=30)
-    first_check_delay_seconds: int = Field(alias="FIRST_CHECK_DELAY_SECONDS", ge=1)
-    submit_concurrency: int = Field(alias="SUBMIT_CONCURRENCY", ge=1, le=32)
-    daily_submit_limit: int = Field(alias="DAILY_SUBMIT_LIMIT", ge=0)  # images per UTC day; 0: none
-    min_remaining_credits: int = Field(alias="MIN_REMAINING_CREDITS", ge=0)  # Ximilar credits floor; 0: none
-    route_options: RouteOptions = Field(alias="ROUTE_OPTIONS")
+    webhook_url: str = env("WEBHOOK_URL", _http_url)
+    webhook_secret_arn: str = env("WEBHOOK_SECRET_ARN", _non_empty)
+    routes: tuple[Route, ...] = env("ROUTES", parse_routes)
+    max_image_bytes: int = env("MAX_IMAGE_BYTES", _integer(1))
+    inline_base64_max_bytes: int = env("INLINE_BASE64_MAX_BYTES", _integer(0))
+    presigned_url_expiry_seconds: int = env("PRESIGNED_URL_EXPIRY_SECONDS", _integer(60, 604800))
+    submitting_timeout_seconds: int = env("SUBMITTING_TIMEOUT_SECONDS", _integer(30))
+    first_check_delay_seconds: int = env("FIRST_CHECK_DELAY_SECONDS", _integer(1))
+    submit_concurrency: int = env("SUBMIT_CONCURRENCY", _integer(1, 32))
+    daily_submit_limit: int = env("DAILY_SUBMIT_LIMIT", _integer(0))  # images per UTC day; 0: none
+    min_remaining_credits: int = env("MIN_REMAINING_CREDITS", _integer(0))  # Ximilar credits floor; 0: none
+    route_options: dict[tuple[RequestType, str], dict[str, Any]] = env("ROUTE_OPTIONS", _parse_route_options)
 
 
+@dataclass(frozen=True, kw_only=True)
 class WebhookSettings(OutputSettings):
-    webhook_secret_arn: NonEmpty = Field(alias="WEBHOOK_SECRET_ARN")
-    results_bucket: NonEmpty = Field(alias="RESULTS_BUCKET")
-    max_webhook_body_bytes: int = Field(alias="MAX_WEBHOOK_BODY_BYTES", ge=1024, le=MAX_WEBHOOK_BODY_LIMIT)
-    result_source: ResultSource = Field(alias="WEBHOOK_RESULT_SOURCE")
+    webhook_secret_arn: str = env("WEBHOOK_SECRET_ARN", _non_empty)
+    results_bucket: str = env("RESULTS_BUCKET", _non_empty)
+    max_webhook_body_bytes: int = env("MAX_WEBHOOK_BODY_BYTES", _integer(1024, MAX_WEBHOOK_BODY_LIMIT))
+    result_source: ResultSource = env("WEBHOOK_RESULT_SOURCE", _result_source)
     # Also the life of a webhook token: no genuine webhook comes after the sweeper gives up.
-    max_request_age_seconds: int = Field(alias="MAX_REQUEST_AGE_SECONDS", ge=60)
+    max_request_age_seconds: int = env("MAX_REQUEST_AGE_SECONDS", _integer(60))
 
 
+@dataclass(frozen=True, kw_only=True)
 class SweeperSettings(SubmitSettings, OutputSettings):
-    max_request_age_seconds: int = Field(alias="MAX_REQUEST_AGE_SECONDS", ge=60)
-    max_api_calls_per_run: int = Field(alias="MAX_API_CALLS_PER_RUN", ge=1)
+    max_request_age_seconds: int = env("MAX_REQUEST_AGE_SECONDS", _integer(60))
+    max_api_calls_per_run: int = env("MAX_API_CALLS_PER_RUN", _integer(1))
 
 
+@dataclass(frozen=True, kw_only=True)
 class OutputsSettings(SubmitSettings, OutputSettings):
     """The copier: it submits again (an expired artifact of a type in `regenerate_outputs_for`)."""
 
-    regenerate_outputs_for: RequestTypes = Field(alias="REGENERATE_OUTPUTS_FOR")
-    outputs_max_receive_count: int = Field(alias="OUTPUTS_MAX_RECEIVE_COUNT", ge=1)
+    regenerate_outputs_for: frozenset[RequestType] = env("REGENERATE_OUTPUTS_FOR", _parse_types)
+    outputs_max_receive_count: int = env("OUTPUTS_MAX_RECEIVE_COUNT", _integer(1))

@@ -10,8 +10,6 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools.utilities.data_classes import S3Event
-
 from ximilar_async import keys
 from ximilar_async.entities import Image, ObjectLocation
 from ximilar_async.routing import Route, route_for
@@ -89,18 +87,20 @@ def uploads_from_notification(message_id: str, body: str | dict[str, Any]) -> It
         return
     if not isinstance(notification.get("Records"), list):
         raise NotAnS3Notification("message body has no S3 Records")
-    for record in S3Event(notification).records:
-        if record.event_source != "aws:s3" or not record.event_name.startswith("ObjectCreated:"):
+    # Read as Powertools' S3Event reads it (its data classes cost a tenth of a cold start to import).
+    for record in notification["Records"]:
+        if record["eventSource"] != "aws:s3" or not record["eventName"].startswith("ObjectCreated:"):
             continue
-        s3_object = record.s3.get_object
+        s3 = record["s3"]
+        s3_object = s3.get("get_object") or s3["object"]  # IntelligentTiering events say get_object
         yield Upload(
             message_id=message_id,
-            bucket=record.s3.bucket.name,
-            key=unquote_plus(s3_object.key),  # S3 sends keys URL-encoded, '+' for a space
-            size=s3_object.size,
-            etag=s3_object.etag.strip('"'),
-            version_id=s3_object.version_id,
-            sequencer=normalize_sequencer(s3_object.get("sequencer") or _sequencer_from_time(record.event_time)),
+            bucket=s3["bucket"]["name"],
+            key=unquote_plus(s3_object["key"]),  # S3 sends keys URL-encoded, '+' for a space
+            size=int(s3_object["size"]),
+            etag=(s3_object.get("eTag") or "").strip('"'),
+            version_id=s3_object.get("versionId"),
+            sequencer=normalize_sequencer(s3_object.get("sequencer") or _sequencer_from_time(record["eventTime"])),
         )
 
 

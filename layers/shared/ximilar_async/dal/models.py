@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import botocore.session
 from pynamodb.attributes import (
     BooleanAttribute,
     MapAttribute,
@@ -164,10 +165,19 @@ class Tables:
 
 
 def bind_tables(
-    images_table: str, requests_table: str, *, host: str | None = None, region: str | None = None
+    images_table: str,
+    requests_table: str,
+    *,
+    host: str | None = None,
+    region: str | None = None,
+    session: botocore.session.Session | None = None,
 ) -> Tables:
     """Models bound to the named tables. `host` points pynamodb at another endpoint (moto);
-    left None, botocore's own configuration applies (`AWS_ENDPOINT_URL` included)."""
+    left None, botocore's own configuration applies (`AWS_ENDPOINT_URL` included).
+
+    With a botocore `session`, each model's client is made now from it (pynamodb would make it on first
+    use, from a session of its own that loads botocore's data again): what the cold start builds.
+    """
 
     def meta(table_name: str) -> type:
         attributes: dict[str, Any] = {"table_name": table_name, "host": host}
@@ -178,4 +188,12 @@ def bind_tables(
     images = type("BoundImageItem", (ImageItem,), {"Meta": meta(images_table), "__module__": __name__})
     requests = type("BoundRequestItem", (RequestItem,), {"Meta": meta(requests_table), "__module__": __name__})
     control = type("BoundControlItem", (ControlItem,), {"Meta": meta(requests_table), "__module__": __name__})
+    if session is not None:
+        bound: tuple[Any, ...] = (images, requests, control)
+        for model in bound:
+            connection = model._get_connection().connection
+            # pynamodb keeps its session per thread and makes one when it has none: this thread's is ours,
+            # and the client made now (in this thread) is the one every thread uses.
+            connection._local.session = session
+            connection.client  # noqa: B018 - the property makes the client
     return Tables(images=images, requests=requests, control=control)
