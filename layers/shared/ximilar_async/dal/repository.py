@@ -145,7 +145,9 @@ def _as_known(image: Image, request: TrackedRequest) -> Image:
     if image.status is not Status.SUBMITTING or image.submission_id != request.submission_id:
         return image
     if request.status not in (Status.CREATED, Status.PROCESSING):
-        return image
+        # Waiting to be submitted; or the request finished after the image was read (the image with it):
+        # Ximilar's id, if any, still names the request it went out in.
+        return replace(image, request_id=request.request_id)
     reason = image.status_reason or request.status_reason
     return replace(image, status=request.status, status_reason=reason, request_id=request.request_id)
 
