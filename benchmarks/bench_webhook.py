@@ -72,7 +72,8 @@ def main() -> int:
         notifications = [n for n in stack.receive(images + 1, timeout=120) if not is_test_event(n)]
         for start in range(0, len(notifications), 100):  # full 10-record requests
             submit.lambda_handler({"Records": notifications[start : start + 100]}, LocalLambdaContext())
-        submissions = {item.request_id: item.submission_id for item in stack.tables.images.scan()}
+        # Ximilar's id of each request is on its request item (an image gets it with its result).
+        submissions = {item.request_id: item.submission_id for item in stack.tables.requests.scan() if item.request_id}
 
         webhook = load_function(template, "WebhookFunction", stack.environment("WebhookFunction", **parameters))
         counter: Counter[str] = Counter()
