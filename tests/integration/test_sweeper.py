@@ -196,7 +196,9 @@ def test_a_stuck_submitting_request_is_submitted_again_once(pipeline: Pipeline) 
     assert len(posts(pipeline)) == 1
     image = pipeline.wait_status("incoming/flows/crashed.png", "DONE")
     assert (image.record_id, image.submission_id, image.attempts) == (upload.record_id, submission_id, 2)
-    request = pipeline.stack.tables.requests.get(submission_id)
+    # The webhook finishes the request after its images' writes: wait for that write too.
+    requests_table = pipeline.stack.tables.requests
+    request: Any = wait_for(lambda: (r := requests_table.get(submission_id)).status == "DONE" and r, what="DONE")
     assert (request.status, request.submit_attempts) == ("DONE", 2)
     pipeline.sweep(timedelta(minutes=40))
     assert len(posts(pipeline)) == 1
