@@ -196,10 +196,9 @@ def test_a_stuck_submitting_request_is_submitted_again_once(pipeline: Pipeline) 
     assert len(posts(pipeline)) == 1
     image = pipeline.wait_status("incoming/flows/crashed.png", "DONE")
     assert (image.record_id, image.submission_id, image.attempts) == (upload.record_id, submission_id, 2)
-    # The webhook finishes the request after its images' writes: wait for that write too.
-    requests_table = pipeline.stack.tables.requests
-    request: Any = wait_for(lambda: (r := requests_table.get(submission_id)).status == "DONE" and r, what="DONE")
-    assert (request.status, request.submit_attempts) == ("DONE", 2)
+    request = pipeline.repository.get_request(submission_id)
+    assert request is not None and request.submit_attempts == 2
+    assert pipeline.repository.unfinished_images(request) == {}  # finished: no image waits for it
     pipeline.sweep(timedelta(minutes=40))
     assert len(posts(pipeline)) == 1
 
@@ -342,16 +341,30 @@ def test_the_sweep_reads_what_is_due_not_the_table(pipeline: Pipeline) -> None:
             )
     pipeline.emulator.control.set_knobs(final_state="PROCESSING")
     client = pipeline.submit.submitter.ximilar
+    images_table = pipeline.stack.tables.images
     for n in range(50):
         request_id = client.submit("flows", "f", [{"_base64": "aGVsbG8="}])["id"]
         submission_id = f"due-{n:02d}"
+        uri = f"s3://{pipeline.stack.bucket}/incoming/flows/due-{n:02d}.png"
+        images_table(
+            uri,
+            bucket=pipeline.stack.bucket,
+            key=f"incoming/flows/due-{n:02d}.png",
+            version="v1",
+            sequencer="0",
+            record_id=f"record-{n:02d}",
+            status="SUBMITTING",
+            submission_id=submission_id,
+            created_at=now,
+            updated_at=now,
+        ).save()  # its claim: the image waits for the request
         requests_table(
             submission_id,
             request_type="flows",
             endpoint="f",
             status="CREATED",
             request_id=request_id,
-            images={},
+            images={f"record-{n:02d}": uri},
             due_shard=keys.due_shard(submission_id, pipeline.sweeper.settings.index_shards),
             next_check_at=int(now.timestamp()) - 1,
             created_at=now,

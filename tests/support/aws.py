@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,6 +21,7 @@ from xasync.lambda_runtime import lambda_sqs_record
 from xasync.servers import wait_for
 from xasync.template import Resolver, functions
 from ximilar_async.dal.models import Tables, bind_tables
+from ximilar_async.entities import DueScan
 from ximilar_async.webhook_auth import WebhookAuth, static_keys
 
 
@@ -126,7 +128,30 @@ def time_shifted(sweeper: Any, ahead: timedelta) -> Any:
         clock=clock,
         submitter=replace(sweeper.submitter, clock=clock),
         recorder=replace(sweeper.recorder, clock=clock),
+        repository=MarksInWritersTime(sweeper.repository, ahead),
     )
+
+
+@dataclass(frozen=True)
+class MarksInWritersTime:
+    """The repository of a sweeper living ahead, its due-index marks kept in the writers' time.
+
+    A mark says "every entry due by then was handled", which holds because writers set check times
+    after their own clock, and their clock is the sweeper's: in production, one wall clock. A sweeper
+    living ahead would leave marks in the writers' future, past check times they write next; moved
+    back by `ahead`, a mark only makes the next run read some entries again.
+    """
+
+    repository: Any
+    ahead: timedelta
+
+    def record_sweep(self, outcome: Mapping[str, Any], now: datetime, scan: DueScan) -> None:
+        back = int(self.ahead.total_seconds())
+        marks = {shard: mark - back for shard, mark in scan.next_marks().items()}
+        self.repository.record_sweep(outcome, now, replace(scan, marks=marks, reached={}, read_through={}))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.repository, name)
 
 
 def is_test_event(record: dict[str, Any]) -> bool:

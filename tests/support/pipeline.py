@@ -21,6 +21,7 @@ from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import functions
 from ximilar_async import keys
+from ximilar_async.dal.repository import Repository
 from ximilar_async.sweeper import Sweeper, SweepOutcome
 
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/flows/=flows:my-flow"
@@ -46,12 +47,17 @@ class Pipeline:
         records = self.stack.receive_uploads(len(keys_))
         self.submit.lambda_handler({"Records": records}, LocalLambdaContext())
 
+    @property
+    def repository(self) -> Repository:
+        """The pipeline's repository on the test's own tables (not a function's clients): the test's
+        reads are nobody's IAM to grant."""
+        repository: Repository = self.sweeper.sweeper.repository
+        return replace(repository, tables=self.stack.tables)
+
     def image(self, key: str) -> Any:
         """The image item as the pipeline reports it (`AsReported`)."""
         uri = keys.image_uri(self.stack.bucket, key)
-        # The test's own tables (not a function's clients): these reads are nobody's IAM to grant.
-        repository = replace(self.sweeper.sweeper.repository, tables=self.stack.tables)
-        reported = repository.images_as_known([uri])[uri]
+        reported = self.repository.images_as_known([uri])[uri]
         item = self.stack.tables.images.get(uri)  # read after: finished meanwhile, it speaks for itself
         if item.status != "SUBMITTING":
             return AsReported(item, item.status, item.request_id)

@@ -27,16 +27,20 @@ def test_a_done_request_records_each_image_done_with_its_record(
     sent, uploads = a_submitted_request(submitter, objects, ximilar, *TWO_FLOWS)
     payload = ximilar.finish(sent.id)
 
+    before = request_of(repository, sent)
+
     # When its outcome is recorded
     outcome = recorder.record(submission_id(sent), parse_outcome(payload))
 
-    # Then both images are DONE with their record, and the request is DONE, off the sweeper's index
+    # Then both images are DONE with their record; the request item is not written again (its images
+    # say it is finished: none waits for it, which is what the sweeper and the views read)
     assert (outcome.recorded, outcome.duplicates, outcome.unmatched) == (2, 0, 0)
     for upload, record in zip(uploads, payload["response"]["records"], strict=True):
         image = image_of(repository, upload)
         assert (image.status, image.status_reason, image.result) == (Status.DONE, None, record)
     request = request_of(repository, sent)
-    assert (request.status, request.ximilar_status, request.next_check_at) == (Status.DONE, "DONE", None)
+    assert request == before
+    assert repository.unfinished_images(request) == {}
 
 
 def test_an_error_record_ends_its_image_error_with_the_reason_and_a_transient_one_is_kept_for_retry(
@@ -127,7 +131,8 @@ def test_a_failed_state_after_done_changes_nothing(
 
     assert outcome.recorded == 0
     assert {image_of(repository, upload).status for upload in uploads} == {Status.DONE}
-    assert request_of(repository, sent).status is Status.DONE
+    assert repository.unfinished_images(request_of(repository, sent)) == {}
+    assert request_of(repository, sent).status is Status.CREATED  # not written: FAILED would be a lie
 
 
 def test_a_pending_state_records_nothing_yet(

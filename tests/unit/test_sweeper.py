@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, SentRequest, error
 from tests.unit.given import a_submitted_request, image_of, request_of, submission_id
 from ximilar_async.dal.repository import Repository, epoch
+from ximilar_async.entities import DUE_INDEX_LAG
 from ximilar_async.payloads import parse_outcome
 from ximilar_async.results import ResultRecorder
 from ximilar_async.statuses import Status
 from ximilar_async.submission import Submitter
-from ximilar_async.sweeper import RETRY_AFTER_THROTTLE, Sweeper
+from ximilar_async.sweeper import HOLD, RETRY_AFTER_THROTTLE, Sweeper
 from ximilar_async.uploads import Upload
 from ximilar_async.ximilar import XimilarThrottled, XimilarTransientError
 
@@ -95,8 +96,13 @@ def test_a_request_done_at_ximilar_whose_webhook_was_lost_is_recorded_from_its_d
 
     assert (outcome.recorded, outcome.by_state, outcome.api_calls) == (2, {"DONE": 1}, 2)
     assert [image_of(repository, upload).result for upload in uploads] == details["response"]["records"]
-    assert request_of(repository, sent).status is Status.DONE
+    assert repository.unfinished_images(request_of(repository, sent)) == {}
     assert sweeper.sweep(plenty_of_time).taken == 0  # nothing left due
+    # When its hold ends, a run finds it finished by its images: no call, no write
+    clock.advance(HOLD)
+    later = sweeper.sweep(plenty_of_time)
+    assert (later.found_finished, later.taken, later.api_calls) == (1, 0, 0)
+    assert sweeper.sweep(plenty_of_time).items_read == 1  # its index entry, inside the lag margin; not the request
 
 
 def test_a_request_pending_past_the_maximum_age_ends_failed(
@@ -296,3 +302,74 @@ def test_images_whose_download_failed_are_submitted_again_in_a_new_request(
     assert (image_of(repository, failed).status, image_of(repository, failed).attempts) == (Status.SUBMITTING, 2)
     assert image_of(repository, fine).status is Status.DONE
     assert request_of(repository, sent).retry_record_ids == frozenset()
+
+
+def test_a_run_stopped_by_its_budget_leaves_the_rest_to_the_next_run(
+    sweeper: Sweeper, submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, clock: FakeClock
+) -> None:
+    # Given five pending requests due, and a run that stops at its budget after three
+    requests = several_requests(submitter, objects, ximilar, 5)
+    for sent in requests:
+        ximilar.set_state(sent.id, "PROCESSING")
+    clock.advance(PAST_FIRST_CHECK)
+    first = replace(sweeper, settings=replace(sweeper.settings, max_api_calls_per_run=4)).sweep(plenty_of_time)
+    assert (first.stopped, first.taken) == ("budget", 3)
+
+    # When the next run comes, a minute later
+    clock.advance(timedelta(minutes=1))
+    second = sweeper.sweep(plenty_of_time)
+
+    # Then it takes the two the first did not reach: its marks stopped before them
+    assert second.taken == 2
+    assert {call for call in ximilar.calls if call[0] == "status"} == {("status", sent.id) for sent in requests}
+
+
+def test_requests_their_webhook_finished_are_read_once_and_never_written_again(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    recorder: ResultRecorder,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    # Given three requests whose webhooks recorded every image
+    requests = several_requests(submitter, objects, ximilar, 3)
+    for sent in requests:
+        recorder.record(submission_id(sent), parse_outcome(ximilar.finish(sent.id)))
+    written = {sent.id: request_of(repository, sent) for sent in requests}
+
+    # When runs come from their first check time on
+    clock.advance(timedelta(seconds=sweeper.settings.first_check_delay_seconds))
+    first = sweeper.sweep(plenty_of_time)
+    later = []
+    for _ in range(3):
+        clock.advance(timedelta(seconds=20))
+        later.append(sweeper.sweep(plenty_of_time))
+
+    # Then the first finds them finished by their images, without a call or a write; the next runs read
+    # their index entries while inside the margin behind the last run's mark, and never the requests
+    assert (first.found_finished, first.taken, first.api_calls) == (3, 0, 0)
+    assert {sent.id: request_of(repository, sent) for sent in requests} == written
+    assert [(run.found_finished, run.items_read) for run in later] == [(0, 3), (0, 3), (0, 0)]
+
+
+def test_an_entry_that_shows_on_the_index_late_is_still_found_inside_the_margin(
+    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+) -> None:
+    # Given a run that read every shard through now
+    ximilar.set_state(sent.id, "PROCESSING")
+    clock.advance(PAST_FIRST_CHECK)
+    mark = epoch(clock())
+    request = request_of(repository, sent)
+    repository.take_due(request, clock() + timedelta(hours=1))  # out of this run's sight
+    assert sweeper.sweep(plenty_of_time).items_read == 0
+
+    # When an entry due before that run's reading shows on the index only now (a GSI lags its table)
+    moved = request_of(repository, sent)
+    assert repository.take_due(moved, datetime.fromtimestamp(mark - DUE_INDEX_LAG + 5, UTC))
+    clock.advance(timedelta(minutes=1))
+    outcome = sweeper.sweep(plenty_of_time)
+
+    # Then the next run reads back far enough to take it
+    assert (outcome.taken, outcome.by_state) == (1, {"PROCESSING": 1})

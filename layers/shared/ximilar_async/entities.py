@@ -6,10 +6,11 @@ reads an ORM attribute and a test can build one in a line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 from ximilar_async.statuses import Status
 
@@ -104,11 +105,48 @@ class ImageResult:
     outputs: dict[str, Output] = field(default_factory=dict)  # artifacts to copy, PENDING (DONE results only)
 
 
-@dataclass
-class DueCounter:
-    """Items a sweep read from the due index (the sweeper's cost figure)."""
+# Seconds a sweep reads back before where the previous run stopped reading: a due-index entry is
+# visible that long after its write at the latest (a GSI is eventually consistent, usually within a
+# second). Every write sets a check time at or after its own clock, so nothing due earlier can appear.
+DUE_INDEX_LAG: Final = 30
 
-    items_read: int = 0
+
+@dataclass
+class DueScan:
+    """One sweep's pass over the due index: where each shard's reading starts, how far it got, what it read.
+
+    A request whose images the webhook has all recorded is not written again to leave the index (that
+    write was a third of a request's cost): it stays there, finished, until its TTL. So a run does not
+    read a shard from its start but from its mark, where the previous run got to (kept in the
+    last-sweep item), less `DUE_INDEX_LAG`. Every entry before a mark was handled: found finished, or
+    taken (which moves its check time after the run's start, so past the mark). The entries the
+    previous run passed inside that margin (`passed_before`) are not read again.
+    """
+
+    marks: dict[int, int] = field(default_factory=dict)  # shard -> check time (epoch s) read up to before
+    passed_before: dict[str, int] = field(default_factory=dict)  # request -> check time: the last run passed it
+    items_read: int = 0  # items DynamoDB returned from the index (the sweeper's cost figure)
+    reached: dict[int, int] = field(default_factory=dict)  # shard -> check time of the entry read last
+    read_through: dict[int, int] = field(default_factory=dict)  # shard -> every entry due by then was read
+    passed: dict[str, int] = field(default_factory=dict)  # request -> check time: this run is done with it
+
+    def start_of(self, shard: int) -> int:
+        mark = self.marks.get(shard)
+        return 0 if mark is None else max(0, mark - DUE_INDEX_LAG)
+
+    def next_marks(self) -> dict[int, int]:
+        """Where the next run starts: after every shard read through; on the entry a stopped run had
+        not handled (the one read last); unmoved for a shard this run did not reach."""
+        return {**self.marks, **self.reached, **self.read_through}
+
+    def next_passed(self, shard_of: Callable[[str], int]) -> dict[str, int]:
+        """The entries passed (by this run or the last) that the next run's margin would read again."""
+        marks = self.next_marks()
+        return {
+            request: check_at
+            for request, check_at in {**self.passed_before, **self.passed}.items()
+            if check_at >= marks.get(shard_of(request), 0) - DUE_INDEX_LAG
+        }
 
 
 @dataclass(frozen=True)

@@ -38,11 +38,15 @@ def status_shard(status: Status, image: str, shards: int) -> str:
 
 def due_shard(submission_id: str, shards: int) -> str:
     """Hash key of the due index, e.g. `due#03`: spreads pending requests over `shards` partitions."""
-    return f"due#{shard_of(submission_id, shards):02d}"
+    return due_partition(shard_of(submission_id, shards))
+
+
+def due_partition(number: int) -> str:
+    return f"due#{number:02d}"
 
 
 def all_due_shards(shards: int) -> list[str]:
-    return [f"due#{number:02d}" for number in range(shards)]
+    return [due_partition(number) for number in range(shards)]
 
 
 def all_status_shards(status: Status, shards: int) -> list[str]:

@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from ximilar_async.entities import DueCounter, Image, ImageResult, ObjectLocation, Output, SpendDay, TrackedRequest
+from ximilar_async.entities import DueScan, Image, ImageResult, ObjectLocation, Output, SpendDay, TrackedRequest
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
@@ -153,9 +153,9 @@ class Store(Protocol):
     ) -> bool: ...
 
     # the sweeper
-    def due_requests(
-        self, shard_order: Iterable[int], now: datetime, counter: DueCounter
-    ) -> Iterator[TrackedRequest]: ...
+    def due_scan(self) -> DueScan: ...
+
+    def due_requests(self, shard_order: Iterable[int], now: datetime, scan: DueScan) -> Iterator[TrackedRequest]: ...
 
     def take_due(self, request: TrackedRequest, until: datetime) -> bool: ...
 
@@ -180,9 +180,13 @@ class Store(Protocol):
 
     def spend_day(self, day: date) -> SpendDay: ...
 
-    def record_sweep(self, outcome: Mapping[str, Any], now: datetime) -> None: ...
+    def record_sweep(self, outcome: Mapping[str, Any], now: datetime, scan: DueScan) -> None: ...
 
     # queries
     def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]: ...
+
+    def unfinished_images(
+        self, request: TrackedRequest, candidates: Mapping[str, str] | None = None, *, consistent: bool = True
+    ) -> dict[str, str]: ...
 
     def image(self, uri: str) -> Image | None: ...

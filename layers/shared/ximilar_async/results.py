@@ -35,7 +35,7 @@ import contextvars
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -135,8 +135,12 @@ class ResultRecorder:
         now = self.clock()
         kind = classify_ximilar_state(outcome.status)
         if kind is XimilarStateKind.FAILED:
+            waiting = self.repository.unfinished_images(request)
+            if not waiting:
+                # Every image had finished (its request with them, though its item was not written again).
+                return RecordingOutcome(duplicates=len(images))
             reason = f"Ximilar ended the request {outcome.status}"
-            recorded = self.repository.fail_unfinished_images(images, reason, now)
+            recorded = self.repository.fail_unfinished_images(waiting, reason, now)
             # False: it became DONE meanwhile, and DONE is never undone.
             self.repository.finish_request(
                 submission_id, Status.FAILED, now, ximilar_status=outcome.status, request_id=outcome.id, reason=reason
@@ -174,7 +178,7 @@ class ResultRecorder:
         if jobs and self.output_queue is not None:
             self.output_queue.send(jobs)
         unanswered = {record_id: uri for record_id, uri in images.items() if record_id not in answered}
-        unfinished = self._unfinished(request, unanswered)
+        unfinished = self.repository.unfinished_images(request, unanswered)
         context = {"submission_id": submission_id, "request_id": outcome.id}
         request_reason: str | None = None
         if unfinished:
@@ -199,16 +203,21 @@ class ResultRecorder:
             result.recorded += self.repository.fail_unfinished_images(unfinished, image_reason, now)
             request_reason = f"{request_reason} after {answers} checks: their images ended FAILED"
             logger.warning("images without a record given up", extra={**context, "reason": request_reason})
-        self.repository.finish_request(
-            submission_id,
-            Status.DONE,
-            now,
-            ximilar_status=outcome.status,
-            request_id=outcome.id,
-            reason=request_reason,
-            retry_record_ids=retry,
-            retry_at=now + RETRY_ERRORS_AFTER,
-        )
+        # Every image is recorded. The request's DONE would only repeat what its images say (none waits
+        # for it, which is how the sweeper and the views tell it finished): it is written only when it
+        # says more (images to retry, a reason) or changes what the item says (its status, Ximilar's id).
+        says_more = bool(retry) or request_reason is not None
+        if says_more or request.status is not Status.CREATED or request.request_id != outcome.id:
+            self.repository.finish_request(
+                submission_id,
+                Status.DONE,
+                now,
+                ximilar_status=outcome.status,
+                request_id=outcome.id,
+                reason=request_reason,
+                retry_record_ids=retry,
+                retry_at=now + RETRY_ERRORS_AFTER,
+            )
         logger.info(
             "results recorded",
             extra={
@@ -219,24 +228,6 @@ class ResultRecorder:
             },
         )
         return result
-
-    def _unfinished(self, request: TrackedRequest, candidates: Mapping[str, str]) -> dict[str, str]:
-        """Of `candidates` (record `_id` -> URI), the images still waiting for this request's answer.
-
-        An image uploaded again (another `_id`) or submitted again in another request is no longer
-        this request's to finish; nor is one that finished (through another request of the same upload).
-        """
-        if not candidates:
-            return {}  # the common case: every image was answered, and nothing is read
-        found = self.repository.images_by_uri(candidates.values())
-        return {
-            record_id: uri
-            for record_id, uri in candidates.items()
-            if (image := found.get(uri)) is not None
-            and image.record_id == record_id
-            and image.submission_id == request.submission_id
-            and not image.status.is_terminal
-        }
 
     def _record_all(
         self, matched: list[tuple[str, ResultRecord]], request_id: str, now: datetime

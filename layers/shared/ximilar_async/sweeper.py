@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from ximilar_async import schedule
-from ximilar_async.entities import DueCounter, Image, TrackedRequest
+from ximilar_async.entities import Image, TrackedRequest
 from ximilar_async.payloads import PayloadError, RequestOutcome, parse_outcome
 from ximilar_async.ports import Store, XimilarApi
 from ximilar_async.request_types import parse_request_type
@@ -71,6 +71,7 @@ class SweepOutcome:
     failed_by_ximilar: int = 0
     resubmitted_images: int = 0
     finished_meanwhile: int = 0  # requests a webhook finished while this run was checking them
+    found_finished: int = 0  # due requests whose images the webhook had all recorded: nothing to do
     incomplete: int = 0  # requests Ximilar answered DONE with images missing: checked again later
     errors: int = 0  # requests whose sweep ended in an unexpected error
     failed_after_errors: int = 0  # requests given up after MAX_SWEEP_FAILURES such errors
@@ -97,12 +98,12 @@ class Sweeper:
 
     def sweep(self, remaining_millis: Callable[[], int]) -> SweepOutcome:
         outcome = SweepOutcome()
-        counter = DueCounter()
+        scan = self.repository.due_scan()
         shards = list(range(self.settings.index_shards))
         self.rng.shuffle(shards)
         now = self.clock()
         self._pause = ""
-        for request in self.repository.due_requests(shards, now, counter):
+        for request in self.repository.due_requests(shards, now, scan):
             left = remaining_millis()
             if left < DEADLINE_MARGIN_MS:
                 outcome.stopped = "deadline"
@@ -113,17 +114,29 @@ class Sweeper:
             if outcome.api_calls + CALLS_PER_REQUEST > self.settings.max_api_calls_per_run:
                 outcome.stopped = "budget"
                 break
+            if self._finished_by_webhook(request):
+                outcome.found_finished += 1
+                continue
             if not self.repository.take_due(request, self.clock() + HOLD):
                 continue  # another run has it
             outcome.taken += 1
             if not self._sweep_isolated(request, outcome):
                 outcome.stopped = "throttled"
                 break
-        outcome.items_read = counter.items_read
-        # For `xasync status`: one small item, overwritten every run (it also shows the sweeper is alive).
+        outcome.items_read = scan.items_read
+        # For `xasync status`: one small item, overwritten every run (it also shows the sweeper is alive),
+        # which also keeps where the next run starts reading the due index.
         summary = {name: value for name, value in asdict(outcome).items() if name != "latencies"}
-        self.repository.record_sweep({key: value for key, value in summary.items() if value is not None}, self.clock())
+        counts = {key: value for key, value in summary.items() if value is not None}
+        self.repository.record_sweep(counts, self.clock(), scan)
         return outcome
+
+    def _finished_by_webhook(self, request: TrackedRequest) -> bool:
+        """A request Ximilar has, none of whose images waits for it: its webhook recorded them all, and
+        left the item as it was (`ResultRecorder`). Nothing to write: the run's marks pass over it."""
+        if request.status is not Status.CREATED or request.retry_record_ids:
+            return False
+        return not self.repository.unfinished_images(request, consistent=False)
 
     def _sweep_isolated(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
         """Sweep one request; nothing it raises stops the run. False when Ximilar throttles (stop the run)."""

@@ -142,7 +142,8 @@ class ControlItem(Model):
     - `control#pause`: submission paused by hand (`xasync pause`) until `xasync resume`;
     - `control#spend#<YYYY-MM-DD>`: images admitted for submission that UTC day (an atomic counter),
       and whether `xasync resume` lifted that day's limit;
-    - `control#last-sweep`: what the last sweeper run did, for `xasync status`.
+    - `control#last-sweep`: what the last sweeper run did, for `xasync status`, and where its reading
+      of the due index got to, where the next run starts (`entities.DueScan`).
     """
 
     class Meta:
@@ -153,6 +154,8 @@ class ControlItem(Model):
     resumed = BooleanAttribute(null=True)  # spend day: the limit was lifted by hand
     reason = UnicodeAttribute(null=True)  # pause: why
     outcome = MapAttribute[str, Any](null=True)  # last sweep: its counts
+    due_marks = MapAttribute[str, Any](null=True)  # last sweep: shard -> where its reading got to (DueScan)
+    due_passed = MapAttribute[str, Any](null=True)  # last sweep: request -> check time, passed inside the margin
     updated_at = UTCDateTimeAttribute()
     expires_at = TTLAttribute(null=True)
 

@@ -30,7 +30,7 @@ from pynamodb.expressions.update import Action
 
 from ximilar_async import keys
 from ximilar_async.dal.models import ImageItem, RequestItem, Tables
-from ximilar_async.entities import DueCounter, Image, ImageResult, Output, OutputState, SpendDay, TrackedRequest
+from ximilar_async.entities import DueScan, Image, ImageResult, Output, OutputState, SpendDay, TrackedRequest
 from ximilar_async.ports import ItemTooLarge
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
@@ -150,6 +150,24 @@ def _as_known(image: Image, request: TrackedRequest) -> Image:
         return replace(image, request_id=request.request_id)
     reason = image.status_reason or request.status_reason
     return replace(image, status=request.status, status_reason=reason, request_id=request.request_id)
+
+
+def _waiting(request: TrackedRequest, found: Mapping[str, Image], candidates: Mapping[str, str]) -> dict[str, Image]:
+    """Of `candidates` (record `_id` -> URI), the images still waiting for `request`'s answer, from `found`.
+
+    An image uploaded again (another `_id`), submitted again in another request, or finished (through
+    this request or another of the same upload) is no longer waiting for this one. A request none of
+    whose images waits is finished, whatever its item says: the webhook does not write it when it has
+    nothing else to say (`ResultRecorder`).
+    """
+    return {
+        record_id: image
+        for record_id, uri in candidates.items()
+        if (image := found.get(uri)) is not None
+        and image.record_id == record_id
+        and image.submission_id == request.submission_id
+        and not image.status.is_terminal
+    }
 
 
 def epoch(moment: datetime) -> int:
@@ -358,6 +376,9 @@ class Repository:
             next_check_at=epoch(check_at),
             created_at=now,
             updated_at=now,
+            # From its creation: a request the webhook finishes is not written again (see `DueScan`).
+            # One still unfinished is kept by `take_due`, which moves this on each time it is taken.
+            expires_at=now + self.request_retention,
         )
         return _applied(lambda: item.save(condition=self.tables.requests.submission_id.does_not_exist()))
 
@@ -506,7 +527,7 @@ class Repository:
             requests.due_shard.set(keys.due_shard(submission_id, self.shards)),
             requests.next_check_at.set(epoch(check_at)),
             requests.updated_at.set(now),
-            requests.expires_at.remove(),  # a FAILED request answered late is not finished any more
+            requests.expires_at.set(now + self.request_retention),  # kept from now: it is not finished
         ]
         if retry_record_ids:
             actions.append(requests.retry_record_ids.add(set(retry_record_ids)))
@@ -580,27 +601,56 @@ class Repository:
         return _applied(lambda: requests(submission_id).update(actions=actions, condition=condition))
 
     # --- the sweeper ------------------------------------------------------------------------------------
-    def due_requests(self, shard_order: Iterable[int], now: datetime, counter: DueCounter) -> Iterator[TrackedRequest]:
-        """Requests whose next check is due, shard by shard, read lazily: the caller stops when it must.
+    def due_scan(self) -> DueScan:
+        """A sweep's pass over the due index, starting where the last run's reading got to."""
+        try:
+            item = self.tables.control.get(LAST_SWEEP_KEY, consistent_read=True)
+        except self.tables.control.DoesNotExist:
+            return DueScan()
+        marks = item.due_marks.as_dict() if item.due_marks is not None else {}  # type: ignore[no-untyped-call]
+        passed = item.due_passed.as_dict() if item.due_passed is not None else {}  # type: ignore[no-untyped-call]
+        return DueScan(
+            marks={int(shard): int(mark) for shard, mark in marks.items()},
+            passed_before={str(request): int(check_at) for request, check_at in passed.items()},
+        )
+
+    def due_requests(self, shard_order: Iterable[int], now: datetime, scan: DueScan) -> Iterator[TrackedRequest]:
+        """Requests whose next check is due, shard by shard from `scan`'s marks, read lazily: the caller
+        stops when it must (`scan` records how far each shard was read).
 
         The index holds keys only: each due request is read from the table (consistently), and one whose
         check time changed since the index was read (another run took it, or it finished) is passed over;
         between this read and `take_due`, the conditional write decides.
         """
         requests = self.tables.requests
+        until = epoch(now)
         for shard in shard_order:
-            for entry in requests.due.query(f"due#{shard:02d}", requests.next_check_at <= epoch(now), page_size=100):
-                counter.items_read += 1
+            window = requests.next_check_at.between(scan.start_of(shard), until)
+            for entry in requests.due.query(keys.due_partition(shard), window, page_size=100):
+                scan.items_read += 1
+                check_at = int(entry.next_check_at)
+                scan.reached[shard] = check_at
+                if scan.passed_before.get(entry.submission_id) == check_at:
+                    continue  # the last run was done with it (finished: it stays on the index)
                 request = self.get_request(entry.submission_id)
-                if request is not None and request.next_check_at == int(entry.next_check_at):
+                if request is not None and request.next_check_at == check_at:
                     yield request
+                    # Only once the caller asks for the next one is it done with this one.
+                scan.passed[entry.submission_id] = check_at
+            scan.read_through[shard] = until
 
     def take_due(self, request: TrackedRequest, until: datetime) -> bool:
-        """Hold a due request until `until`: False when another sweeper run took (or finished) it first."""
+        """Hold a due request until `until`: False when another sweeper run took (or finished) it first.
+
+        Its TTL moves on too: a request still being checked never expires.
+        """
         requests = self.tables.requests
         unchanged = requests.next_check_at == request.next_check_at
-        action = requests.next_check_at.set(epoch(until))
-        return _applied(lambda: requests(request.submission_id).update(actions=[action], condition=unchanged))
+        actions: list[Action] = [
+            requests.next_check_at.set(epoch(until)),
+            requests.expires_at.set(until + self.request_retention),
+        ]
+        return _applied(lambda: requests(request.submission_id).update(actions=actions, condition=unchanged))
 
     def reschedule(
         self,
@@ -673,6 +723,19 @@ class Repository:
         found = self.tables.images.batch_get(wanted, consistent_read=consistent)
         return {item.image_uri: _image(item) for item in found}
 
+    def unfinished_images(
+        self, request: TrackedRequest, candidates: Mapping[str, str] | None = None, *, consistent: bool = True
+    ) -> dict[str, str]:
+        """Of `candidates` (record `_id` -> URI; default: all the request's), those still waiting for it.
+
+        Eventually consistent is enough to skip work (an image read as waiting is only checked again).
+        """
+        wanted = request.images if candidates is None else candidates
+        if not wanted:
+            return {}
+        found = self.images_by_uri(wanted.values(), consistent=consistent)
+        return {record_id: image.uri for record_id, image in _waiting(request, found, wanted).items()}
+
     def image(self, uri: str) -> Image | None:
         try:
             return _image(self.tables.images.get(uri, consistent_read=True))
@@ -692,15 +755,30 @@ class Repository:
         whose request item is not written yet is not among them. O(images in flight), for the CLI and
         the page, never for the pipeline.
         """
-        requests = [request for request in self.unfinished_requests() if not request.status.is_terminal]
-        found = self.images_by_uri({uri for request in requests for uri in request.images.values()}, consistent=False)
-        shown: list[Image] = []
-        for request in requests:
-            for record_id, uri in request.images.items():
-                image = found.get(uri)
-                if image is not None and image.record_id == record_id and image.submission_id == request.submission_id:
-                    shown.append(_as_known(image, request))
-        return [image for image in shown if not image.status.is_terminal]
+        return [
+            _as_known(image, request)
+            for request, waiting in self._due_with_waiting_images()
+            if not request.status.is_terminal
+            for image in waiting
+        ]
+
+    def _due_with_waiting_images(self) -> list[tuple[TrackedRequest, list[Image]]]:
+        """Each request on the `due` index from the sweeper's marks, with its images that wait for it.
+
+        Entries before the marks were all handled (`DueScan`); those after may be finished too (the
+        webhook recorded their images and left them there), and then none of their images waits.
+        """
+        requests = self.tables.requests
+        scan = self.due_scan()
+        ids = [
+            entry.submission_id
+            for shard in range(self.shards)
+            for entry in requests.due.query(keys.due_partition(shard), requests.next_check_at >= scan.start_of(shard))
+        ]
+        found_requests = [_request(item) for item in requests.batch_get(ids)] if ids else []
+        due = [request for request in found_requests if request.next_check_at is not None]
+        found = self.images_by_uri({uri for request in due for uri in request.images.values()}, consistent=False)
+        return [(request, list(_waiting(request, found, request.images).values())) for request in due]
 
     def images_as_known(self, uris: Iterable[str]) -> dict[str, Image]:
         """`images_by_uri` (eventually consistent), each image in flight with its request's status and id."""
@@ -864,11 +942,8 @@ class Repository:
         return min(self.in_flight_images(), key=lambda image: image.created_at, default=None)
 
     def unfinished_requests(self) -> list[TrackedRequest]:
-        """Every request still in the `due` index (not finished, or DONE with images to retry), every shard."""
-        requests = self.tables.requests
-        ids = [entry.submission_id for shard in keys.all_due_shards(self.shards) for entry in requests.due.query(shard)]
-        found = [_request(item) for item in requests.batch_get(ids)] if ids else []
-        return [request for request in found if request.next_check_at is not None]
+        """Every request not finished (some image waits for it), or DONE with images to retry."""
+        return [request for request, waiting in self._due_with_waiting_images() if waiting or request.retry_record_ids]
 
     def image_statuses_of_request(self, request_id: str) -> dict[str, Status]:
         """Image URI -> status of every image of this Ximilar request: those answered carry its id (the
@@ -934,9 +1009,15 @@ class Repository:
             return SpendDay(day, 0, resumed=False)
         return SpendDay(day, int(item.submitted or 0), resumed=bool(item.resumed))
 
-    def record_sweep(self, outcome: Mapping[str, Any], now: datetime) -> None:
-        """Keep what the last sweeper run did (one small item, overwritten every run)."""
-        self.tables.control(LAST_SWEEP_KEY, outcome=dict(outcome), updated_at=now).save()
+    def record_sweep(self, outcome: Mapping[str, Any], now: datetime, scan: DueScan) -> None:
+        """Keep what the last sweeper run did, and where the next starts reading (one small item,
+        overwritten every run). Overlapping runs may write theirs in either order: an earlier mark
+        only makes the next run read some entries again."""
+        marks = {str(shard): mark for shard, mark in scan.next_marks().items()}
+        passed = scan.next_passed(lambda submission_id: keys.shard_of(submission_id, self.shards))
+        self.tables.control(
+            LAST_SWEEP_KEY, outcome=dict(outcome), due_marks=marks, due_passed=passed, updated_at=now
+        ).save()
 
     def last_sweep(self) -> tuple[datetime, dict[str, Any]] | None:
         """When the last sweeper run ended, and what it did."""
