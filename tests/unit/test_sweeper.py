@@ -10,7 +10,7 @@ import pytest
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, SentRequest, error
 from tests.unit.given import a_submitted_request, image_of, request_of, submission_id
 from ximilar_async.dal.repository import Repository, epoch
-from ximilar_async.entities import DUE_INDEX_LAG
+from ximilar_async.entities import DUE_INDEX_LAG, DUE_PASSED_MAX, DueScan
 from ximilar_async.payloads import parse_outcome
 from ximilar_async.results import ResultRecorder
 from ximilar_async.statuses import Status
@@ -373,3 +373,16 @@ def test_an_entry_that_shows_on_the_index_late_is_still_found_inside_the_margin(
 
     # Then the next run reads back far enough to take it
     assert (outcome.taken, outcome.by_state) == (1, {"PROCESSING": 1})
+
+
+def test_the_entries_kept_as_passed_are_bounded_the_newest_kept() -> None:
+    scan = DueScan(marks={0: 10_000}, read_through={0: 10_000})
+    scan.passed = {f"request-{n:05d}": 10_000 - n % 20 for n in range(DUE_PASSED_MAX + 500)}
+    scan.passed["too-old"] = 10_000 - DUE_INDEX_LAG - 1
+
+    kept = scan.next_passed(lambda _: 0)
+
+    assert len(kept) == DUE_PASSED_MAX
+    assert "too-old" not in kept
+    assert min(kept.values()) >= max(scan.passed.values()) - 19
+    assert sorted(kept.values(), reverse=True) == sorted(scan.passed.values(), reverse=True)[:DUE_PASSED_MAX]

@@ -109,6 +109,9 @@ class ImageResult:
 # visible that long after its write at the latest (a GSI is eventually consistent, usually within a
 # second). Every write sets a check time at or after its own clock, so nothing due earlier can appear.
 DUE_INDEX_LAG: Final = 30
+# Most entries a run keeps as passed for the next (the last-sweep item stays far under DynamoDB's 400 KB):
+# beyond, the oldest are read again, which costs reads only.
+DUE_PASSED_MAX: Final = 2000
 
 
 @dataclass
@@ -142,11 +145,12 @@ class DueScan:
     def next_passed(self, shard_of: Callable[[str], int]) -> dict[str, int]:
         """The entries passed (by this run or the last) that the next run's margin would read again."""
         marks = self.next_marks()
-        return {
-            request: check_at
+        kept = [
+            (check_at, request)
             for request, check_at in {**self.passed_before, **self.passed}.items()
             if check_at >= marks.get(shard_of(request), 0) - DUE_INDEX_LAG
-        }
+        ]
+        return {request: check_at for check_at, request in sorted(kept, reverse=True)[:DUE_PASSED_MAX]}
 
 
 @dataclass(frozen=True)
