@@ -215,3 +215,30 @@ def test_results_are_recorded_at_the_recorders_time(
     recorder.record(submission_id(sent), parse_outcome(ximilar.finish(sent.id)))
 
     assert image_of(repository, upload).updated_at == recorded_at
+
+
+def test_a_failed_state_for_a_processing_request_with_nothing_waiting_takes_it_off_the_due_index(
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    recorder: ResultRecorder,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    # Given a request kept due after an incomplete answer, whose images have all finished since
+    sent, uploads = a_submitted_request(submitter, objects, ximilar, *TWO_FLOWS)
+    payload = ximilar.finish(sent.id)
+    first = {**payload, "response": {"records": payload["response"]["records"][:1]}}
+    recorder.record(submission_id(sent), parse_outcome(first))
+    request = request_of(repository, sent)
+    assert request.status is Status.PROCESSING
+    repository.fail_unfinished_images(repository.unfinished_images(request), "given up by hand", clock())
+    assert repository.unfinished_images(request) == {}
+
+    # When Ximilar then says the request FAILED
+    recorder.record(submission_id(sent), RequestOutcome(status="FAILED", id=sent.id))
+
+    # Then its images keep their statuses, and the request leaves the due index (no sweep loops on it)
+    assert {image_of(repository, upload).status for upload in uploads} == {Status.DONE, Status.FAILED}
+    request = request_of(repository, sent)
+    assert (request.status, request.next_check_at) == (Status.FAILED, None)

@@ -343,8 +343,8 @@ def test_requests_their_webhook_finished_are_read_once_and_never_written_again(
     clock.advance(timedelta(seconds=sweeper.settings.first_check_delay_seconds))
     first = sweeper.sweep(plenty_of_time)
     later = []
-    for _ in range(3):
-        clock.advance(timedelta(seconds=20))
+    for step in (timedelta(seconds=20), timedelta(minutes=10), timedelta(minutes=1)):
+        clock.advance(step)
         later.append(sweeper.sweep(plenty_of_time))
 
     # Then the first finds them finished by their images, without a call or a write; the next runs read
@@ -386,3 +386,36 @@ def test_the_entries_kept_as_passed_are_bounded_the_newest_kept() -> None:
     assert "too-old" not in kept
     assert min(kept.values()) >= max(scan.passed.values()) - 19
     assert sorted(kept.values(), reverse=True) == sorted(scan.passed.values(), reverse=True)[:DUE_PASSED_MAX]
+
+
+def test_a_run_stopped_by_the_deadline_leaves_the_rest_to_the_next_run(
+    sweeper: Sweeper, submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, clock: FakeClock
+) -> None:
+    # Given five pending requests due, and a run whose time runs out after two
+    requests = several_requests(submitter, objects, ximilar, 5)
+    for sent in requests:
+        ximilar.set_state(sent.id, "PROCESSING")
+    clock.advance(PAST_FIRST_CHECK)
+    left = iter([60_000, 60_000])
+    first = sweeper.sweep(lambda: next(left, 1_000))
+    assert (first.stopped, first.taken) == ("deadline", 2)
+
+    # When the next run comes, a minute later
+    clock.advance(timedelta(minutes=1))
+    second = sweeper.sweep(plenty_of_time)
+
+    # Then it takes the three the first did not
+    assert second.taken == 3
+    assert {call for call in ximilar.calls if call[0] == "status"} == {("status", sent.id) for sent in requests}
+
+
+def test_a_request_due_far_ahead_is_kept_past_its_check(
+    repository: Repository, sent: SentRequest, clock: FakeClock
+) -> None:
+    far = clock() + timedelta(days=90)  # beyond the retention period (30 days here)
+    request = request_of(repository, sent)
+
+    assert repository.take_due(request, far)
+
+    item = repository.tables.requests.get(submission_id(sent))
+    assert item.expires_at is not None and item.expires_at >= far + repository.request_retention

@@ -106,9 +106,11 @@ class ImageResult:
 
 
 # Seconds a sweep reads back before where the previous run stopped reading: a due-index entry is
-# visible that long after its write at the latest (a GSI is eventually consistent, usually within a
-# second). Every write sets a check time at or after its own clock, so nothing due earlier can appear.
-DUE_INDEX_LAG: Final = 30
+# visible that long after its write at the latest. A GSI is eventually consistent, usually within a
+# second, with no bound promised; every write sets a check time at or after its own clock, so only an
+# entry later than this can be missed. The entries the last run was done with inside it are not read
+# again (`passed_before`): the margin costs index reads (keys only), not request or image reads.
+DUE_INDEX_LAG: Final = 300
 # Most entries a run keeps as passed for the next (the last-sweep item stays far under DynamoDB's 400 KB):
 # beyond, the oldest are read again, which costs reads only.
 DUE_PASSED_MAX: Final = 2000
@@ -133,9 +135,11 @@ class DueScan:
     read_through: dict[int, int] = field(default_factory=dict)  # shard -> every entry due by then was read
     passed: dict[str, int] = field(default_factory=dict)  # request -> check time: this run is done with it
 
-    def start_of(self, shard: int) -> int:
+    def start_of(self, shard: int, until: int | None = None) -> int:
+        """The first check time to read of `shard` (never after `until`: a mark from a clock ahead)."""
         mark = self.marks.get(shard)
-        return 0 if mark is None else max(0, mark - DUE_INDEX_LAG)
+        start = 0 if mark is None else max(0, mark - DUE_INDEX_LAG)
+        return start if until is None else min(start, until)
 
     def next_marks(self) -> dict[int, int]:
         """Where the next run starts: after every shard read through; on the entry a stopped run had

@@ -136,7 +136,7 @@ class ResultRecorder:
         kind = classify_ximilar_state(outcome.status)
         if kind is XimilarStateKind.FAILED:
             waiting = self.repository.unfinished_images(request)
-            if not waiting:
+            if not waiting and request.status is Status.CREATED and not request.retry_record_ids:
                 # Every image had finished (its request with them, though its item was not written again).
                 return RecordingOutcome(duplicates=len(images))
             reason = f"Ximilar ended the request {outcome.status}"

@@ -136,7 +136,7 @@ class Sweeper:
         left the item as it was (`ResultRecorder`). Nothing to write: the run's marks pass over it."""
         if request.status is not Status.CREATED or request.retry_record_ids:
             return False
-        return not self.repository.unfinished_images(request, consistent=False)
+        return self.repository.request_finished(request)
 
     def _sweep_isolated(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
         """Sweep one request; nothing it raises stops the run. False when Ximilar throttles (stop the run)."""

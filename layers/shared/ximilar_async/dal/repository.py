@@ -339,6 +339,13 @@ class Repository:
         )
 
     # --- requests -----------------------------------------------------------------------------------
+    def _due_at(self, check_at: datetime) -> list[Action]:
+        """Due for the sweeper at `check_at`, and kept (the TTL) the retention period after it: the one
+        rule of every write that sets a check time, so a request still due never expires before its
+        check, however far off (a long Retry-After, a paused spend guard, a sweeper down for days)."""
+        requests = self.tables.requests
+        return [requests.next_check_at.set(epoch(check_at)), requests.expires_at.set(check_at + self.request_retention)]
+
     def open_request(
         self,
         submission_id: str,
@@ -376,9 +383,8 @@ class Repository:
             next_check_at=epoch(check_at),
             created_at=now,
             updated_at=now,
-            # From its creation: a request the webhook finishes is not written again (see `DueScan`).
-            # One still unfinished is kept by `take_due`, which moves this on each time it is taken.
-            expires_at=now + self.request_retention,
+            # Set from its creation: a request the webhook finishes is not written again (see `DueScan`).
+            expires_at=check_at + self.request_retention,
         )
         return _applied(lambda: item.save(condition=self.tables.requests.submission_id.does_not_exist()))
 
@@ -395,7 +401,7 @@ class Repository:
             requests.ximilar_status.set(Status.CREATED.value),
             requests.status_reason.remove(),
             requests.held_back.remove(),
-            requests.next_check_at.set(epoch(check_at)),
+            *self._due_at(check_at),
             requests.updated_at.set(now),
         ]
         submitting = requests.status == Status.SUBMITTING.value
@@ -413,7 +419,7 @@ class Repository:
         actions: list[Action] = [
             requests.held_back.set(held_back),
             requests.status_reason.set(reason),
-            requests.next_check_at.set(epoch(check_at)),
+            *self._due_at(check_at),
             requests.updated_at.set(now),
         ]
         submitting = requests.status == Status.SUBMITTING.value
@@ -525,9 +531,8 @@ class Repository:
             requests.status_reason.set(reason),
             requests.incomplete_answers.add(1),
             requests.due_shard.set(keys.due_shard(submission_id, self.shards)),
-            requests.next_check_at.set(epoch(check_at)),
+            *self._due_at(check_at),
             requests.updated_at.set(now),
-            requests.expires_at.set(now + self.request_retention),  # kept from now: it is not finished
         ]
         if retry_record_ids:
             actions.append(requests.retry_record_ids.add(set(retry_record_ids)))
@@ -579,11 +584,7 @@ class Repository:
         images again. False when a FAILED would have undone a DONE (the request finished meanwhile).
         """
         requests = self.tables.requests
-        actions: list[Action] = [
-            requests.status.set(status.value),
-            requests.updated_at.set(now),
-            requests.expires_at.set(now + self.request_retention),
-        ]
+        actions: list[Action] = [requests.status.set(status.value), requests.updated_at.set(now)]
         if ximilar_status:
             actions.append(requests.ximilar_status.set(ximilar_status))
         if request_id:
@@ -592,10 +593,14 @@ class Repository:
             actions += [
                 requests.retry_record_ids.set(set(retry_record_ids)),
                 requests.due_shard.set(keys.due_shard(submission_id, self.shards)),
-                requests.next_check_at.set(epoch(retry_at or now)),
+                *self._due_at(retry_at or now),
             ]
         else:
-            actions += [requests.due_shard.remove(), requests.next_check_at.remove()]
+            actions += [
+                requests.due_shard.remove(),
+                requests.next_check_at.remove(),
+                requests.expires_at.set(now + self.request_retention),
+            ]
         actions.append(requests.status_reason.set(reason) if reason else requests.status_reason.remove())
         condition = None if status is Status.DONE else requests.status != Status.DONE.value
         return _applied(lambda: requests(submission_id).update(actions=actions, condition=condition))
@@ -625,7 +630,7 @@ class Repository:
         requests = self.tables.requests
         until = epoch(now)
         for shard in shard_order:
-            window = requests.next_check_at.between(scan.start_of(shard), until)
+            window = requests.next_check_at.between(scan.start_of(shard, until), until)
             for entry in requests.due.query(keys.due_partition(shard), window, page_size=100):
                 scan.items_read += 1
                 check_at = int(entry.next_check_at)
@@ -640,17 +645,12 @@ class Repository:
             scan.read_through[shard] = until
 
     def take_due(self, request: TrackedRequest, until: datetime) -> bool:
-        """Hold a due request until `until`: False when another sweeper run took (or finished) it first.
-
-        Its TTL moves on too: a request still being checked never expires.
-        """
+        """Hold a due request until `until`: False when another sweeper run took (or finished) it first."""
         requests = self.tables.requests
         unchanged = requests.next_check_at == request.next_check_at
-        actions: list[Action] = [
-            requests.next_check_at.set(epoch(until)),
-            requests.expires_at.set(until + self.request_retention),
-        ]
-        return _applied(lambda: requests(request.submission_id).update(actions=actions, condition=unchanged))
+        return _applied(
+            lambda: requests(request.submission_id).update(actions=self._due_at(until), condition=unchanged)
+        )
 
     def reschedule(
         self,
@@ -667,7 +667,7 @@ class Repository:
         """
         requests = self.tables.requests
         actions: list[Action] = [
-            requests.next_check_at.set(epoch(check_at)),
+            *self._due_at(check_at),
             requests.checks.add(1),
             requests.updated_at.set(now),
         ]
@@ -683,7 +683,7 @@ class Repository:
         requests = self.tables.requests
         actions: list[Action] = [
             requests.submit_attempts.add(1),
-            requests.next_check_at.set(epoch(check_at)),
+            *self._due_at(check_at),
             requests.updated_at.set(now),
         ]
         submitting = requests.status == Status.SUBMITTING.value
@@ -698,7 +698,7 @@ class Repository:
         actions: list[Action] = [
             requests.sweep_failures.add(1),
             requests.status_reason.set(reason),
-            requests.next_check_at.set(epoch(check_at)),
+            *self._due_at(check_at),
             requests.updated_at.set(now),
         ]
         due = requests.due_shard.exists()
@@ -735,6 +735,19 @@ class Repository:
             return {}
         found = self.images_by_uri(wanted.values(), consistent=consistent)
         return {record_id: image.uri for record_id, image in _waiting(request, found, wanted).items()}
+
+    def request_finished(self, request: TrackedRequest) -> bool:
+        """None of the request's images waits for it (see `_waiting`), read cheaply: first the images its
+        answer finished, from `by_request` (a few hundred bytes each, whatever their results' size),
+        then only the others, from the table. Eventually consistent: an image read as waiting only
+        costs its request a check."""
+        answered = (
+            {entry.image_uri for entry in self.tables.images.by_request.query(request.request_id)}
+            if request.request_id
+            else set()
+        )
+        others = {record_id: uri for record_id, uri in request.images.items() if uri not in answered}
+        return not self.unfinished_images(request, others, consistent=False)
 
     def image(self, uri: str) -> Image | None:
         try:
@@ -774,6 +787,7 @@ class Repository:
             entry.submission_id
             for shard in range(self.shards)
             for entry in requests.due.query(keys.due_partition(shard), requests.next_check_at >= scan.start_of(shard))
+            if scan.passed_before.get(entry.submission_id) != int(entry.next_check_at)  # done with: finished
         ]
         found_requests = [_request(item) for item in requests.batch_get(ids)] if ids else []
         due = [request for request in found_requests if request.next_check_at is not None]
