@@ -22,7 +22,8 @@ settings = SweeperSettings.from_env()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
-sweeper = runtime.sweeper(settings)
+with runtime.cold_start():
+    sweeper = runtime.sweeper(settings)
 
 
 SWEEP_COUNTS = (

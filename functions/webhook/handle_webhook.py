@@ -38,7 +38,8 @@ settings = WebhookSettings.from_env()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
-receiver = runtime.webhook_receiver(settings)
+with runtime.cold_start():
+    receiver = runtime.webhook_receiver(settings)
 
 
 def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:

@@ -12,8 +12,10 @@ at moto) is what they use.
 from __future__ import annotations
 
 import functools
+import gc
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
@@ -62,6 +64,27 @@ PART_BYTES: Final = 8 * 1024 * 1024
 COPY_CONCURRENCY: Final = 4
 
 Clock = Callable[[], datetime]
+
+
+@contextmanager
+def cold_start() -> Iterator[None]:
+    """A handler's cold start: no garbage collection while it builds what lives as long as the process.
+
+    The clients and services of a cold start are some 100,000 objects (botocore's service models most of
+    them) that stay until the process ends; every collection on the way walks them again, a tenth to a
+    sixth of the import (`benchmarks/bench_cold_start.py`). After it, `gc.freeze()` moves them out of the
+    collector's sight for good, so later collections do not walk them either, and collection resumes for
+    what the events allocate. The few reference cycles the cold start leaves behind (some hundreds of
+    objects) are frozen with the rest, never freed.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 @functools.cache
