@@ -1,6 +1,7 @@
 """The factories: each domain service built from settings, once per cold start, with its clients.
 
-Handlers call these at import; the CLI, tests and benchmarks call the same ones. Secrets come
+Handlers call these at import (in `cold_start()`); the CLI, tests and benchmarks call the same ones. The
+clients a function's typical event uses are built then; the others (`lazy`) on their first use. Secrets come
 through Powertools parameters providers, cached for `SECRET_MAX_AGE` so a rotated token or key is
 picked up without a redeploy. The webhook signing key is read in two versions, `AWSCURRENT` and
 `AWSPREVIOUS`, so that tokens signed before a rotation stay valid for their lifetime. The providers
