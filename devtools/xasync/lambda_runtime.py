@@ -5,6 +5,7 @@ Used by the local stack and the CLI (and by the tests, which run the handlers th
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 import os
@@ -71,4 +72,9 @@ def load_function(template: dict[str, Any], logical_id: str, environment: dict[s
     # whose handler writes to that test's captured stdout.
     logging.Logger.manager.loggerDict.pop(environment.get("POWERTOOLS_SERVICE_NAME", "service_undefined"), None)
     sys.modules.pop(module_name, None)
-    return importlib.import_module(module_name)
+    module = importlib.import_module(module_name)
+    # The cold start froze what it built (`runtime.cold_start`), for good in a Lambda process. A process
+    # that cold-starts handlers again and again gives them back to the collector, or every earlier cold
+    # start's reference cycles would stay.
+    gc.unfreeze()
+    return module

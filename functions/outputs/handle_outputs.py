@@ -23,7 +23,8 @@ settings = OutputsSettings.from_env()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
-copier = runtime.output_copier(settings)
+with runtime.cold_start():
+    copier = runtime.output_copier(settings)
 
 
 def copy_one(record: Record) -> None:

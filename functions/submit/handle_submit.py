@@ -25,7 +25,8 @@ logger = Logger()
 # The shared package logs through stdlib logging; give it the same JSON output and correlation keys.
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
-submitter = runtime.submitter(settings)
+with runtime.cold_start():
+    submitter = runtime.submitter(settings)
 
 
 class RetryLater(Exception):

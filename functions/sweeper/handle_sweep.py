@@ -11,7 +11,6 @@ from typing import Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
@@ -22,7 +21,8 @@ settings = SweeperSettings.from_env()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
-sweeper = runtime.sweeper(settings)
+with runtime.cold_start():
+    sweeper = runtime.sweeper(settings)
 
 
 SWEEP_COUNTS = (
@@ -55,7 +55,7 @@ def record_metrics(outcome: SweepOutcome) -> None:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    logger.debug("sweep started", extra={"event_id": EventBridgeEvent(event).get_id})
+    logger.debug("sweep started", extra={"event_id": event.get("id")})  # the schedule's EventBridge event
     outcome = sweeper.sweep(context.get_remaining_time_in_millis)
     record_metrics(outcome)
     # A run that found nothing due is the common case every minute (every 2 s locally): keep it out of INFO.

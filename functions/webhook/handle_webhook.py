@@ -1,8 +1,10 @@
 """Entry point of the webhook function: Ximilar's DONE webhooks (HTTP API, payload 2.0) to DynamoDB.
 
-Routing and answers go through Powertools' HTTP resolver. The domain refuses with a reason
-(`Refusal`); `STATUS_OF` below is the one table from reason to HTTP status code. Every refusal is a
-4xx: a body never earns a 5xx, which would only make Ximilar deliver it again.
+One route, `POST /webhook`; any other method on it is answered 405 (`Allow: POST`), any other path 404,
+in the HTTP API's payload 2.0 answer format (what Powertools' HTTP resolver answered, without importing
+every resolver and event class it comes with). The domain refuses with a reason (`Refusal`); `STATUS_OF`
+below is the one table from reason to HTTP status code. Every refusal is a 4xx: a body never earns a
+5xx, which would only make Ximilar deliver it again.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import json
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
@@ -22,6 +22,7 @@ from ximilar_async import runtime
 from ximilar_async.settings import WebhookSettings
 from ximilar_async.webhook import Refusal, WebhookRefused
 
+ROUTE = ("POST", "/webhook")
 STATUS_OF: dict[Refusal, int] = {
     Refusal.TOO_LARGE: 413,
     Refusal.MISSING_TOKEN: 401,
@@ -37,19 +38,33 @@ settings = WebhookSettings.from_env()
 logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
-app = APIGatewayHttpResolver()
-receiver = runtime.webhook_receiver(settings)
+with runtime.cold_start():
+    receiver = runtime.webhook_receiver(settings)
 
 
-def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
-    return Response(status_code=status_code, content_type="application/json", body=json.dumps(body), headers=headers)
+def json_response(status_code: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """An HTTP API (payload 2.0) answer with a JSON body."""
+    return {
+        "statusCode": status_code,
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+        "headers": {**(headers or {}), "Content-Type": "application/json"},
+        "cookies": [],
+    }
 
 
-@app.post("/webhook")
-def receive_webhook() -> Response[str]:
-    event = app.current_event
+def route_path(event: dict[str, Any]) -> str:
+    """The request's path below its stage (the API's `$default` stage has no prefix)."""
+    path = str(event.get("rawPath") or "")
+    stage = event["requestContext"].get("stage", "$default")
+    return path if stage == "$default" else path[len("/" + stage) :]
+
+
+def receive_webhook(event: dict[str, Any]) -> dict[str, Any]:
     # The body stays as the event carries it: the receiver checks the token before decoding it.
-    receipt = receiver.receive(event.headers or {}, event.body or "", base64_encoded=bool(event.is_base64_encoded))
+    receipt = receiver.receive(
+        event.get("headers") or {}, event.get("body") or "", base64_encoded=bool(event.get("isBase64Encoded"))
+    )
     outcome = receipt.outcome
     metrics.add_metric(name="WebhooksAccepted", unit=MetricUnit.Count, value=1)
     metrics.add_metric(name="ImagesRecorded", unit=MetricUnit.Count, value=outcome.recorded)
@@ -66,22 +81,22 @@ def receive_webhook() -> Response[str]:
     )
 
 
-@app.exception_handler(WebhookRefused)  # type: ignore[untyped-decorator]
-def refused(error: WebhookRefused) -> Response[str]:
+def refused(error: WebhookRefused) -> dict[str, Any]:
     status_code = STATUS_OF[error.refusal]
     logger.warning("webhook refused", extra={"reason": error.refusal.value, "status_code": status_code})
     metrics.add_metric(name=f"WebhooksRejected.{error.refusal.value}", unit=MetricUnit.Count, value=1)
     return json_response(status_code, {"message": error.message})
 
 
-@app.not_found
-def not_found(error: NotFoundError) -> Response[str]:
-    if app.current_event.path == "/webhook":
-        return json_response(405, {"message": "Method Not Allowed"}, {"Allow": "POST"})
-    return json_response(404, {"message": "Not Found"})
-
-
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    method, path = str(event["requestContext"]["http"]["method"]).upper(), route_path(event)
+    if path != ROUTE[1]:
+        return json_response(404, {"message": "Not Found"})
+    if method != ROUTE[0]:
+        return json_response(405, {"message": "Method Not Allowed"}, {"Allow": ROUTE[0]})
+    try:
+        return receive_webhook(event)
+    except WebhookRefused as error:
+        return refused(error)

@@ -1,6 +1,7 @@
 """The factories: each domain service built from settings, once per cold start, with its clients.
 
-Handlers call these at import; the CLI, tests and benchmarks call the same ones. Secrets come
+Handlers call these at import (in `cold_start()`); the CLI, tests and benchmarks call the same ones. The
+clients a function's typical event uses are built then; the others (`lazy`) on their first use. Secrets come
 through Powertools parameters providers, cached for `SECRET_MAX_AGE` so a rotated token or key is
 picked up without a redeploy. The webhook signing key is read in two versions, `AWSCURRENT` and
 `AWSPREVIOUS`, so that tokens signed before a rotation stay valid for their lifetime. The providers
@@ -11,12 +12,16 @@ at moto) is what they use.
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import gc
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import boto3
 import botocore.session
@@ -62,6 +67,30 @@ PART_BYTES: Final = 8 * 1024 * 1024
 COPY_CONCURRENCY: Final = 4
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
+# botocore sessions are not thread safe: clients (and what holds them) are built one at a time.
+_BUILDING = threading.RLock()
+
+
+@contextmanager
+def cold_start() -> Iterator[None]:
+    """A handler's cold start: no garbage collection while it builds what lives as long as the process.
+
+    The clients and services of a cold start are some 100,000 objects (botocore's service models most of
+    them) that stay until the process ends; every collection on the way walks them again, a tenth to a
+    sixth of the import (`benchmarks/bench_cold_start.py`). After it, `gc.freeze()` moves them out of the
+    collector's sight for good, so later collections do not walk them either, and collection resumes for
+    what the events allocate. The few reference cycles the cold start leaves behind (some hundreds of
+    objects) are frozen with the rest, never freed.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 @functools.cache
@@ -75,38 +104,97 @@ def aws_sessions() -> tuple[boto3.session.Session, botocore.session.Session]:
     return boto3.session.Session(botocore_session=core), core
 
 
-def aws_client(service: Any, config: Config | None = None) -> Any:
-    """A client of the one session (built now; each factory below makes those of its service)."""
-    return aws_sessions()[0].client(service, config=config)
+class OnFirstUse(Generic[T]):
+    """What `build` makes, made on the first `get()` and kept: for the clients a function's typical event
+    does not use (the factories' `lazy`), so its cold start does not build them. Built once, whatever
+    threads ask for it together (the submit and sweeper pools), and in the context of the cold start
+    that asked for it (`contextvars`), as if built then."""
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._context = contextvars.copy_context()
+        self._built: list[T] = []
+
+    @property
+    def built(self) -> bool:
+        return bool(self._built)
+
+    def get(self) -> T:
+        if not self._built:
+            with _BUILDING:
+                if not self._built:
+                    self._built.append(self._context.run(self._build))
+        return self._built[0]
 
 
-@dataclass(frozen=True)
+class LazyClient:
+    """A client of the one session that is built on its first use (see `OnFirstUse`), then used as is."""
+
+    def __init__(self, service: str, config: Config | None) -> None:
+        self._client = OnFirstUse(lambda: aws_client(service, config))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client.get(), name)
+
+
+def aws_client(service: Any, config: Config | None = None, *, lazy: Collection[str] = ()) -> Any:
+    """A client of the one session (each factory below makes those of its service): built now, or on its
+    first use when its service is one of `lazy`, the services the function's typical event does not use."""
+    if service in lazy:
+        return LazyClient(service, config)
+    with _BUILDING:
+        return aws_sessions()[0].client(service, config=config)
+
+
 class SecretSources:
     """The Ximilar token (SSM SecureString) and the webhook signing key (Secrets Manager), cached."""
 
-    ssm: SSMProvider
-    secrets: SecretsProvider
-    # Powertools caches by secret name only, whatever VersionStage is asked: the previous version
-    # needs a provider (a cache) of its own, or it would be answered with the current one.
-    previous_secrets: SecretsProvider
+    def __init__(
+        self,
+        ssm: OnFirstUse[SSMProvider],
+        secrets: OnFirstUse[SecretsProvider],
+        previous_secrets: OnFirstUse[SecretsProvider],
+    ) -> None:
+        self._providers = (ssm, secrets, previous_secrets)
+
+    @property
+    def ssm(self) -> SSMProvider:
+        return self._providers[0].get()
+
+    @property
+    def secrets(self) -> SecretsProvider:
+        return self._providers[1].get()
+
+    @property
+    def previous_secrets(self) -> SecretsProvider:
+        # Powertools caches by secret name only, whatever VersionStage is asked: the previous version
+        # needs a provider (a cache) of its own, or it would be answered with the current one.
+        return self._providers[2].get()
 
     @classmethod
-    def create(cls) -> SecretSources:
+    def create(cls, *, lazy: Collection[str] = ()) -> SecretSources:
+        """The providers, built now, or when first asked for a value if their service is one of `lazy`
+        (a Powertools provider uses its client as it is made)."""
         # Clients of boto3's one session, like every other client here: a provider left to itself makes a
         # session of its own, and each new session loads botocore's endpoints and partitions again.
-        secretsmanager = aws_client("secretsmanager")
+        secretsmanager = OnFirstUse(lambda: aws_client("secretsmanager"))
         sources = cls(
-            SSMProvider(boto3_client=aws_client("ssm")),
-            SecretsProvider(boto3_client=secretsmanager),
-            SecretsProvider(boto3_client=secretsmanager),
+            OnFirstUse(lambda: SSMProvider(boto3_client=aws_client("ssm"))),
+            OnFirstUse(lambda: SecretsProvider(boto3_client=secretsmanager.get())),
+            OnFirstUse(lambda: SecretsProvider(boto3_client=secretsmanager.get())),
         )
+        if "ssm" not in lazy:
+            sources.ssm  # noqa: B018 - the property builds it
+        if "secretsmanager" not in lazy:
+            sources.secrets, sources.previous_secrets  # noqa: B018 - the properties build them
         snapstart.after_restore(sources.clear)
         return sources
 
     def clear(self) -> None:
         """Forget every cached value (a SnapStart restore: nothing read before the snapshot is kept)."""
-        for provider in (self.ssm, self.secrets, self.previous_secrets):
-            provider.clear_cache()  # type: ignore[no-untyped-call]  # Powertools leaves it unannotated
+        for provider in self._providers:
+            if provider.built:
+                provider.get().clear_cache()  # type: ignore[no-untyped-call]  # Powertools leaves it unannotated
 
     def api_token(self, parameter_name: str) -> str:
         return str(self.ssm.get(parameter_name, decrypt=True, max_age=SECRET_MAX_AGE))
@@ -166,25 +254,35 @@ class SecretSigningKeys:
         return [current, previous]
 
 
-def completion_events(settings: CommonSettings) -> CompletionEvents:
-    publisher = EventBridgePublisher(aws_client("events"), settings.event_bus_name, settings.event_source)
-    return CompletionEvents(publisher)
+def completion_events(settings: CommonSettings, *, lazy: Collection[str] = ()) -> CompletionEvents:
+    client = aws_client("events", lazy=lazy)
+    return CompletionEvents(EventBridgePublisher(client, settings.event_bus_name, settings.event_source))
 
 
-def repository(settings: CommonSettings, events: CompletionEvents | None = None) -> Repository:
+def repository(
+    settings: CommonSettings, events: CompletionEvents | None = None, *, lazy: Collection[str] = ()
+) -> Repository:
     """The tables; every image a write finishes is told to the event bus (the stack's completion events)."""
-    tables = bind_tables(settings.images_table, settings.requests_table, session=aws_sessions()[1])
-    events = events or completion_events(settings)
+    with _BUILDING:
+        tables = bind_tables(settings.images_table, settings.requests_table, session=aws_sessions()[1])
+    events = events or completion_events(settings, lazy=lazy)
     return Repository(
         tables, settings.index_shards, timedelta(days=settings.request_retention_days), finished=events.finished
     )
 
 
-def output_queue(settings: OutputSettings) -> SqsOutputQueue:
-    return SqsOutputQueue(aws_client("sqs"), settings.outputs_queue_url)
+def output_queue(settings: OutputSettings, *, lazy: Collection[str] = ()) -> SqsOutputQueue:
+    return SqsOutputQueue(aws_client("sqs", lazy=lazy), settings.outputs_queue_url)
 
 
-def recorder(settings: OutputSettings, store: Store, objects: S3Objects, *, clock: Clock = utc_now) -> ResultRecorder:
+def recorder(
+    settings: OutputSettings,
+    store: Store,
+    objects: S3Objects,
+    *,
+    clock: Clock = utc_now,
+    lazy: Collection[str] = (),
+) -> ResultRecorder:
     """The one recording path, with the outputs of DONE results queued for the copier."""
     return ResultRecorder(
         store,
@@ -192,13 +290,13 @@ def recorder(settings: OutputSettings, store: Store, objects: S3Objects, *, cloc
         settings.results_bucket,
         clock=clock,
         output_location=settings.output_location,
-        output_queue=output_queue(settings),
+        output_queue=output_queue(settings, lazy=lazy),
     )
 
 
-def object_store() -> S3Objects:
+def object_store(*, lazy: Collection[str] = ()) -> S3Objects:
     # Signature v4 everywhere: presigned URLs of v2 do not work in newer regions.
-    return S3Objects(aws_client("s3", config=Config(signature_version="s3v4")))
+    return S3Objects(aws_client("s3", config=Config(signature_version="s3v4"), lazy=lazy))
 
 
 def ximilar_client(settings: CommonSettings, secrets: SecretSources) -> XimilarClient:
@@ -216,15 +314,15 @@ def webhook_auth(secret_arn: str, secrets: SecretSources, max_age: timedelta | N
     return WebhookAuth(SecretSigningKeys(secrets, secret_arn), max_age)
 
 
-def submitter(settings: SubmitSettings, *, clock: Clock = utc_now) -> Submitter:
-    secrets = SecretSources.create()
-    store = repository(settings)
+def submitter(settings: SubmitSettings, *, clock: Clock = utc_now, lazy: Collection[str] = ()) -> Submitter:
+    secrets = SecretSources.create(lazy=lazy)
+    store = repository(settings, lazy=lazy)
     ximilar = ximilar_client(settings, secrets)
     guard = SpendGuard(store, ximilar, settings.daily_submit_limit, settings.min_remaining_credits, clock)
     return Submitter(
         store,
         ximilar,
-        object_store(),
+        object_store(lazy=lazy),
         webhook_auth(settings.webhook_secret_arn, secrets),
         settings,
         clock=clock,
@@ -233,16 +331,24 @@ def submitter(settings: SubmitSettings, *, clock: Clock = utc_now) -> Submitter:
 
 
 def webhook_receiver(settings: WebhookSettings) -> WebhookReceiver:
+    """The webhook function's service. S3 holds only results too large for their item and payloads of
+    unknown requests: its client is built when first used."""
     secrets = SecretSources.create()
-    recording = recorder(settings, repository(settings), object_store())
+    recording = recorder(settings, repository(settings), object_store(lazy={"s3"}))
     auth = webhook_auth(settings.webhook_secret_arn, secrets, timedelta(seconds=settings.max_request_age_seconds))
     source = ximilar_client(settings, secrets)
     return WebhookReceiver(recording, auth, settings.max_webhook_body_bytes, source, settings.result_source)
 
 
+# A sweep mostly finds nothing due: it reads the due index and writes its summary, DynamoDB only.
+SWEEP_LAZY: Final = frozenset({"secretsmanager", "ssm", "s3", "sqs", "events"})
+
+
 def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
-    submit = submitter(settings, clock=clock)
-    recording = recorder(settings, submit.repository, object_store(), clock=clock)
+    """The sweeper function's service. What a due request needs (Ximilar's token, the signing key, S3,
+    the outputs queue, the event bus) gets its client when first used (`SWEEP_LAZY`)."""
+    submit = submitter(settings, clock=clock, lazy=SWEEP_LAZY)
+    recording = recorder(settings, submit.repository, object_store(lazy=SWEEP_LAZY), clock=clock, lazy=SWEEP_LAZY)
     sweeper = Sweeper(submit.repository, submit.ximilar, recording, submit, settings, clock=clock)
     snapstart.reseed(sweeper.rng)
     return sweeper
@@ -263,8 +369,9 @@ def copy_transfer_config() -> TransferConfig:
 
 
 def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> OutputCopier:
-    """The outputs function's service: streamed copies, and a submitter to regenerate expired artifacts."""
-    submit = submitter(settings, clock=clock)
+    """The outputs function's service: streamed copies, and a submitter to regenerate expired artifacts,
+    whose clients (the token, the signing key, presigning) are built when a regeneration first needs them."""
+    submit = submitter(settings, clock=clock, lazy={"secretsmanager", "ssm", "s3"})
     copier = S3ArtifactCopier(
         aws_client("s3", config=Config(signature_version="s3v4")),
         requests.Session(),
