@@ -230,7 +230,16 @@ def main() -> int:
     )
     args = parser.parse_args()
     template = load_template()
-    base = {"AWS_REGION": "us-east-1", "AWS_DEFAULT_REGION": "us-east-1"}
+    # What Lambda puts in every function's environment: its region, and its role's credentials. Without
+    # these, each client's creation would walk botocore's credential chain to the instance metadata
+    # service, which no Lambda does (and which would flatter a client not built at import).
+    base = {
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "ASIABENCHCOLDSTART00",
+        "AWS_SECRET_ACCESS_KEY": "bench-cold-start-secret-access-key-0000000",
+        "AWS_SESSION_TOKEN": "bench-cold-start-session-token",
+    }
     layer = str(PROJECT_ROOT / "layers" / "shared")
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     print(f"cold import, median of {args.runs} fresh interpreters (python {version}); each handler's runs")
