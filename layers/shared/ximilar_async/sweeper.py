@@ -1,6 +1,9 @@
 """The sweeper: no request stays pending. Runs on a schedule, reads only what is due.
 
-For each due request (from the sparse, sharded `due` index; shards in random order so none starves):
+For each due request (from the sparse, sharded `due` index, read from where the last run got to; shards
+in random order so none starves):
+- CREATED, none of its images waiting for it (the webhook recorded them all and had nothing else to
+  write): finished; passed over without a call or a write;
 - CREATED/PROCESSING at Ximilar: ask `/status`; DONE -> fetch the details and record them through the
   same path as the webhook; still pending -> check again later (exponential backoff with jitter);
   too old -> FAILED with the reason, request and images;
