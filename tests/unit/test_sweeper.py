@@ -44,6 +44,17 @@ def several_requests(
     return [a_submitted_request(submitter, objects, ximilar, f"incoming/photo-{n}.png")[0] for n in range(count)]
 
 
+def pending_requests_due(
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, clock: FakeClock, count: int
+) -> list[SentRequest]:
+    """`count` requests Ximilar still reports PROCESSING, past their first check time."""
+    requests = several_requests(submitter, objects, ximilar, count)
+    for sent in requests:
+        ximilar.set_state(sent.id, "PROCESSING")
+    clock.advance(PAST_FIRST_CHECK)
+    return requests
+
+
 def seconds_until(moment: int | None, now: datetime) -> int:
     assert moment is not None, "the request is not due at all"
     return moment - epoch(now)
@@ -238,10 +249,7 @@ def test_a_run_stops_before_its_api_call_budget_is_exceeded(
     clock: FakeClock,
 ) -> None:
     # Given five pending requests due and a budget of four calls a run (two kept for a request's worst case)
-    requests = several_requests(submitter, objects, ximilar, 5)
-    for sent in requests:
-        ximilar.set_state(sent.id, "PROCESSING")
-    clock.advance(PAST_FIRST_CHECK)
+    pending_requests_due(submitter, objects, ximilar, clock, 5)
     budgeted = replace(sweeper, settings=replace(sweeper.settings, max_api_calls_per_run=4))
 
     # When the sweeper runs
@@ -308,10 +316,7 @@ def test_a_run_stopped_by_its_budget_leaves_the_rest_to_the_next_run(
     sweeper: Sweeper, submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, clock: FakeClock
 ) -> None:
     # Given five pending requests due, and a run that stops at its budget after three
-    requests = several_requests(submitter, objects, ximilar, 5)
-    for sent in requests:
-        ximilar.set_state(sent.id, "PROCESSING")
-    clock.advance(PAST_FIRST_CHECK)
+    requests = pending_requests_due(submitter, objects, ximilar, clock, 5)
     first = replace(sweeper, settings=replace(sweeper.settings, max_api_calls_per_run=4)).sweep(plenty_of_time)
     assert (first.stopped, first.taken) == ("budget", 3)
 
@@ -392,10 +397,7 @@ def test_a_run_stopped_by_the_deadline_leaves_the_rest_to_the_next_run(
     sweeper: Sweeper, submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, clock: FakeClock
 ) -> None:
     # Given five pending requests due, and a run whose time runs out after two
-    requests = several_requests(submitter, objects, ximilar, 5)
-    for sent in requests:
-        ximilar.set_state(sent.id, "PROCESSING")
-    clock.advance(PAST_FIRST_CHECK)
+    requests = pending_requests_due(submitter, objects, ximilar, clock, 5)
     left = iter([60_000, 60_000])
     first = sweeper.sweep(lambda: next(left, 1_000))
     assert (first.stopped, first.taken) == ("deadline", 2)
