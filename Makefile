@@ -9,7 +9,7 @@ SAM := $(SAM_VENV)/bin/sam
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv sam-venv checkov-venv demo up test lint security validate build deploy emulator clean
+.PHONY: venv sam-venv checkov-venv demo up test lint security validate build deploy emulator service-models clean
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,9 @@ deploy: build
 
 emulator: venv  ## the Ximilar emulator in the foreground: make emulator ARGS="--port 8900"
 	$(PY) -m ximilar_emulator --token $${XIMILAR_TOKEN:-local-token} --access-log $(ARGS)
+
+service-models: venv  ## the layer's AWS service models, written again from the installed botocore
+	$(PY) -m xasync.service_models
 
 clean:
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,12 @@ for the outputs function).
 largest self time summed over their modules (ours and Powertools' by sub-package), and the handler's
 own module code (settings, the factories building the clients).
 
+`--python` runs the fresh interpreters with another Python: the functions run on python3.13 (the
+template's runtime), the project's venv may be older. It needs the layer's requirements:
+
     .venv/bin/python -m benchmarks.bench_cold_start --runs 9 --top 8 --first-event
+    python3.13 -m venv .venv-313 && .venv-313/bin/pip install -r layers/shared/requirements.txt
+    .venv/bin/python -m benchmarks.bench_cold_start --runs 9 --python .venv-313/bin/python
 """
 
 from __future__ import annotations
@@ -63,12 +68,14 @@ print("BENCH", imported - started, done - started, json.dumps(answer, default=st
 """
 
 
-def fresh_import(module: str, path: list[str], environment: dict[str, str], *, importtime: bool = False) -> str:
+def fresh_import(
+    python: str, module: str, path: list[str], environment: dict[str, str], *, importtime: bool = False
+) -> str:
     """Run the import in a fresh, isolated interpreter; returns its stdout (or stderr with -X importtime)."""
     code = f"import sys; sys.path[:0] = {path!r}; " + TIMED.format(module=module)
     flags = ["-X", "importtime"] if importtime else []
     result = subprocess.run(  # noqa: S603 - this interpreter, fixed code
-        [sys.executable, "-I", *flags, "-c", code],
+        [python, "-I", *flags, "-c", code],
         env={"PATH": os.environ["PATH"], **environment},
         capture_output=True,
         text=True,
@@ -87,12 +94,12 @@ def package_of(module: str) -> str:
 IMPORT_LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
 
-def heaviest(module: str, path: list[str], environment: dict[str, str], top: int) -> list[tuple[int, str]]:
+def heaviest(python: str, module: str, path: list[str], environment: dict[str, str], top: int) -> list[tuple[int, str]]:
     """Where the handler's import goes (microseconds): its own module code, then the N packages whose
     modules took the most self time below it (the interpreter's own start-up is left out)."""
     selves: dict[str, int] = {}
     handler_self = 0
-    for line in fresh_import(module, path, environment, importtime=True).splitlines():
+    for line in fresh_import(python, module, path, environment, importtime=True).splitlines():
         match = IMPORT_LINE.match(line)
         if not match:
             continue
@@ -194,7 +201,12 @@ def first_event(logical_id: str, spec: FunctionSpec, stack: dict[str, Any]) -> d
 
 
 def import_and_first_event(
-    logical_id: str, spec: FunctionSpec, path: list[str], environment: dict[str, str], stack: dict[str, Any]
+    python: str,
+    logical_id: str,
+    spec: FunctionSpec,
+    path: list[str],
+    environment: dict[str, str],
+    stack: dict[str, Any],
 ) -> tuple[float, float, str]:
     """One fresh interpreter: (import seconds, import + first event seconds, the answer's start)."""
     code = FIRST_EVENT.format(
@@ -205,7 +217,7 @@ def import_and_first_event(
         timeout=spec.timeout,
     )
     result = subprocess.run(  # noqa: S603 - this interpreter, fixed code
-        [sys.executable, "-I", "-c", code],
+        [python, "-I", "-c", code],
         env={"PATH": os.environ["PATH"], **environment},
         input=json.dumps(first_event(logical_id, spec, stack)),
         capture_output=True,
@@ -228,6 +240,11 @@ def main() -> int:
     parser.add_argument(
         "--first-event", action="store_true", help="also time import + a first event against an embedded stack"
     )
+    parser.add_argument(
+        "--python",
+        default=sys.executable,
+        help="the interpreter of the fresh runs (default: this one); it needs the layer's requirements",
+    )
     args = parser.parse_args()
     template = load_template()
     # What Lambda puts in every function's environment: its region, and its role's credentials. Without
@@ -241,7 +258,12 @@ def main() -> int:
         "AWS_SESSION_TOKEN": "bench-cold-start-session-token",
     }
     layer = str(PROJECT_ROOT / "layers" / "shared")
-    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    version = subprocess.run(  # noqa: S603 - the interpreter asked for
+        [args.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     print(f"cold import, median of {args.runs} fresh interpreters (python {version}); each handler's runs")
     print("alternate with runs of `import boto3`, and its ratio is to those (a shared machine's load drifts)")
     boto3_all: list[float] = []
@@ -252,8 +274,8 @@ def main() -> int:
         environment = {**base, **{name: str(value) for name, value in spec.environment.items()}}
         handler_runs, boto3_runs = [], []
         for _ in range(args.runs):
-            boto3_runs.append(float(fresh_import("boto3", [layer], base)))
-            handler_runs.append(float(fresh_import(spec.handler_module, path, environment)))
+            boto3_runs.append(float(fresh_import(args.python, "boto3", [layer], base)))
+            handler_runs.append(float(fresh_import(args.python, spec.handler_module, path, environment)))
         boto3_all += boto3_runs
         rows.append((logical_id, spec.handler_module, statistics.median(handler_runs), statistics.median(boto3_runs)))
     boto3_seconds = statistics.median(boto3_all)
@@ -267,7 +289,7 @@ def main() -> int:
         results[logical_id] = {"ms": round(seconds * 1000), "ratio": round(ratio, 2)}
         print(f"  {module:<28} {seconds * 1000:7.0f} ms   {ratio:.2f}x   (boto3 beside it: {beside * 1000:.0f} ms)")
         if args.top:
-            for micros, name in heaviest(spec.handler_module, path, environment, args.top):
+            for micros, name in heaviest(args.python, spec.handler_module, path, environment, args.top):
                 print(f"      {name:<40} {micros / 1000:6.0f} ms self")
     if args.first_event:
         print(f"import + first event against an embedded stack, median of {args.runs} fresh interpreters")
@@ -275,7 +297,7 @@ def main() -> int:
             for logical_id, spec in specs.items():
                 path = [str(spec.code_uri), layer]
                 timings = [
-                    import_and_first_event(logical_id, spec, path, environments[logical_id], stack)
+                    import_and_first_event(args.python, logical_id, spec, path, environments[logical_id], stack)
                     for _ in range(args.runs)
                 ]
                 imported = statistics.median(timing[0] for timing in timings)

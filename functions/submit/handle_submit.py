@@ -26,7 +26,7 @@ logger = Logger()
 copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
 metrics = Metrics()
 with runtime.cold_start():
-    submitter = runtime.submitter(settings)
+    submitter = runtime.submitter(settings, lazy=runtime.SUBMIT_LAZY)
 
 
 class RetryLater(Exception):

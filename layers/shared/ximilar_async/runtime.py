@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import boto3
@@ -31,6 +32,7 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from botocore.loaders import Loader
 
 from ximilar_async import snapstart
 from ximilar_async.copying import OutputCopier
@@ -65,6 +67,10 @@ KEY_REFRESH_INTERVAL: Final = 30.0  # seconds
 # (benchmarks/bench_outputs.py measures it); 8 MB parts reach S3's 10,000-part limit at 80 GB.
 PART_BYTES: Final = 8 * 1024 * 1024
 COPY_CONCURRENCY: Final = 4
+# The only AWS service models the clients load: botocore's, trimmed to the operations the functions call
+# (devtools/xasync/service_models.py writes them). Finding and parsing botocore's whole models was a third
+# of a cold start.
+SERVICE_MODELS: Final = Path(__file__).with_name("service_models")
 
 Clock = Callable[[], datetime]
 T = TypeVar("T")
@@ -98,9 +104,11 @@ def aws_sessions() -> tuple[boto3.session.Session, botocore.session.Session]:
     """The one session every AWS client of this process comes from (on Lambda, of this cold start).
 
     A session loads botocore's endpoints, partitions and each service's model once; the Powertools
-    providers and pynamodb, left to themselves, make sessions of their own and load them again.
+    providers and pynamodb, left to themselves, make sessions of their own and load them again. It loads
+    them from SERVICE_MODELS only, before boto3 adds its own folder (resources, which clients never read).
     """
     core = botocore.session.get_session()
+    core.register_component("data_loader", Loader([str(SERVICE_MODELS)], include_default_search_paths=False))
     return boto3.session.Session(botocore_session=core), core
 
 
@@ -314,9 +322,19 @@ def webhook_auth(secret_arn: str, secrets: SecretSources, max_age: timedelta | N
     return WebhookAuth(SecretSigningKeys(secrets, secret_arn), max_age)
 
 
-def submitter(settings: SubmitSettings, *, clock: Clock = utc_now, lazy: Collection[str] = ()) -> Submitter:
+# An upload finishes an image only when it fails: the submit function's event bus client is built when first used.
+SUBMIT_LAZY: Final = frozenset({"events"})
+
+
+def submitter(
+    settings: SubmitSettings,
+    *,
+    clock: Clock = utc_now,
+    events: CompletionEvents | None = None,
+    lazy: Collection[str] = (),
+) -> Submitter:
     secrets = SecretSources.create(lazy=lazy)
-    store = repository(settings, lazy=lazy)
+    store = repository(settings, events, lazy=lazy)
     ximilar = ximilar_client(settings, secrets)
     guard = SpendGuard(store, ximilar, settings.daily_submit_limit, settings.min_remaining_credits, clock)
     return Submitter(
@@ -371,7 +389,8 @@ def copy_transfer_config() -> TransferConfig:
 def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> OutputCopier:
     """The outputs function's service: streamed copies, and a submitter to regenerate expired artifacts,
     whose clients (the token, the signing key, presigning) are built when a regeneration first needs them."""
-    submit = submitter(settings, clock=clock, lazy={"secretsmanager", "ssm", "s3"})
+    events = completion_events(settings)
+    submit = submitter(settings, clock=clock, events=events, lazy={"secretsmanager", "ssm", "s3"})
     copier = S3ArtifactCopier(
         aws_client("s3", config=Config(signature_version="s3v4")),
         requests.Session(),
@@ -385,6 +404,6 @@ def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> Outpu
         submit,
         settings.regenerate_outputs_for,
         settings.outputs_max_receive_count,
-        events=completion_events(settings),
+        events=events,
         clock=clock,
     )

@@ -178,8 +178,9 @@ def bind_tables(
     """Models bound to the named tables. `host` points pynamodb at another endpoint (moto);
     left None, botocore's own configuration applies (`AWS_ENDPOINT_URL` included).
 
-    With a botocore `session`, each model's client is made now from it (pynamodb would make it on first
-    use, from a session of its own that loads botocore's data again): what the cold start builds.
+    With a botocore `session`, the models' client is made now from it (pynamodb would make one per model
+    on first use, from a session of its own that loads botocore's data again): what the cold start builds.
+    The three models share it: their connections configure it alike (pynamodb's defaults, no extra headers).
     """
 
     def meta(table_name: str) -> type:
@@ -193,10 +194,14 @@ def bind_tables(
     control = type("BoundControlItem", (ControlItem,), {"Meta": meta(requests_table), "__module__": __name__})
     if session is not None:
         bound: tuple[Any, ...] = (images, requests, control)
+        shared: Any = None
         for model in bound:
             connection = model._get_connection().connection
             # pynamodb keeps its session per thread and makes one when it has none: this thread's is ours,
             # and the client made now (in this thread) is the one every thread uses.
             connection._local.session = session
-            connection.client  # noqa: B018 - the property makes the client
+            if shared is None:
+                shared = connection.client  # the property makes the client
+            else:
+                connection._client = shared
     return Tables(images=images, requests=requests, control=control)
