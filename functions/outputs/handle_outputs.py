@@ -7,6 +7,12 @@ passing reason is reported as a batch item failure and delivered again; its last
 
 from __future__ import annotations
 
+import gc
+
+# A cold start is mostly imports and clients that live as long as the process: no collection walks them
+# until runtime.cold_start() has frozen them, and turns collection on.
+gc.disable()
+
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics

@@ -5,6 +5,12 @@ One run by hand: `xasync sweep` (the local stack, or `--stack-name` for a deploy
 
 from __future__ import annotations
 
+import gc
+
+# A cold start is mostly imports and clients that live as long as the process: no collection walks them
+# until runtime.cold_start() has frozen them, and turns collection on.
+gc.disable()
+
 from dataclasses import asdict
 from typing import Any
 

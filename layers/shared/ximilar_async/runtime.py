@@ -80,23 +80,23 @@ _BUILDING = threading.RLock()
 
 @contextmanager
 def cold_start() -> Iterator[None]:
-    """A handler's cold start: no garbage collection while it builds what lives as long as the process.
+    """The end of a handler's cold start: no garbage collection while it builds what lives as long as the
+    process, then `gc.freeze()`, and collection on.
 
-    The clients and services of a cold start are some 100,000 objects (botocore's service models most of
-    them) that stay until the process ends; every collection on the way walks them again, a tenth to a
-    sixth of the import (`benchmarks/bench_cold_start.py`). After it, `gc.freeze()` moves them out of the
-    collector's sight for good, so later collections do not walk them either, and collection resumes for
-    what the events allocate. The few reference cycles the cold start leaves behind (some hundreds of
-    objects) are frozen with the rest, never freed.
+    The imports and the clients and services of a cold start leave some 90,000 objects the collector
+    tracks (modules' functions and classes, botocore's handlers and models) that stay until the process
+    ends; every collection on the way walks them again, a tenth of the import (`bench_cold_start`). So each handler turns collection
+    off before its first import, and this turns it on once they are built: `gc.freeze()` first moves
+    them out of the collector's sight for good, so later collections do not walk them either. Collection
+    is on after it, whatever it was before. The few reference cycles the cold start leaves behind (some
+    hundreds of objects) are frozen with the rest, never freed.
     """
-    enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         gc.freeze()
-        if enabled:
-            gc.enable()
+        gc.enable()
 
 
 @functools.cache
