@@ -85,11 +85,11 @@ def cold_start() -> Iterator[None]:
 
     The imports and the clients and services of a cold start leave some 90,000 objects the collector
     tracks (modules' functions and classes, botocore's handlers and models) that stay until the process
-    ends; every collection on the way walks them again, a tenth of the import (`bench_cold_start`). So each handler turns collection
-    off before its first import, and this turns it on once they are built: `gc.freeze()` first moves
-    them out of the collector's sight for good, so later collections do not walk them either. Collection
-    is on after it, whatever it was before. The few reference cycles the cold start leaves behind (some
-    hundreds of objects) are frozen with the rest, never freed.
+    ends; every collection on the way walks them again, a tenth of the import (`bench_cold_start`). So
+    each handler turns collection off before its first import, and this turns it on once they are built:
+    `gc.freeze()` first moves them out of the collector's sight for good, so later collections do not
+    walk them either. Collection is on after it, whatever it was before. The few reference cycles the
+    cold start leaves behind (some hundreds of objects) are frozen with the rest, never freed.
     """
     gc.disable()
     try:
