@@ -13,8 +13,9 @@ functions call. So the layer carries its own data folder (`ximilar_async/service
 No library trims botocore's models (the SDKs' own build tools are not published), hence this module.
 The files are committed and `tests/unit/test_service_models.py` checks them against the pinned botocore,
 so a botocore upgrade fails the tests until they are written again. An operation the functions start
-calling is added to OPERATIONS (its IAM grant goes to template.yaml beside it): a call the models lack
-fails with AttributeError in any test that makes it.
+calling is added to OPERATIONS (its IAM grant goes to template.yaml beside it): a client has no method
+for an operation its model lacks (AttributeError; pynamodb raises OperationNotFoundError), in any test
+that makes the call.
 """
 
 from __future__ import annotations
@@ -34,15 +35,15 @@ from xasync.template import PROJECT_ROOT
 DESTINATION = PROJECT_ROOT / "layers" / "shared" / "ximilar_async" / "service_models"
 BOTOCORE_DATA = Path(botocore.__file__).parent / "data"
 
-# Every operation a function's client calls: the template's grants, as API operations.
+# Every operation a client built by `ximilar_async.runtime` calls: the functions' are the template's grants,
+# as API operations.
 OPERATIONS: Mapping[str, frozenset[str]] = {
     # The tables, through pynamodb (no transactions, no deletes: see the README's data model).
     "dynamodb": frozenset({"BatchGetItem", "GetItem", "PutItem", "Query", "UpdateItem"}),
     "events": frozenset({"PutEvents"}),
     "s3": frozenset(
         {
-            "GetObject",
-            "HeadObject",  # s3transfer, and presigning a versioned image
+            "GetObject",  # and its presigned URLs
             "PutObject",
             # upload_fileobj: the outputs function's streamed copies
             "CreateMultipartUpload",
@@ -53,8 +54,15 @@ OPERATIONS: Mapping[str, frozenset[str]] = {
         }
     ),
     "secretsmanager": frozenset({"GetSecretValue"}),
-    "sqs": frozenset({"SendMessage", "SendMessageBatch"}),
+    "sqs": frozenset({"SendMessageBatch"}),
     "ssm": frozenset({"GetParameter"}),
+    # Not the functions' (Lambda gives them credentials): botocore's credential providers, for the `xasync`
+    # commands that build the services with a user's profile (assumed roles, web identity, SSO, `aws login`).
+    # A model is read when its client is first made, so a cold start does not pay for these.
+    "sts": frozenset({"AssumeRole", "AssumeRoleWithWebIdentity"}),
+    "sso": frozenset({"GetRoleCredentials"}),
+    "sso-oidc": frozenset({"CreateToken"}),
+    "signin": frozenset({"CreateOAuth2Token"}),
 }
 # Loaded whole by every session, whatever the service.
 SHARED_FILES = ("_retry.json", "partitions.json", "sdk-default-configuration.json")
@@ -121,8 +129,10 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write(destination: Path = DESTINATION, source: Path = BOTOCORE_DATA) -> None:
-    """Write the models afresh into `destination` (what was there is removed)."""
+    """Write the models afresh into `destination` (the models there before are removed)."""
     if destination.exists():
+        if any(destination.iterdir()) and not (destination / "endpoints.json").exists():
+            raise ValueError(f"{destination} holds something else than service models: not removed")
         shutil.rmtree(destination)
     destination.mkdir(parents=True)
     for name in SHARED_FILES:

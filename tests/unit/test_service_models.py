@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import filecmp
 from pathlib import Path
+from typing import Any
 
+import botocore.session
 import pytest
 from botocore import xform_name
+from botocore.config import Config
 from botocore.exceptions import UnknownServiceError
 
 from xasync import service_models
@@ -72,3 +75,52 @@ def test_trimming_keeps_every_shape_an_operation_reaches_and_no_documentation() 
     assert "documentation" not in trimmed["shapes"]["In"]["members"]["Tags"]
     with pytest.raises(ValueError, match="Missing"):
         service_models.trimmed_service(model, frozenset({"Missing"}))
+
+
+class Sent(Exception):
+    """Raised instead of sending: the request's URL is all a test wants."""
+
+
+def url_of(client: Any, operation: str, params: dict[str, Any]) -> str:
+    """Where the client sends the call (or why it cannot), without sending it."""
+
+    def stop(request: Any, **_: Any) -> None:
+        raise Sent(request.url)
+
+    client.meta.events.register_first("before-send", stop)
+    try:
+        getattr(client, operation)(**params)
+    except Sent as sent:
+        return str(sent)
+    except Exception as error:  # the refusal (an endpoint botocore cannot resolve) is what is compared
+        return f"{type(error).__name__}: {error}"
+    raise AssertionError("the call was not stopped before sending")
+
+
+CALLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dynamodb": ("get_item", {"TableName": "t", "Key": {"k": {"S": "v"}}}),
+    "s3": ("get_object", {"Bucket": "my-bucket", "Key": "k.jpg"}),
+    "sqs": ("send_message_batch", {"QueueUrl": "https://sqs.us-east-1.amazonaws.com/1/q", "Entries": []}),
+    "ssm": ("get_parameter", {"Name": "p"}),
+    "secretsmanager": ("get_secret_value", {"SecretId": "s"}),
+    "events": ("put_events", {"Entries": [{"Source": "s", "DetailType": "d", "Detail": "{}"}]}),
+    "sts": ("assume_role", {"RoleArn": "arn:aws:iam::1:role/r", "RoleSessionName": "n"}),
+}
+
+
+@pytest.mark.parametrize("service", sorted(CALLS))
+def test_the_layers_models_send_each_call_where_botocores_own_do(service: str) -> None:
+    """botocore resolves endpoints alike only if it takes the layer's models for its own data."""
+    operation, params = CALLS[service]
+    ours, botocores = runtime.aws_sessions()[1], botocore.session.get_session()
+    differences = []
+    for region in ("us-east-1", "eu-central-1", "cn-north-1", "us-gov-west-1"):
+        for options in ({}, {"use_fips_endpoint": True}, {"use_dualstack_endpoint": True}):
+            config = Config(**options)  # type: ignore[arg-type]
+            sent = [
+                url_of(session.create_client(service, region_name=region, config=config), operation, params)
+                for session in (ours, botocores)
+            ]
+            if sent[0] != sent[1]:
+                differences.append((region, options, *sent))
+    assert differences == []

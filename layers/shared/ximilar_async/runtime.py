@@ -99,6 +99,17 @@ def cold_start() -> Iterator[None]:
         gc.enable()
 
 
+class LayerModels(Loader):
+    """botocore's data loader, reading SERVICE_MODELS only, which it takes for its own data (they are,
+    trimmed): botocore resolves endpoints differently from data it takes for a user's override."""
+
+    def __init__(self) -> None:
+        super().__init__([str(SERVICE_MODELS)], include_default_search_paths=False)
+
+    def is_builtin_path(self, path: str) -> bool:
+        return Path(path).is_relative_to(SERVICE_MODELS)
+
+
 @functools.cache
 def aws_sessions() -> tuple[boto3.session.Session, botocore.session.Session]:
     """The one session every AWS client of this process comes from (on Lambda, of this cold start).
@@ -108,7 +119,7 @@ def aws_sessions() -> tuple[boto3.session.Session, botocore.session.Session]:
     them from SERVICE_MODELS only, before boto3 adds its own folder (resources, which clients never read).
     """
     core = botocore.session.get_session()
-    core.register_component("data_loader", Loader([str(SERVICE_MODELS)], include_default_search_paths=False))
+    core.register_component("data_loader", LayerModels())
     return boto3.session.Session(botocore_session=core), core
 
 

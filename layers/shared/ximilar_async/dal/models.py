@@ -8,7 +8,7 @@ environment). The attribute and index names here are the ones users query; READM
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import botocore.session
 from pynamodb.attributes import (
@@ -160,6 +160,11 @@ class ControlItem(Model):
     expires_at = TTLAttribute(null=True)
 
 
+# The three models share one client, and so its connections: one per thread that may call at once (a
+# submit pool of up to 32, the repository's 16 parallel index queries), where pynamodb's default is 10.
+CONNECTIONS: Final = 48
+
+
 @dataclass(frozen=True)
 class Tables:
     images: type[ImageItem]
@@ -184,7 +189,7 @@ def bind_tables(
     """
 
     def meta(table_name: str) -> type:
-        attributes: dict[str, Any] = {"table_name": table_name, "host": host}
+        attributes: dict[str, Any] = {"table_name": table_name, "host": host, "max_pool_connections": CONNECTIONS}
         if region is not None:
             attributes["region"] = region
         return type("Meta", (), attributes)
