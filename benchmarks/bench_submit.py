@@ -1,4 +1,4 @@
-"""Submit benchmark: Ximilar and DynamoDB calls per image for N uploads, and the handler's cold import time.
+"""Submit benchmark: Ximilar and DynamoDB calls per image for N uploads (cold imports: bench_cold_start).
 
 Runs the real handler against moto in server mode and the emulator, as the tests do, feeding it the
 notifications S3 really sent, in batches of the template's SubmitBatchSize. Counts, not seconds, are
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -22,7 +20,7 @@ from tests.support.aws import AwsStack, count_dynamodb_calls, create_stack
 from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server
-from xasync.template import PROJECT_ROOT, load_template
+from xasync.template import load_template
 from ximilar_async.submission import SubmitOutcome
 from ximilar_emulator import EmulatorControl
 
@@ -100,23 +98,6 @@ def bench(
     }
 
 
-def cold_import_seconds(environment: dict[str, str], runs: int = 7) -> list[float]:
-    """Import the handler in a fresh interpreter, as a cold start does (no network: clients are lazy)."""
-    code = "import time; t = time.perf_counter(); import handle_submit; print(time.perf_counter() - t)"
-    path = os.pathsep.join([str(PROJECT_ROOT / "functions" / "submit"), str(PROJECT_ROOT / "layers" / "shared")])
-    timings = []
-    for _ in range(runs):
-        result = subprocess.run(  # noqa: S603 - this interpreter, fixed code
-            [sys.executable, "-c", code],
-            env={**os.environ, **environment, "PYTHONPATH": path},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        timings.append(float(result.stdout.strip()))
-    return timings
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
@@ -148,7 +129,6 @@ def main() -> int:
                     endpoint, emulator_url, prefix, args.images, batch_size, args.response_delay, concurrency
                 )
                 results.append((name, result))
-        environment = create_stack(endpoint, template, TOKEN).environment("SubmitFunction")
     print(
         f"submit benchmark: {args.images} images per run, SQS batches of {batch_size} (one invocation each, "
         f"Lambda's 60 s), Ximilar answering after {args.response_delay} s"
@@ -167,11 +147,6 @@ def main() -> int:
             f"{result['dynamodb_by_operation']}  ({result['seconds']:.1f} s wall here)"
         )
     print("img/s: images submitted per second of submit invocations (handed on: left to the sweeper, not counted)")
-    timings = cold_import_seconds(environment)
-    print(
-        f"cold import of handle_submit (python {sys.version_info.major}.{sys.version_info.minor}, this machine): "
-        f"median {statistics.median(timings) * 1000:.0f} ms, min {min(timings) * 1000:.0f} ms over {len(timings)} runs"
-    )
     return 0
 
 
