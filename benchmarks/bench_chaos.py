@@ -134,6 +134,22 @@ def bursts_of_429(control: EmulatorControl, stop: threading.Event, counter: Coun
         counter["429 bursts"] += 1
 
 
+def stuck_requests(local: Any, images: Any, uris: list[str], terminal: set[str]) -> list[dict[str, Any]]:
+    """What a failed run leaves to look at: the request items of the images not terminal."""
+    requests = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"]).requests
+    submissions = {item.submission_id for item in images.batch_get(uris) if item.status not in terminal}
+    now = int(time.time())
+    return [
+        {
+            "status": item.status,
+            "request_id": item.request_id,
+            "check in (s)": None if item.next_check_at is None else int(item.next_check_at) - now,
+            "reason": item.status_reason,
+        }
+        for item in requests.batch_get(sorted(filter(None, submissions)))
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000)
@@ -195,6 +211,11 @@ def main() -> int:
         final = statuses()
         calls = control.calls()
         webhooks = Counter(delivery["outcome"] for delivery in control.webhooks())
+        stuck = stuck_requests(local, images, uris, terminal)
+        errors = {function: Counter(found).most_common(3) for function, found in local.invocations.errors.items()}
+        sweeps = Counter[str]()
+        for answer in local.invocations.answers.get("SweeperFunction", []):
+            sweeps.update({name: value for name, value in answer.items() if isinstance(value, int)})
 
     twice = {pair: n for pair, n in recordings.items() if pair[0] != "by" and n > 1}
     posts = Counter(call["status"] for call in calls if call["method"] == "POST")
@@ -210,6 +231,9 @@ def main() -> int:
         "ximilar POSTs by status": dict(posts),
         "webhook deliveries": dict(webhooks),
         "faults injected": dict(counter),
+        "sweeps (summed answers)": dict(sweeps),
+        "handler errors": errors,
+        "requests of unfinished images": stuck,
     }
     print(f"chaos: {args.images} images across {len(PREFIXES)} request types, finished in {took:.1f} s")
     for name, value in report.items():
