@@ -10,7 +10,7 @@ import pytest
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, SentRequest, error
 from tests.unit.given import a_submitted_request, image_of, request_of, submission_id
 from ximilar_async.dal.repository import Repository, epoch
-from ximilar_async.entities import DUE_INDEX_LAG, DUE_PASSED_MAX, DueScan
+from ximilar_async.entities import DUE_INDEX_LAG, DUE_PASSED_MAX, DueScan, TrackedRequest
 from ximilar_async.payloads import parse_outcome
 from ximilar_async.results import ResultRecorder
 from ximilar_async.statuses import Status
@@ -421,3 +421,25 @@ def test_a_request_due_far_ahead_is_kept_past_its_check(
 
     item = repository.tables.requests.get(submission_id(sent))
     assert item.expires_at is not None and item.expires_at >= far + repository.request_retention
+
+
+def test_a_request_whose_finish_cannot_be_read_is_swept_by_ximilars_answer_and_the_run_goes_on(
+    sweeper: Sweeper,
+    submitted: tuple[SentRequest, list[Upload]],
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent, uploads = submitted
+    details = ximilar.finish(sent.id)
+    clock.advance(PAST_FIRST_CHECK)
+
+    def unreadable(self: Repository, request: TrackedRequest) -> bool:
+        raise RuntimeError("throttled after every retry")
+
+    monkeypatch.setattr(type(repository), "request_finished", unreadable)
+    outcome = sweeper.sweep(plenty_of_time)
+
+    assert (outcome.recorded, outcome.errors, outcome.api_calls) == (2, 0, 2)
+    assert [image_of(repository, upload).result for upload in uploads] == details["response"]["records"]

@@ -136,10 +136,18 @@ class Sweeper:
 
     def _finished_by_webhook(self, request: TrackedRequest) -> bool:
         """A request Ximilar has, none of whose images waits for it: its webhook recorded them all, and
-        left the item as it was (`ResultRecorder`). Nothing to write: the run's marks pass over it."""
+        left the item as it was (`ResultRecorder`). Nothing to write: the run's marks pass over it.
+        A read that fails (after the client's retries) is no answer: the request is swept like any other,
+        by Ximilar's answer, rather than end the run and stop every run after it at the same request."""
         if request.status is not Status.CREATED or request.retry_record_ids:
             return False
-        return self.repository.request_finished(request)
+        try:
+            return self.repository.request_finished(request)
+        except Exception as error:
+            logger.warning(
+                "reading whether a request is finished failed; sweeping it", extra=self._context(request, error)
+            )
+            return False
 
     def _sweep_isolated(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
         """Sweep one request; nothing it raises stops the run. False when Ximilar throttles (stop the run)."""
