@@ -2,7 +2,8 @@
 
 The faults, all at once:
 - the emulator loses a share of webhooks, duplicates a share, and reorders them (delay jitter);
-- Ximilar answers 429 in bursts (a thread queues a burst every few seconds, a bounded number of times);
+- Ximilar answers 429 in bursts (a thread makes the next 15 calls fail every few seconds, a bounded
+  number of times; a burst ends with the next one);
 - a share of every DynamoDB call the functions make is answered ProvisionedThroughputExceeded before it
   leaves the process (botocore's retries then apply, as they would against a throttled table);
 - the submit function is "killed" between a successful POST and its write, a few times: the POST
@@ -127,11 +128,19 @@ def count_recordings(
 
 
 def bursts_of_429(control: EmulatorControl, stop: threading.Event, counter: Counter[str], every: float) -> None:
-    for _ in range(12):  # bounded: at most 12 bursts
-        if stop.wait(every):
-            return
-        control.fail_next(15, status=429, retry_after=1)
-        counter["429 bursts"] += 1
+    """Ximilar throttles in bursts, as a rate limit does: each burst is the next 15 calls, and ends with the
+    next burst or after `every` seconds. (The emulator queues faults until calls use them up: a burst left
+    queued would wait for the sweeper's calls, a minute apart when throttled, not for the clock.)"""
+    try:
+        for _ in range(12):  # bounded: at most 12 bursts
+            if stop.wait(every):
+                return
+            control.clear_faults()
+            control.fail_next(15, status=429, retry_after=1)
+            counter["429 bursts"] += 1
+        stop.wait(every)
+    finally:
+        control.clear_faults()
 
 
 def stuck_requests(local: Any, images: Any, uris: list[str], terminal: set[str]) -> list[dict[str, Any]]:
