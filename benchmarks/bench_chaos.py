@@ -38,7 +38,7 @@ from xasync import local_stack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from ximilar_async import keys
-from ximilar_async.dal.models import bind_tables
+from ximilar_async.dal.models import Tables, bind_tables
 from ximilar_async.entities import ImageResult
 from ximilar_async.statuses import TERMINAL_STATUSES
 from ximilar_emulator import EmulatorControl
@@ -143,10 +143,9 @@ def bursts_of_429(control: EmulatorControl, stop: threading.Event, counter: Coun
         control.clear_faults()
 
 
-def stuck_requests(local: Any, images: Any, uris: list[str], terminal: set[str]) -> list[dict[str, Any]]:
+def stuck_requests(tables: Tables, uris: list[str], terminal: set[str]) -> list[dict[str, Any]]:
     """What a failed run leaves to look at: the request items of the images not terminal."""
-    requests = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"]).requests
-    submissions = {item.submission_id for item in images.batch_get(uris) if item.status not in terminal}
+    submissions = {item.submission_id for item in tables.images.batch_get(uris) if item.status not in terminal}
     now = int(time.time())
     return [
         {
@@ -155,7 +154,7 @@ def stuck_requests(local: Any, images: Any, uris: list[str], terminal: set[str])
             "check in (s)": None if item.next_check_at is None else int(item.next_check_at) - now,
             "reason": item.status_reason,
         }
-        for item in requests.batch_get(sorted(filter(None, submissions)))
+        for item in tables.requests.batch_get(sorted(filter(None, submissions)))
     ]
 
 
@@ -194,7 +193,8 @@ def main() -> int:
 
         s3 = local.client("s3")
         bucket = local.outputs["InputBucketName"]
-        images = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"]).images
+        tables = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"])
+        images = tables.images
         keys_ = mixed_keys(args.images, "chaos")
         body = png_bytes(24, 16)
         started = time.monotonic()
@@ -220,7 +220,7 @@ def main() -> int:
         final = statuses()
         calls = control.calls()
         webhooks = Counter(delivery["outcome"] for delivery in control.webhooks())
-        stuck = stuck_requests(local, images, uris, terminal)
+        stuck = stuck_requests(tables, uris, terminal)
         errors = {function: Counter(found).most_common(3) for function, found in local.invocations.errors.items()}
         sweeps = Counter[str]()
         for answer in local.invocations.answers.get("SweeperFunction", []):
