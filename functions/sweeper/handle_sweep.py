@@ -42,6 +42,8 @@ SWEEP_COUNTS = (
     "incomplete",  # DONE answers with images missing, checked again later
     "errors",  # requests whose sweep raised (isolated; bounded by MAX_SWEEP_FAILURES)
     "failed_after_errors",
+    "storage_errors",  # requests whose sweep DynamoDB failed (throttled, 5xx): back after their hold
+    "read_failures",  # the run's own reads or writes failed after their retries: the run ended early
 )
 
 

@@ -22,6 +22,7 @@ from xasync.lambda_runtime import LocalLambdaContext
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from ximilar_async import keys
+from ximilar_async.entities import Claim
 from ximilar_async.results import MAX_INCOMPLETE_ANSWERS
 from ximilar_async.statuses import Status
 from ximilar_async.submission import CLAIM_LEASE
@@ -180,7 +181,7 @@ def stuck_submission(pipeline: Pipeline, key: str) -> tuple[str, Upload]:
     submission_id = "stuck-" + upload.record_id[:8]
     give_up = now + timedelta(seconds=submitter.settings.submitting_timeout_seconds)
     assert repository.open_request(submission_id, "flows", "my-flow", {upload.record_id: upload.uri}, now, give_up)
-    assert repository.claim_image(upload, "flows", "my-flow", submission_id, now, CLAIM_LEASE)
+    assert repository.claim_image(upload, "flows", "my-flow", submission_id, now, CLAIM_LEASE) is Claim.TAKEN
     return submission_id, upload
 
 

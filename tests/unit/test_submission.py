@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
 from ximilar_async.dal.repository import Repository
-from ximilar_async.entities import Image
+from ximilar_async.entities import Claim, Image
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import Status
 from ximilar_async.submission import CLAIM_LEASE, Submitter
@@ -118,15 +118,18 @@ def test_a_claim_left_by_a_submitter_that_died_is_taken_by_the_next_delivery_aft
 ) -> None:
     # Given an upload claimed by a submitter that died before writing any request item
     upload = objects.put("incoming/photo.png", SMALL)
-    assert repository.claim_image(upload, "upscaler", "upscale_2x", "died-before-posting", clock(), CLAIM_LEASE)
+    claim = repository.claim_image(upload, "upscaler", "upscale_2x", "died-before-posting", clock(), CLAIM_LEASE)
+    assert claim is Claim.TAKEN
 
     # When SQS delivers the message again, first within the lease, then after it
     within = submitter.submit_uploads([upload])
     clock.advance(CLAIM_LEASE + timedelta(seconds=1))
     after = submitter.submit_uploads([upload])
 
-    # Then the live-looking claim is respected, and the dead one is taken and submitted once
-    assert (within.duplicates, within.requests_submitted) == (1, 0)
+    # Then the live-looking claim is respected without dropping the message (SQS brings it back after
+    # the lease: a claim with no request item is no proof of a submission), and the dead one is taken
+    # and submitted once
+    assert (within.duplicates, within.requests_submitted, set(within.retry)) == (0, 0, {upload.message_id})
     assert (after.duplicates, after.requests_submitted, len(ximilar.sent)) == (0, 1, 1)
     assert image_of(repository, upload).submission_id != "died-before-posting"
 

@@ -6,16 +6,18 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import QueryError, UpdateError
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, SentRequest, error
 from tests.unit.given import a_submitted_request, image_of, request_of, submission_id
 from ximilar_async.dal.repository import Repository, epoch
-from ximilar_async.entities import DUE_INDEX_LAG, DUE_PASSED_MAX, DueScan, TrackedRequest
+from ximilar_async.entities import DUE_INDEX_LAG, DUE_PASSED_MAX, FULL_PASS_EVERY, DueScan, TrackedRequest
 from ximilar_async.payloads import parse_outcome
 from ximilar_async.results import ResultRecorder
 from ximilar_async.statuses import Status
 from ximilar_async.submission import Submitter
-from ximilar_async.sweeper import HOLD, RETRY_AFTER_THROTTLE, Sweeper
+from ximilar_async.sweeper import HOLD, RETRY_AFTER_THROTTLE, RUN_CALL_ATTEMPTS, Sweeper
 from ximilar_async.uploads import Upload
 from ximilar_async.ximilar import XimilarThrottled, XimilarTransientError
 
@@ -312,6 +314,48 @@ def test_images_whose_download_failed_are_submitted_again_in_a_new_request(
     assert request_of(repository, sent).retry_record_ids == frozenset()
 
 
+class Died(BaseException):
+    """The function's process ends here (a timeout, an out-of-memory kill): nothing after it runs."""
+
+
+def test_a_resubmission_whose_sweeper_died_after_its_claims_is_still_submitted(
+    sweeper: Sweeper,
+    submitted: tuple[SentRequest, list[Upload]],
+    ximilar: FakeXimilar,
+    recorder: ResultRecorder,
+    repository: Repository,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a DONE request one of whose images failed to download, and a sweeper run that dies once it
+    # has claimed that image for a new request, before posting it (no SQS message stands behind it)
+    sent, (_, failed) = submitted
+    recorder.record(
+        submission_id(sent),
+        parse_outcome(ximilar.finish(sent.id, {failed.record_id: error(500, "Image download failed")})),
+    )
+    clock.advance(minutes=2)
+    with monkeypatch.context() as patched:
+
+        def die(*_: object, **__: object) -> None:
+            raise Died
+
+        patched.setattr(Submitter, "post_all", die)
+        with pytest.raises(Died):
+            sweeper.sweep(plenty_of_time)
+    claimed = image_of(repository, failed)
+    assert (claimed.status, claimed.submission_id != submission_id(sent)) == (Status.SUBMITTING, True)
+
+    # When the sweeper runs after the submitting timeout
+    clock.advance(seconds=sweeper.settings.submitting_timeout_seconds + HOLD.total_seconds())
+    sweeper.sweep(plenty_of_time)
+
+    # Then the image claimed for the new request goes out in it: it was written before the claims
+    again = ximilar.sent[-1]
+    assert (again.id != sent.id, again.record_ids) == (True, [failed.record_id])
+    assert request_of(repository, again).submission_id == claimed.submission_id
+
+
 def test_a_run_stopped_by_its_budget_leaves_the_rest_to_the_next_run(
     sweeper: Sweeper, submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, clock: FakeClock
 ) -> None:
@@ -443,3 +487,168 @@ def test_a_request_whose_finish_cannot_be_read_is_swept_by_ximilars_answer_and_t
 
     assert (outcome.recorded, outcome.errors, outcome.api_calls) == (2, 0, 2)
     assert [image_of(repository, upload).result for upload in uploads] == details["response"]["records"]
+
+
+# --- the due index further behind than the margin, and a run's own reads failing ---------------------
+
+
+def throttled(operation: str = "Query") -> QueryError:
+    """What pynamodb raises once botocore's retries of a throttled call ran out."""
+    answer = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "throttled"}}
+    return QueryError("Failed to query items", ClientError(answer, operation))  # type: ignore[arg-type]
+
+
+def test_an_entry_that_shows_on_the_index_later_than_the_margin_is_found_by_the_next_full_pass(
+    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+) -> None:
+    # Given a run that read every shard through now (the first run, which also began a full pass)
+    clock.advance(PAST_FIRST_CHECK)
+    request = request_of(repository, sent)
+    repository.take_due(request, clock() + timedelta(days=30))  # out of this run's sight
+    mark = epoch(clock())
+    assert sweeper.sweep(plenty_of_time).items_read == 0
+
+    # When its entry, due long before that run's reading, shows on the index only now: later than the
+    # margin (no bound is promised), and Ximilar finished it while its webhook was lost
+    moved = request_of(repository, sent)
+    assert repository.take_due(moved, datetime.fromtimestamp(mark - DUE_INDEX_LAG - 600, UTC))
+    details = ximilar.finish(sent.id)
+    hourly = []
+    for _ in range(23):
+        clock.advance(timedelta(hours=1))
+        hourly.append(sweeper.sweep(plenty_of_time))
+    clock.advance(timedelta(hours=1, minutes=1))
+    after_a_day = sweeper.sweep(plenty_of_time)
+
+    # Then the runs within the day do not see it, and the first run after FULL_PASS_EVERY records it
+    assert FULL_PASS_EVERY == 24 * 3600
+    assert [run.taken for run in hourly] == [0] * 23
+    assert (after_a_day.taken, after_a_day.recorded) == (1, len(details["response"]["records"]))
+
+
+def test_a_full_pass_reads_what_the_run_left_over_and_resumes_in_the_next_run(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+) -> None:
+    # Given three finished requests whose entries all became visible late, below every run's margin
+    requests = several_requests(submitter, objects, ximilar, 3)
+    clock.advance(PAST_FIRST_CHECK)
+    sweeper.sweep(plenty_of_time)  # the first run: marks through now, a full pass begun and done
+    late = datetime.fromtimestamp(epoch(clock()) - DUE_INDEX_LAG - 600, UTC)
+    for sent in requests:
+        repository.take_due(request_of(repository, sent), late)
+        ximilar.finish(sent.id)
+
+    # When the full pass is due, and the first run's time runs out after one request
+    clock.advance(timedelta(seconds=FULL_PASS_EVERY + 60))
+    left = iter([60_000])
+    first = sweeper.sweep(lambda: next(left, 1_000))
+    clock.advance(timedelta(minutes=1))
+    second = sweeper.sweep(plenty_of_time)
+
+    # Then the next run resumes the pass where the first stopped, and every request is recorded once
+    assert (first.stopped, first.taken, second.taken) == ("deadline", 1, 2)
+    assert first.recorded + second.recorded == len(requests)
+
+
+def test_a_run_whose_last_sweep_cannot_be_read_ends_cleanly_after_its_retries(
+    sweeper: Sweeper, repository: Repository, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a last-sweep item that cannot be read, after the client's retries, for the whole run
+    pauses: list[float] = []
+    sweeper.sleep = pauses.append
+
+    def unreadable(self: Repository) -> DueScan:
+        raise throttled("GetItem")
+
+    monkeypatch.setattr(type(repository), "due_scan", unreadable)
+    outcome = sweeper.sweep(plenty_of_time)
+
+    # Then the run raises nothing, tries within its deadline, counts it, and writes nothing
+    assert (outcome.stopped, outcome.read_failures, len(pauses)) == ("storage", 1, RUN_CALL_ATTEMPTS - 1)
+    assert repository.last_sweep() is None
+
+
+def test_a_due_index_read_that_fails_is_read_again_where_it_was(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given three pending requests due, and the read of the second's item failing once
+    requests = pending_requests_due(submitter, objects, ximilar, clock, 3)
+    pauses: list[float] = []
+    sweeper.sleep = pauses.append
+    real = Repository.get_request
+    reads: list[str] = []
+
+    def flaky(self: Repository, submission: str) -> TrackedRequest | None:
+        reads.append(submission)
+        if len(reads) == 2:
+            raise throttled("GetItem")
+        return real(self, submission)
+
+    monkeypatch.setattr(Repository, "get_request", flaky)
+    outcome = sweeper.sweep(plenty_of_time)
+
+    # Then the run backs off once, reads on from that entry, and checks every request once
+    assert (outcome.read_failures, outcome.taken, len(pauses)) == (0, 3, 1)
+    assert sorted(call for call in ximilar.calls if call[0] == "status") == sorted(
+        ("status", sent.id) for sent in requests
+    )
+
+
+def test_a_due_index_that_cannot_be_read_ends_the_run_with_its_marks_where_the_reading_got(
+    sweeper: Sweeper,
+    submitter: Submitter,
+    objects: FakeObjectStore,
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given pending requests due, and the due index unreadable (after the client's retries) for a run
+    requests = pending_requests_due(submitter, objects, ximilar, clock, 3)
+    sweeper.sleep = lambda _: None
+    with monkeypatch.context() as patched:
+        patched.setattr(Repository, "due_requests", lambda *_: (_ for _ in ()).throw(throttled()))
+        failed = sweeper.sweep(plenty_of_time)
+
+    # When the next run can read it
+    clock.advance(timedelta(minutes=1))
+    after = sweeper.sweep(plenty_of_time)
+
+    # Then the failed run ended cleanly having moved no mark past what it read, and the next takes all
+    assert (failed.stopped, failed.read_failures, failed.taken) == ("storage", 1, 0)
+    assert after.taken == len(requests)
+
+
+def test_dynamodb_failing_a_requests_sweep_is_not_counted_against_the_request(
+    sweeper: Sweeper,
+    sent: SentRequest,
+    ximilar: FakeXimilar,
+    repository: Repository,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a pending request due, whose reschedule DynamoDB throttles past the client's retries
+    ximilar.set_state(sent.id, "PROCESSING")
+    clock.advance(PAST_FIRST_CHECK)
+
+    def busy(*_: object, **__: object) -> bool:
+        raise UpdateError("Failed to update item", throttled("UpdateItem").cause)
+
+    monkeypatch.setattr(Repository, "reschedule", busy)
+    outcome = sweeper.sweep(plenty_of_time)
+
+    # Then it is counted as DynamoDB's failure, not the request's: no step towards giving it up
+    request = request_of(repository, sent)
+    assert (outcome.storage_errors, outcome.errors, request.sweep_failures) == (1, 0, 0)
+    assert seconds_until(request.next_check_at, clock()) == HOLD.total_seconds()

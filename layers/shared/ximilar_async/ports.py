@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
-from ximilar_async.entities import DueScan, Image, ImageResult, ObjectLocation, Output, SpendDay, TrackedRequest
+from ximilar_async.entities import Claim, DueScan, Image, ImageResult, ObjectLocation, Output, SpendDay, TrackedRequest
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
@@ -73,7 +73,7 @@ class Store(Protocol):
         lease: timedelta,
         *,
         retry_of: Image | None = None,
-    ) -> bool: ...
+    ) -> Claim: ...
 
     def reject_image(self, upload: Upload, reason: str, now: datetime) -> bool: ...
 

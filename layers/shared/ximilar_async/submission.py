@@ -16,7 +16,10 @@ On success the request item is written once, CREATED with Ximilar's id and due f
 first check; the images are not written again until their results (they stay SUBMITTING, owned by
 the request). On a 4xx the images end FAILED with Ximilar's message. Should the invocation die
 between the claims and the request item, SQS delivers the message again after the claims' lease,
-and a claim with no request item is taken again (`Repository.claim_image`).
+and a claim with no request item is taken again (`Repository.claim_image`); a delivery that finds
+such a claim still live is not acknowledged (SQS brings it back after the lease), so no claim
+outlives its messages. A resubmission (the sweeper's, the copier's regenerations) has no message
+behind it: its request item is written before its claims.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final, TypeVar
 
-from ximilar_async.entities import Image
+from ximilar_async.entities import Claim, Image
 from ximilar_async.objects import ObjectGone
 from ximilar_async.ports import ObjectStore, Store, XimilarApi
 from ximilar_async.request_types import RequestType
@@ -200,12 +203,21 @@ class Submitter:
         submission_id: str | None = None,
         previous: Mapping[str, Image] | None = None,
     ) -> list[Owned]:
-        """Claim the images for one submission; [] when nothing is left to post."""
+        """Claim the images for one submission; [] when nothing is left to post.
+
+        A resubmission of images (`previous`) into a new submission has no SQS message behind it that
+        would come back should this die after the claims: its request item is written first
+        (SUBMITTING, due at the submitting timeout), so the sweeper finds whatever is left of it.
+        """
         now = self.clock()
         give_up_at = now + timedelta(seconds=self.settings.submitting_timeout_seconds)
         existing = submission_id is not None
         if submission_id is None:
             submission_id = str(uuid.uuid4())
+            if previous:
+                first = Owned(submission_id, request_type, endpoint, uploads)
+                self._open(first, uploads, now, give_up_at, reason="being submitted again")
+                existing = True
         elif not self.repository.restart_request(submission_id, now, give_up_at):
             return []  # it left SUBMITTING meanwhile (finished, or taken by another attempt)
 
@@ -214,10 +226,16 @@ class Submitter:
             retry_of = (previous or {}).get(upload.uri)
             if upload.record_id in {c.record_id for c in claimed}:
                 outcome.duplicates += 1  # the same notification twice in one batch
-            elif self.repository.claim_image(
+                continue
+            claim = self.repository.claim_image(
                 upload, request_type.value, endpoint, submission_id, now, CLAIM_LEASE, retry_of=retry_of
-            ):
+            )
+            if claim is Claim.TAKEN:
                 claimed.append(upload)
+            elif claim is Claim.BUSY:
+                # Its claim has no request item yet: SQS delivers the message again after the claim's
+                # lease, when it is a duplicate (the claim's submitter wrote the item) or taken again.
+                outcome.retry[upload.message_id] = "claimed by a submission not written yet"
             else:
                 outcome.duplicates += 1
         if not claimed and existing:

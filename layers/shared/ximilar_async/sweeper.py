@@ -30,13 +30,14 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, TypeVar
 
 from ximilar_async import schedule
-from ximilar_async.entities import Image, TrackedRequest
+from ximilar_async.dal.writes import is_transient_storage_error
+from ximilar_async.entities import DueScan, Image, TrackedRequest
 from ximilar_async.payloads import PayloadError, RequestOutcome, parse_outcome
 from ximilar_async.ports import Store, XimilarApi
 from ximilar_async.request_types import parse_request_type
@@ -57,6 +58,13 @@ DEADLINE_MARGIN_MS: Final = 15_000  # stop taking work this long before the Lamb
 CALLS_PER_REQUEST: Final = 2  # at most: /status then the details
 MAX_SWEEP_FAILURES: Final = 5  # sweeps of one request ending in an unexpected error before it ends FAILED
 MAX_ERROR_CHARS: Final = 500  # of an exception's message kept in a reason
+# The run's own reads and writes (the last sweep, the due index, its marks) are tried this many times,
+# backing off from this many seconds, within the deadline; then the run ends with what it did.
+RUN_CALL_ATTEMPTS: Final = 4
+RUN_CALL_BACKOFF_SECONDS: Final = 0.5
+
+
+T = TypeVar("T")
 
 
 class ResubmissionThrottled(Exception):
@@ -77,11 +85,13 @@ class SweepOutcome:
     found_finished: int = 0  # due requests whose images the webhook had all recorded: nothing to do
     incomplete: int = 0  # requests Ximilar answered DONE with images missing: checked again later
     errors: int = 0  # requests whose sweep ended in an unexpected error
+    storage_errors: int = 0  # requests whose sweep DynamoDB failed (throttled, 5xx): back after their hold
+    read_failures: int = 0  # run-level reads or writes that failed after their retries: the run ended there
     failed_after_errors: int = 0  # requests given up after MAX_SWEEP_FAILURES such errors
     requests_recorded: int = 0  # DONE requests whose results this run recorded (no webhook had)
     images_failed: int = 0  # images this run ended FAILED
     paused: int = 0  # requests not submitted again because the spend guard paused submission
-    stopped: str | None = None  # why the run stopped early: deadline, budget, throttled
+    stopped: str | None = None  # why the run stopped early: deadline, budget, throttled, storage
     by_state: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # upload to result, seconds, per image recorded
 
@@ -95,18 +105,21 @@ class Sweeper:
     settings: SweeperSettings
     clock: Callable[[], datetime] = utc_now
     rng: random.Random = field(default_factory=random.Random)
+    sleep: Callable[[float], None] = time.sleep  # between a run's own reads that failed
     deadline: float | None = field(default=None, init=False)  # of the current run, time.monotonic()
     # Why submission is paused, read once per run when first needed ("" until read; None: not paused).
     _pause: str | None = field(default="", init=False)
 
     def sweep(self, remaining_millis: Callable[[], int]) -> SweepOutcome:
         outcome = SweepOutcome()
-        scan = self.repository.due_scan()
+        scan = self._with_retries(self.repository.due_scan, remaining_millis, outcome, "reading the last sweep")
+        if scan is None:
+            return outcome  # nothing read, so no mark to move
         shards = list(range(self.settings.index_shards))
         self.rng.shuffle(shards)
         now = self.clock()
         self._pause = ""
-        for request in self.repository.due_requests(shards, now, scan):
+        for request in self._due_requests(shards, now, scan, remaining_millis, outcome):
             left = remaining_millis()
             if left < DEADLINE_MARGIN_MS:
                 outcome.stopped = "deadline"
@@ -120,8 +133,8 @@ class Sweeper:
             if self._finished_by_webhook(request):
                 outcome.found_finished += 1
                 continue
-            if not self.repository.take_due(request, self.clock() + HOLD):
-                continue  # another run has it
+            if not self._take(request, outcome):
+                continue  # another run has it (or the write failed: the entry is read again next run)
             outcome.taken += 1
             if not self._sweep_isolated(request, outcome):
                 outcome.stopped = "throttled"
@@ -131,8 +144,67 @@ class Sweeper:
         # which also keeps where the next run starts reading the due index.
         summary = {name: value for name, value in asdict(outcome).items() if name != "latencies"}
         counts = {key: value for key, value in summary.items() if value is not None}
-        self.repository.record_sweep(counts, self.clock(), scan)
+
+        def keep() -> bool:
+            self.repository.record_sweep(counts, self.clock(), scan)
+            return True
+
+        self._with_retries(keep, remaining_millis, outcome, "keeping where the reading got to")
         return outcome
+
+    def _with_retries(
+        self, call: Callable[[], T], remaining_millis: Callable[[], int], outcome: SweepOutcome, what: str
+    ) -> T | None:
+        """`call`, tried again within the run's deadline; None when it still fails (counted, logged)."""
+        for attempt in range(1, RUN_CALL_ATTEMPTS + 1):
+            try:
+                return call()
+            except Exception as error:
+                if not self._may_try_again(attempt, remaining_millis, outcome, what, error):
+                    return None
+        return None
+
+    def _due_requests(
+        self,
+        shards: list[int],
+        now: datetime,
+        scan: DueScan,
+        remaining_millis: Callable[[], int],
+        outcome: SweepOutcome,
+    ) -> Iterator[TrackedRequest]:
+        """The due requests; a read that fails (after the client's retries) is read again, where it was,
+        within the run's deadline, then the run ends with what it read (its marks go no further)."""
+        for attempt in range(1, RUN_CALL_ATTEMPTS + 1):
+            try:
+                yield from self.repository.due_requests(shards, now, scan)
+                return
+            except Exception as error:
+                if not self._may_try_again(attempt, remaining_millis, outcome, "reading the due index", error):
+                    return
+
+    def _may_try_again(
+        self, attempt: int, remaining_millis: Callable[[], int], outcome: SweepOutcome, what: str, error: Exception
+    ) -> bool:
+        """After a run-level call failed: back off and say True while attempts and time are left; else
+        count it, log it, and say False."""
+        pause = RUN_CALL_BACKOFF_SECONDS * 2 ** (attempt - 1) * (0.5 + self.rng.random() / 2)
+        if attempt < RUN_CALL_ATTEMPTS and remaining_millis() - pause * 1000 > DEADLINE_MARGIN_MS:
+            logger.warning(f"{what} failed; trying again", extra={"error_type": type(error).__name__})
+            self.sleep(pause)
+            return True
+        logger.error(f"{what} failed; the run ends here", exc_info=error)
+        outcome.read_failures += 1
+        outcome.stopped = "storage"
+        return False
+
+    def _take(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
+        """`take_due`; a write that fails (after the client's retries) takes nothing: the entry stays due."""
+        try:
+            return self.repository.take_due(request, self.clock() + HOLD)
+        except Exception as error:
+            outcome.storage_errors += 1
+            logger.warning("taking a due request failed", extra=self._context(request, error))
+            return False
 
     def _finished_by_webhook(self, request: TrackedRequest) -> bool:
         """A request Ximilar has, none of whose images waits for it: its webhook recorded them all, and
@@ -165,6 +237,12 @@ class Sweeper:
         except XimilarAuthError:
             raise  # the token is wrong for every request: fail the run loudly, blame no request
         except Exception as error:  # one request's failure must not end the others' sweep
+            if is_transient_storage_error(error):
+                # DynamoDB busy or unsure (after the client's retries): not the request's fault, so not
+                # counted against it; the hold taken on it brings it back after `HOLD`.
+                outcome.storage_errors += 1
+                logger.warning("DynamoDB failed while sweeping a request", extra=self._context(request, error))
+                return True
             outcome.errors += 1
             logger.exception("sweeping a request failed", extra=self._context(request, error))
             try:

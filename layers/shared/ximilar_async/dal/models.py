@@ -23,6 +23,8 @@ from pynamodb.attributes import (
 from pynamodb.indexes import GlobalSecondaryIndex, IncludeProjection, KeysOnlyProjection
 from pynamodb.models import Model
 
+from ximilar_async.dal import writes
+
 
 class ByRequestIndex(GlobalSecondaryIndex["ImageItem"]):
     """The answered images of one Ximilar request (sparse: an image gets its `request_id` with its result)."""
@@ -94,6 +96,7 @@ class ImageItem(Model):
     created_at = UTCDateTimeAttribute()
     updated_at = UTCDateTimeAttribute()
     expires_at = TTLAttribute(null=True)
+    write_id = UnicodeAttribute(null=True)  # the token of the last conditional write (`writes`)
 
     by_request = ByRequestIndex()
     by_status = ByStatusIndex()
@@ -131,6 +134,7 @@ class RequestItem(Model):
     age_from = UTCDateTimeAttribute(null=True)
     updated_at = UTCDateTimeAttribute()
     expires_at = TTLAttribute(null=True)
+    write_id = UnicodeAttribute(null=True)  # the token of the last conditional write (`writes`)
 
     due = DueIndex()
 
@@ -156,8 +160,11 @@ class ControlItem(Model):
     outcome = MapAttribute[str, Any](null=True)  # last sweep: its counts
     due_marks = MapAttribute[str, Any](null=True)  # last sweep: shard -> where its reading got to (DueScan)
     due_passed = MapAttribute[str, Any](null=True)  # last sweep: request -> check time, passed inside the margin
+    due_full_from = MapAttribute[str, Any](null=True)  # last sweep: shard -> where the full pass under way resumes
+    due_full_at = NumberAttribute(null=True)  # last sweep: when the last full pass of the due index began
     updated_at = UTCDateTimeAttribute()
     expires_at = TTLAttribute(null=True)
+    write_id = UnicodeAttribute(null=True)  # the token of the last conditional write (`writes`)
 
 
 # The three models share one client, and so its connections: one per thread that may call at once (a
@@ -183,9 +190,10 @@ def bind_tables(
     """Models bound to the named tables. `host` points pynamodb at another endpoint (moto);
     left None, botocore's own configuration applies (`AWS_ENDPOINT_URL` included).
 
-    With a botocore `session`, the models' client is made now from it (pynamodb would make one per model
-    on first use, from a session of its own that loads botocore's data again): what the cold start builds.
-    The three models share it: their connections configure it alike (pynamodb's defaults, no extra headers).
+    The three models share one client, made now from `session` (else a new botocore session): pynamodb
+    would make one per model on first use, from a session of its own that loads botocore's data again.
+    Their connections configure it alike (pynamodb's defaults, no extra headers). Every conditional
+    write through it returns the item it failed on (`writes`).
     """
 
     def meta(table_name: str) -> type:
@@ -197,16 +205,20 @@ def bind_tables(
     images = type("BoundImageItem", (ImageItem,), {"Meta": meta(images_table), "__module__": __name__})
     requests = type("BoundRequestItem", (RequestItem,), {"Meta": meta(requests_table), "__module__": __name__})
     control = type("BoundControlItem", (ControlItem,), {"Meta": meta(requests_table), "__module__": __name__})
-    if session is not None:
-        bound: tuple[Any, ...] = (images, requests, control)
-        shared: Any = None
-        for model in bound:
-            connection = model._get_connection().connection
-            # pynamodb keeps its session per thread and makes one when it has none: this thread's is ours,
-            # and the client made now (in this thread) is the one every thread uses.
-            connection._local.session = session
-            if shared is None:
-                shared = connection.client  # the property makes the client
-            else:
-                connection._client = shared
+    session = session or botocore.session.get_session()
+    bound: tuple[Any, ...] = (images, requests, control)
+    shared: Any = None
+    for model in bound:
+        connection = model._get_connection().connection
+        # pynamodb keeps its session per thread and makes one when it has none: this thread's is ours,
+        # and the client made now (in this thread) is the one every thread uses.
+        connection._local.session = session
+        if shared is None:
+            shared = connection.client  # the property makes the client
+            for operation in ("PutItem", "UpdateItem", "DeleteItem"):
+                shared.meta.events.register(
+                    f"before-parameter-build.dynamodb.{operation}", writes.ask_for_the_item_on_condition_failure
+                )
+        else:
+            connection._client = shared
     return Tables(images=images, requests=requests, control=control)

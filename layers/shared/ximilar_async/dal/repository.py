@@ -7,9 +7,10 @@ key replace a newer one, and never lets two submitters hold the same upload at o
 images enter the `by_status` index and carry Ximilar's `request_id` (`by_request`): a status
 change in flight would cost index writes nobody reads.
 
-One rule for a lost race: every conditional write returns whether it applied (`_applied`), and its
-caller decides what a lost race means there. A write that would make an item too large raises
-`ItemTooLarge` (the caller can store less); any other DynamoDB error propagates. Items never leave
+One rule for a lost race: every conditional write returns whether it applied (`writes`: a write's own
+echo, met by botocore's retry after an ambiguous answer, counts as applied), and its caller decides
+what a lost race means there. A write that would make an item too large raises `ItemTooLarge` (the
+caller can store less); any other DynamoDB error propagates. Items never leave
 this module: reads return the domain's values (`entities`).
 """
 
@@ -24,19 +25,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final, TypeVar
 
-from pynamodb.exceptions import DeleteError, PutError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
 from ximilar_async import keys
+from ximilar_async.dal import writes
 from ximilar_async.dal.models import ImageItem, RequestItem, Tables
-from ximilar_async.entities import DueScan, Image, ImageResult, Output, OutputState, SpendDay, TrackedRequest
-from ximilar_async.ports import ItemTooLarge
+from ximilar_async.entities import Claim, DueScan, Image, ImageResult, Output, OutputState, SpendDay, TrackedRequest
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
 
-CONDITION_FAILED: Final = "ConditionalCheckFailedException"
-VALIDATION_FAILED: Final = "ValidationException"
 UNFINISHED: Final = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 PARALLEL_QUERIES: Final = 16  # index queries of one page read in flight at once
@@ -48,29 +46,6 @@ SPEND_DAY_RETENTION: Final = timedelta(days=7)  # a day's counter is kept a week
 
 def spend_key(day: date) -> str:
     return f"control#spend#{day.isoformat()}"
-
-
-def _applied(write: Callable[[], object]) -> bool:
-    """Run one conditional write: True when it applied, False when its condition failed (a lost race)."""
-    try:
-        write()
-    except (PutError, UpdateError, DeleteError) as error:
-        if error.cause_response_code == CONDITION_FAILED:
-            return False
-        if _is_item_too_large(error):
-            raise ItemTooLarge(error.cause_response_message or "item size exceeded") from error
-        raise
-    return True
-
-
-def _is_item_too_large(error: PutError | UpdateError | DeleteError) -> bool:
-    """DynamoDB's item-size refusal: a ValidationException whose message says so (it has no code of its own).
-
-    PutItem says "Item size has exceeded the maximum allowed size", UpdateItem "Item size to update
-    has exceeded the maximum allowed size".
-    """
-    message = (error.cause_response_message or "").lower()
-    return error.cause_response_code == VALIDATION_FAILED and "item size" in message and "exceeded" in message
 
 
 def _image(item: ImageItem) -> Image:
@@ -225,11 +200,12 @@ class Repository:
         lease: timedelta,
         *,
         retry_of: Image | None = None,
-    ) -> bool:
-        """Write the image SUBMITTING for `submission_id`; False when it is a duplicate or stale upload.
+    ) -> Claim:
+        """Write the image SUBMITTING for `submission_id`: TAKEN, DUPLICATE (a duplicate or stale
+        upload), or BUSY (a live claim with no request item yet holds it: ask again after its lease).
 
         Taken: a new key, a newer upload of a key, or this upload when nobody holds it any more
-        (`_reclaimable`). With `retry_of` (the sweeper submitting an image again), only if the
+        (`_claim_held`). With `retry_of` (the sweeper submitting an image again), only if the
         image is still exactly as it was read.
         """
         image = self._image(upload, Status.SUBMITTING, now)
@@ -240,14 +216,17 @@ class Repository:
         image.lease_until = epoch(now + lease)
         if retry_of is not None:
             image.created_at = retry_of.created_at
-            return _applied(lambda: image.save(condition=self._unchanged(retry_of)))
-        if _applied(lambda: image.save(condition=self._new_image_condition(upload))):
-            return True
+            return Claim.TAKEN if writes.put(image, self._unchanged(retry_of)) else Claim.DUPLICATE
+        if writes.put(image, self._new_image_condition(upload)):
+            return Claim.TAKEN
         # Taken already: the common duplicate costs this one read more, and only duplicates pay it.
         held = self.image(upload.uri)
-        if held is None or not self._reclaimable(held, upload, now):
-            return False
-        return _applied(lambda: image.save(condition=self._unchanged(held)))
+        if held is None:
+            return Claim.BUSY  # a condition failed on an item now gone: ask again later
+        verdict = self._claim_held(held, upload, now)
+        if verdict is not Claim.TAKEN:
+            return verdict
+        return Claim.TAKEN if writes.put(image, self._unchanged(held)) else Claim.DUPLICATE
 
     def _unchanged(self, image: Image) -> Condition:
         images = self.tables.images
@@ -258,29 +237,33 @@ class Repository:
         )
         return condition
 
-    def _reclaimable(self, held: Image, upload: Upload, now: datetime) -> bool:
+    def _claim_held(self, held: Image, upload: Upload, now: datetime) -> Claim:
         """May a new delivery of `upload` take it from the submission that claimed it?
 
-        Yes when that claim was released (handed on: the next delivery may take it at once), or when
+        TAKEN when that claim was released (handed on: the next delivery may take it at once), or when
         its lease ran out before any request item was written: the submitter died before or right
-        after its POST, and SQS delivers the message again after the lease. A claim whose request
-        item exists belongs to that request (Ximilar has it, or the sweeper will submit it): the
-        image stays SUBMITTING while Ximilar works, with no write after the POST, so the request
-        item is what says it was posted.
+        after its POST. A claim whose request item exists belongs to that request (Ximilar has it, or
+        the sweeper will submit it): DUPLICATE; the image stays SUBMITTING while Ximilar works, with no
+        write after the POST, so the request item is what says it was posted. A live claim with no
+        request item is BUSY: its submitter is at work, or died; this delivery must come back after
+        the lease (SQS redelivers it) rather than be taken for a duplicate, or a dead claim would hold
+        the image forever.
         """
         if held.record_id != upload.record_id or held.status is not Status.SUBMITTING:
-            return False
+            return Claim.DUPLICATE
         if held.lease_until == 0:
-            return True
-        if held.lease_until is None or held.lease_until >= epoch(now) or held.submission_id is None:
-            return False
-        return self.get_request(held.submission_id) is None
+            return Claim.TAKEN
+        if held.lease_until is None or held.submission_id is None:
+            return Claim.DUPLICATE
+        if self.get_request(held.submission_id) is not None:
+            return Claim.DUPLICATE
+        return Claim.BUSY if held.lease_until >= epoch(now) else Claim.TAKEN
 
     def reject_image(self, upload: Upload, reason: str, now: datetime) -> bool:
         """Record an upload that is not submitted as FAILED with `reason`; False for a duplicate."""
         image = self._image(upload, Status.FAILED, now)
         image.status_reason = reason
-        applied = _applied(lambda: image.save(condition=self._new_image_condition(upload)))
+        applied = writes.put(image, self._new_image_condition(upload))
         if applied:
             self._tell_finished(image)
         return applied
@@ -313,7 +296,7 @@ class Repository:
 
         def update(uri: str) -> bool:
             item = images(uri)
-            applied = _applied(lambda: item.update(actions=actions_for(uri), condition=held))
+            applied = writes.update(item, actions_for(uri), held)
             if applied and finishes:
                 self._tell_finished(item)  # pynamodb's update loads the item DynamoDB returns (ALL_NEW)
             return applied
@@ -386,7 +369,7 @@ class Repository:
             # Set from its creation: a request the webhook finishes is not written again (see `DueScan`).
             expires_at=check_at + self.request_retention,
         )
-        return _applied(lambda: item.save(condition=self.tables.requests.submission_id.does_not_exist()))
+        return writes.put(item, self.tables.requests.submission_id.does_not_exist())
 
     def set_request_images(self, submission_id: str, images: Mapping[str, str], now: datetime) -> None:
         requests = self.tables.requests
@@ -405,7 +388,7 @@ class Repository:
             requests.updated_at.set(now),
         ]
         submitting = requests.status == Status.SUBMITTING.value
-        return _applied(lambda: requests(submission_id).update(actions=actions, condition=submitting))
+        return writes.update(requests(submission_id), actions, submitting)
 
     def defer_request(
         self, submission_id: str, reason: str, now: datetime, check_at: datetime, *, held_back: bool = False
@@ -423,7 +406,7 @@ class Repository:
             requests.updated_at.set(now),
         ]
         submitting = requests.status == Status.SUBMITTING.value
-        return _applied(lambda: requests(submission_id).update(actions=actions, condition=submitting))
+        return writes.update(requests(submission_id), actions, submitting)
 
     # --- results (the webhook and the sweeper) ---------------------------------------------------------
     def get_request(self, submission_id: str) -> TrackedRequest | None:
@@ -458,7 +441,7 @@ class Repository:
         replaceable = [status.value for status in (*UNFINISHED, Status.FAILED)]
         condition = (images.record_id == result.record_id) & images.status.is_in(*replaceable)
         item = images(result.uri)
-        if not _applied(lambda: item.update(actions=actions, condition=condition)):
+        if not writes.update(item, actions, condition):
             return None
         self._tell_finished(item)
         created_at: datetime | None = getattr(item, "created_at", None)
@@ -480,7 +463,7 @@ class Repository:
         # spares a delete and a put in that index (and a write in `by_request`) per copied output.
         actions = [images.outputs[name].set(_output_value(output))]
         item = images(uri)
-        return _image(item) if _applied(lambda: item.update(actions=actions, condition=condition)) else None
+        return _image(item) if writes.update(item, actions, condition) else None
 
     def count_output_regeneration(
         self, image: Image, name: str, reason: str, now: datetime, *, limit: int
@@ -504,7 +487,7 @@ class Repository:
             images.updated_at.set(now),
         ]
         item = images(image.uri)
-        return _image(item) if _applied(lambda: item.update(actions=actions, condition=condition)) else None
+        return _image(item) if writes.update(item, actions, condition) else None
 
     def await_missing_records(
         self,
@@ -537,7 +520,7 @@ class Repository:
         if retry_record_ids:
             actions.append(requests.retry_record_ids.add(set(retry_record_ids)))
         not_done = requests.status != Status.DONE.value
-        return _applied(lambda: requests(submission_id).update(actions=actions, condition=not_done))
+        return writes.update(requests(submission_id), actions, not_done)
 
     def fail_unfinished_images(
         self,
@@ -558,7 +541,7 @@ class Repository:
             actions = [*self._status_actions(uri, Status.FAILED, now), images.status_reason.set(reason)]
             condition = (images.record_id == record_id) & images.status.is_in(*pending)
             item = images(uri)
-            applied = _applied(lambda: item.update(actions=actions, condition=condition))
+            applied = writes.update(item, actions, condition)
             if applied:
                 self._tell_finished(item)
             return applied
@@ -603,7 +586,7 @@ class Repository:
             ]
         actions.append(requests.status_reason.set(reason) if reason else requests.status_reason.remove())
         condition = None if status is Status.DONE else requests.status != Status.DONE.value
-        return _applied(lambda: requests(submission_id).update(actions=actions, condition=condition))
+        return writes.update(requests(submission_id), actions, condition)
 
     # --- the sweeper ------------------------------------------------------------------------------------
     def due_scan(self) -> DueScan:
@@ -614,14 +597,18 @@ class Repository:
             return DueScan()
         marks = item.due_marks.as_dict() if item.due_marks is not None else {}  # type: ignore[no-untyped-call]
         passed = item.due_passed.as_dict() if item.due_passed is not None else {}  # type: ignore[no-untyped-call]
+        full = item.due_full_from.as_dict() if item.due_full_from is not None else {}  # type: ignore[no-untyped-call]
         return DueScan(
             marks={int(shard): int(mark) for shard, mark in marks.items()},
             passed_before={str(request): int(check_at) for request, check_at in passed.items()},
+            full_from={int(shard): int(start) for shard, start in full.items()},
+            full_started=None if item.due_full_at is None else int(item.due_full_at),
         )
 
     def due_requests(self, shard_order: Iterable[int], now: datetime, scan: DueScan) -> Iterator[TrackedRequest]:
-        """Requests whose next check is due, shard by shard from `scan`'s marks, read lazily: the caller
-        stops when it must (`scan` records how far each shard was read).
+        """Requests whose next check is due, shard by shard from `scan`'s marks, then the full pass's
+        share (`DueScan`), read lazily: the caller stops when it must (`scan` records how far each
+        shard was read). Called again with the same `scan` after a read failed, it resumes where it was.
 
         The index holds keys only: each due request is read from the table (consistently), and one whose
         check time changed since the index was read (another run took it, or it finished) is passed over;
@@ -629,28 +616,45 @@ class Repository:
         """
         requests = self.tables.requests
         until = epoch(now)
-        for shard in shard_order:
-            window = requests.next_check_at.between(scan.start_of(shard, until), until)
+        shards = list(shard_order)
+        for shard in shards:
+            if shard in scan.read_through:
+                continue
+            window = requests.next_check_at.between(scan.resume_of(shard, until), until)
             for entry in requests.due.query(keys.due_partition(shard), window, page_size=100):
-                scan.items_read += 1
-                check_at = int(entry.next_check_at)
-                scan.reached[shard] = check_at
-                if scan.passed_before.get(entry.submission_id) == check_at:
-                    continue  # the last run was done with it (finished: it stays on the index)
-                request = self.get_request(entry.submission_id)
-                if request is not None and request.next_check_at == check_at:
-                    yield request
-                    # Only once the caller asks for the next one is it done with this one.
-                scan.passed[entry.submission_id] = check_at
+                scan.reached[shard] = int(entry.next_check_at)
+                yield from self._due_entry(entry, scan)
             scan.read_through[shard] = until
+        scan.begin_full_pass_if_due(until, self.shards)
+        for shard in shards:
+            if shard not in scan.full_from or shard in scan.full_done:
+                continue
+            if (full := scan.full_window(shard, until)) is not None:
+                entries = requests.due.query(
+                    keys.due_partition(shard), requests.next_check_at.between(*full), page_size=100
+                )
+                for entry in entries:
+                    scan.full_reached[shard] = int(entry.next_check_at)
+                    yield from self._due_entry(entry, scan)
+            scan.full_done.add(shard)
+
+    def _due_entry(self, entry: RequestItem, scan: DueScan) -> Iterator[TrackedRequest]:
+        """The request of one due-index entry, if it is still due at the entry's time."""
+        scan.items_read += 1
+        check_at = int(entry.next_check_at)
+        if scan.passed_before.get(entry.submission_id) == check_at:
+            return  # the last run was done with it (finished: it stays on the index)
+        request = self.get_request(entry.submission_id)
+        if request is not None and request.next_check_at == check_at:
+            yield request
+            # Only once the caller asks for the next one is it done with this one.
+        scan.passed[entry.submission_id] = check_at
 
     def take_due(self, request: TrackedRequest, until: datetime) -> bool:
         """Hold a due request until `until`: False when another sweeper run took (or finished) it first."""
         requests = self.tables.requests
         unchanged = requests.next_check_at == request.next_check_at
-        return _applied(
-            lambda: requests(request.submission_id).update(actions=self._due_at(until), condition=unchanged)
-        )
+        return writes.update(requests(request.submission_id), self._due_at(until), unchanged)
 
     def reschedule(
         self,
@@ -676,7 +680,7 @@ class Repository:
         if paused:
             actions.append(requests.age_from.set(now))
         due = requests.due_shard.exists()
-        return _applied(lambda: requests(submission_id).update(actions=actions, condition=due))
+        return writes.update(requests(submission_id), actions, due)
 
     def restart_request(self, submission_id: str, now: datetime, check_at: datetime) -> bool:
         """Another submission attempt of a request still SUBMITTING; False when it is not SUBMITTING now."""
@@ -687,7 +691,7 @@ class Repository:
             requests.updated_at.set(now),
         ]
         submitting = requests.status == Status.SUBMITTING.value
-        return _applied(lambda: requests(submission_id).update(actions=actions, condition=submitting))
+        return writes.update(requests(submission_id), actions, submitting)
 
     def note_sweep_failure(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool:
         """One more sweep of this request failed with `reason`: count it, check again at `check_at`.
@@ -702,7 +706,7 @@ class Repository:
             requests.updated_at.set(now),
         ]
         due = requests.due_shard.exists()
-        return _applied(lambda: requests(submission_id).update(actions=actions, condition=due))
+        return writes.update(requests(submission_id), actions, due)
 
     def clear_retries(self, submission_id: str, now: datetime) -> None:
         requests = self.tables.requests
@@ -739,15 +743,16 @@ class Repository:
     def request_finished(self, request: TrackedRequest) -> bool:
         """None of the request's images waits for it (see `_waiting`), read cheaply: first the images its
         answer finished, from `by_request` (a few hundred bytes each, whatever their results' size),
-        then only the others, from the table. Eventually consistent: an image read as waiting only
-        costs its request a check."""
+        then only the others, from the table, consistently: a stale read of an older upload's finished
+        item would pass over the request a re-upload waits for. (An entry in `by_request` was put there
+        by this request's answer: stale or not, that image does not wait for it.)"""
         answered = (
             {entry.image_uri for entry in self.tables.images.by_request.query(request.request_id)}
             if request.request_id
             else set()
         )
         others = {record_id: uri for record_id, uri in request.images.items() if uri not in answered}
-        return not self.unfinished_images(request, others, consistent=False)
+        return not self.unfinished_images(request, others, consistent=True)
 
     def image(self, uri: str) -> Image | None:
         try:
@@ -982,20 +987,18 @@ class Repository:
         """Pause submission until `resume`; False when it was already paused (the first reason is kept)."""
         control = self.tables.control
         item = control(PAUSE_KEY, reason=reason, updated_at=now)
-        return _applied(lambda: item.save(condition=control.submission_id.does_not_exist()))
+        return writes.put(item, control.submission_id.does_not_exist())
 
     def resume(self, day: date, now: datetime) -> bool:
         """End a pause by hand and lift `day`'s limit; False when neither was in force (the day is lifted anyway)."""
         control = self.tables.control
-        unpaused = _applied(lambda: control(PAUSE_KEY).delete(condition=control.submission_id.exists()))
+        unpaused = writes.delete(control(PAUSE_KEY), control.submission_id.exists())
         lift: list[Action] = [
             control.resumed.set(True),
             control.updated_at.set(now),
             control.expires_at.set(now + SPEND_DAY_RETENTION),
         ]
-        lifted = _applied(
-            lambda: control(spend_key(day)).update(actions=lift, condition=control.resumed.does_not_exist())
-        )
+        lifted = writes.update(control(spend_key(day)), lift, control.resumed.does_not_exist())
         return unpaused or lifted
 
     def reserve_submissions(self, day: date, images: int, limit: int, now: datetime) -> bool:
@@ -1014,7 +1017,7 @@ class Repository:
         fits = control.resumed.exists()
         if images <= limit:
             fits = fits | control.submitted.does_not_exist() | (control.submitted <= limit - images)
-        return _applied(lambda: control(spend_key(day)).update(actions=actions, condition=fits))
+        return writes.update(control(spend_key(day)), actions, fits)
 
     def spend_day(self, day: date) -> SpendDay:
         try:
@@ -1029,8 +1032,15 @@ class Repository:
         only makes the next run read some entries again."""
         marks = {str(shard): mark for shard, mark in scan.next_marks().items()}
         passed = scan.next_passed(lambda submission_id: keys.shard_of(submission_id, self.shards))
+        full = {str(shard): start for shard, start in scan.next_full_from().items()}
         self.tables.control(
-            LAST_SWEEP_KEY, outcome=dict(outcome), due_marks=marks, due_passed=passed, updated_at=now
+            LAST_SWEEP_KEY,
+            outcome=dict(outcome),
+            due_marks=marks,
+            due_passed=passed,
+            due_full_from=full,
+            due_full_at=scan.full_started,
+            updated_at=now,
         ).save()
 
     def last_sweep(self) -> tuple[datetime, dict[str, Any]] | None:
