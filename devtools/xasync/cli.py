@@ -30,6 +30,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from xasync import local_stack, ops, ui, views
+from xasync.dynamodb_faults import DynamoFaults
 from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.local_stack import freshly_signed
 from xasync.servers import wait_for
@@ -141,12 +142,36 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
+def dynamodb_faults_option(context: click.Context, parameter: click.Parameter, spec: str | None) -> DynamoFaults | None:
+    """--dynamodb-faults read as `DynamoFaults.parse` reads it, its error the option's."""
+    if spec is None:
+        return None
+    try:
+        return DynamoFaults.parse(spec)
+    except ValueError as error:
+        raise click.BadParameter(str(error), context, parameter) from None
+
+
 @main.command()
 @click.option("--ximilar-url", help="a real Ximilar API (default: the project's emulator)")
 @click.option("--token", envvar="XIMILAR_TOKEN", help="the Ximilar API token (with --ximilar-url)")
 @click.option("--sweep-every", default=2.0, show_default=True, help="seconds between sweeper runs")
 @click.option("--parameter", "-p", multiple=True, help="a template parameter, Name=value (repeatable)")
-def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter: tuple[str, ...]) -> None:
+@click.option(
+    "--dynamodb-faults",
+    "dynamodb_faults",
+    metavar="SPEC",
+    callback=dynamodb_faults_option,
+    help="the functions' DynamoDB fails as the real one does, e.g. "
+    "throttle=0.1,applied-500=0.05,dropped=0.02,index-lag=30,index-lag-rate=1,consistency-lag=2,seed=3",
+)
+def up(
+    ximilar_url: str | None,
+    token: str | None,
+    sweep_every: float,
+    parameter: tuple[str, ...],
+    dynamodb_faults: DynamoFaults | None,
+) -> None:
     """Run the embedded stack in the foreground until Ctrl-C (or SIGTERM)."""
     if ximilar_url and not token:
         raise click.UsageError("--ximilar-url needs --token (or XIMILAR_TOKEN)")
@@ -154,7 +179,11 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
     with (
         sigterm_as_interrupt(),
         local_stack.running(
-            ximilar_url=ximilar_url, ximilar_token=token, parameters=overrides, sweep_every=sweep_every
+            ximilar_url=ximilar_url,
+            ximilar_token=token,
+            parameters=overrides,
+            sweep_every=sweep_every,
+            dynamodb_faults=dynamodb_faults,
         ) as local,
     ):
         local_stack.write_state(local)
@@ -166,6 +195,9 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
         console.print(f"  {'Ximilar API':<18} {local.ximilar_url}")
         pids = ", ".join(f"{name} {server.pid}" for name, server in local.servers.items())
         console.print(f"  {'Server pids':<18} {pids}")
+        if local.dynamodb_faults is not None:
+            proxy = local.dynamodb_faults
+            console.print(f"  {'DynamoDB faults':<18} {proxy.faults.spec() or 'none'} (the functions' via {proxy.url})")
         if not local_stack.fetches_local_urls(local.ximilar_url):
             console.print(
                 f"  Images go inline as _base64 (InlineBase64MaxBytes={local.parameters['InlineBase64MaxBytes']}): "
@@ -185,6 +217,9 @@ def up(ximilar_url: str | None, token: str | None, sweep_every: float, parameter
                 time.sleep(3600)  # the stack's threads do the work; this one waits for Ctrl-C
         except KeyboardInterrupt:
             console.print("stopping")
+            if local.dynamodb_faults is not None:
+                injected = ", ".join(f"{kind} {n}" for kind, n in sorted(local.dynamodb_faults.counts.items()))
+                console.print(f"DynamoDB faults injected: {injected or 'none'}")
         finally:
             local_stack.STATE_FILE.unlink(missing_ok=True)
 

@@ -12,7 +12,10 @@
   a timer (faster locally);
 - the completion events the functions put on the stack's bus (EventBusName) are delivered by moto's
   EventBridge, through a rule on `source` = the stack's name, to a local queue (`LocalEventsQueueUrl`
-  in the outputs): what a user's rule to SQS would receive; `xasync events --follow` reads it.
+  in the outputs): what a user's rule to SQS would receive; `xasync events --follow` reads it;
+- with `dynamodb_faults`, the functions' DynamoDB calls go through a proxy that fails as DynamoDB does
+  (`dynamodb_faults.py`: throttling, writes applied then answered 500 or dropped, index and read lag);
+  the stack's own calls (deploying, `LocalStack.client`, the CLI) stay on moto.
 
 A change to the template changes the local run: there is no second list of resources here.
 """
@@ -37,6 +40,7 @@ from urllib.parse import urlsplit
 
 import boto3
 
+from xasync.dynamodb_faults import DynamoFaultProxy, DynamoFaults, dynamodb_fault_proxy
 from xasync.http_api import LocalHttpApi, Route
 from xasync.lambda_runtime import LocalLambdaContext, lambda_sqs_record, load_function
 from xasync.servers import Server, run_emulator, run_moto
@@ -66,6 +70,7 @@ LOCAL_PARAMETERS = {
     "SubmitBatchingWindowSeconds": "1",
 }
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+DYNAMODB_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_DYNAMODB"
 # Resource types moto 5.2's CloudFormation skips that nothing local needs, and why.
 NOT_NEEDED_LOCALLY = {
     "AWS::CloudWatch::Alarm": "nothing evaluates metrics locally: the functions print EMF to stdout (tests read it)",
@@ -141,6 +146,7 @@ class LocalStack:
     resources: dict[str, str]  # logical id -> what stands for it locally
     parameters: dict[str, str] = field(default_factory=dict)  # the template parameters in force
     servers: dict[str, Server] = field(default_factory=dict)  # the processes started, by name
+    dynamodb_faults: DynamoFaultProxy | None = None  # the functions' DynamoDB endpoint, when faults are on
 
     def state(self) -> dict[str, Any]:
         return {
@@ -327,15 +333,25 @@ def deliver_events_locally(endpoint: str, resolver: Resolver) -> str:
 
 
 def function_environment(
-    spec: FunctionSpec, resolver: Resolver, endpoint: str, webhook_urls: dict[str, str]
+    spec: FunctionSpec,
+    resolver: Resolver,
+    endpoint: str,
+    webhook_urls: dict[str, str],
+    dynamodb_endpoint: str | None = None,
 ) -> dict[str, str]:
-    """The function's environment as the template resolves it, pointed at the local stack."""
+    """The function's environment as the template resolves it, pointed at the local stack.
+
+    `dynamodb_endpoint` sends its DynamoDB calls elsewhere (the fault proxy): botocore takes a service's
+    own AWS_ENDPOINT_URL_<SERVICE> over AWS_ENDPOINT_URL, for boto3's and pynamodb's clients alike.
+    """
     deployed = resolver.resolve(spec.environment)  # already resolved strings, kept for clarity
     environment = {name: webhook_urls.get(value, value) for name, value in deployed.items()}
+    dynamodb = {DYNAMODB_ENDPOINT_VARIABLE: dynamodb_endpoint} if dynamodb_endpoint else {}
     return {
         **environment,
         **FAKE_CREDENTIALS,
         "AWS_ENDPOINT_URL": endpoint,
+        **dynamodb,
         "POWERTOOLS_METRICS_DISABLED": "true",
     }
 
@@ -459,16 +475,25 @@ def running(
     sweep_every: float = 2.0,
     retry_delay: int = 2,
     emulator_flags: tuple[str, ...] = ("--created-delay-seconds", "0.2", "--processing-delay-seconds", "0.3"),
+    dynamodb_faults: DynamoFaults | None = None,
 ) -> Iterator[LocalStack]:
-    """Start everything, yield the running stack, stop everything (servers by their own process ids)."""
+    """Start everything, yield the running stack, stop everything (servers by their own process ids).
+
+    With `dynamodb_faults`, the functions reach DynamoDB through a proxy injecting them (`LocalStack.dynamodb_faults`).
+    """
     template = load_template()
     saved_environment = dict(os.environ)  # functions' cold starts set variables: put them back after
     use_local_credentials()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     with ExitStack() as stack:
         stack.callback(restore_environment, saved_environment)
+        for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL_")]:
+            # The functions run in this process, its variables under theirs: a service's own endpoint left
+            # in the user's shell would take that service's calls from the local stack (see function_environment).
+            del os.environ[name]
         servers = {"moto": stack.enter_context(run_moto())}
         endpoint = servers["moto"].url
+        proxy = stack.enter_context(dynamodb_fault_proxy(endpoint, dynamodb_faults)) if dynamodb_faults else None
         token = ximilar_token or LOCAL_TOKEN
         if not ximilar_url:
             servers["emulator"] = stack.enter_context(run_emulator(token, *emulator_flags))
@@ -515,7 +540,7 @@ def running(
         webhook_urls = {deployed_webhook: f"{api.url}/webhook"}
         environments: dict[str, dict[str, str]] = {}
         for logical_id, spec in specs.items():
-            environment = function_environment(spec, resolver, endpoint, webhook_urls)
+            environment = function_environment(spec, resolver, endpoint, webhook_urls, proxy.url if proxy else None)
             environments[logical_id] = environment
             modules[logical_id] = load_function(template, logical_id, environment)
             handlers[logical_id] = getattr(modules[logical_id], spec.handler_name)
@@ -575,6 +600,7 @@ def running(
             resources,
             values,
             servers,
+            proxy,
         )
 
 
