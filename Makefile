@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 SAM_VENV := .venv-sam
 CHECKOV_VENV := .venv-checkov
+DYNALITE := devtools/dynalite
 PY := $(VENV)/bin/python
 SAM := $(SAM_VENV)/bin/sam
 # SAM builds the python3.13 layer with pyenv's 3.13 next to the machine's 3.11.
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv sam-venv checkov-venv demo up test lint security validate build deploy emulator service-models clean
+.PHONY: venv sam-venv checkov-venv dynalite demo up test lint security validate build deploy emulator service-models clean
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,9 +31,17 @@ $(CHECKOV_VENV)/.installed: requirements-checkov.txt
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
 	touch $@
 
+# dynalite, the second DynamoDB the data layer's integration tests run on, at the version package-lock.json
+# pins. --ignore-scripts: the one install script, classic-level's, compiles a native binding only where
+# none of the prebuilds it ships fits (Linux and macOS on x64 and arm64 do), and npm 11 warns about it.
+$(DYNALITE)/node_modules/.installed: $(DYNALITE)/package.json $(DYNALITE)/package-lock.json
+	cd $(DYNALITE) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	touch $@
+
 venv: $(VENV)/.installed
 sam-venv: $(SAM_VENV)/.installed
 checkov-venv: $(CHECKOV_VENV)/.installed
+dynalite: $(DYNALITE)/node_modules/.installed
 
 demo: venv  ## the pipeline on the embedded local stack: sample images in, results table out
 	$(VENV)/bin/xasync demo
@@ -40,7 +49,7 @@ demo: venv  ## the pipeline on the embedded local stack: sample images in, resul
 up: venv  ## the embedded local stack in the foreground (Ctrl-C stops it)
 	$(VENV)/bin/xasync up
 
-test: venv  ## the whole test suite: it starts moto and the emulator itself
+test: venv dynalite  ## the whole test suite: it starts moto, dynalite and the emulator itself
 	$(PY) -m pytest
 
 lint: venv

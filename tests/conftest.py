@@ -1,4 +1,4 @@
-"""Shared fixtures: real server processes (moto, the emulator) and tables built from template.yaml."""
+"""Shared fixtures: real server processes (moto, dynalite, the emulator) and tables built from template.yaml."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import iam_audit
 from tests.support.aws import AwsStack, create_stack, create_table_from_template
-from xasync.servers import emulator_process, moto_server
+from xasync.servers import dynalite_server, emulator_process, moto_server
 from xasync.template import load_template
 from ximilar_async.dal.models import Tables, bind_tables
 from ximilar_emulator import EmulatorControl
@@ -44,6 +44,15 @@ class RunningEmulator:
     control: EmulatorControl
 
 
+@dataclass(frozen=True)
+class DynamoDBBackend:
+    """The DynamoDB a test's `tables` live in: moto, or dynalite (DynamoDB's own validation and errors)."""
+
+    name: str
+    endpoint: str
+    backups_and_ttl: bool  # dynalite has no UpdateContinuousBackups / UpdateTimeToLive
+
+
 @pytest.fixture(scope="session")
 def template() -> dict[str, Any]:
     return load_template()
@@ -53,6 +62,27 @@ def template() -> dict[str, Any]:
 def aws_endpoint() -> Iterator[str]:
     with moto_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def dynalite_endpoint() -> Iterator[str]:
+    """dynalite for the session, started by the first test that runs on it."""
+    with dynalite_server() as url:
+        yield url
+
+
+@pytest.fixture
+def dynamodb_backend(request: pytest.FixtureRequest) -> DynamoDBBackend:
+    """moto, which also serves S3, SQS and the rest of the stack. A data-layer module runs its tests on
+    both backends, so that an expression moto lets through cannot hide from DynamoDB's validation:
+    `pytestmark = pytest.mark.parametrize("dynamodb_backend", ["moto", "dynalite"], indirect=True)`.
+    """
+    name = getattr(request, "param", "moto")
+    if name == "moto":
+        return DynamoDBBackend(name, request.getfixturevalue("aws_endpoint"), backups_and_ttl=True)
+    if name == "dynalite":
+        return DynamoDBBackend(name, request.getfixturevalue("dynalite_endpoint"), backups_and_ttl=False)
+    raise ValueError(f"no DynamoDB backend {name!r}")
 
 
 @pytest.fixture(scope="session")
@@ -70,8 +100,8 @@ def emulator(_emulator_session: RunningEmulator) -> RunningEmulator:
 
 
 @pytest.fixture
-def dynamodb(aws_endpoint: str) -> Any:
-    return boto3.client("dynamodb", endpoint_url=aws_endpoint)
+def dynamodb(dynamodb_backend: DynamoDBBackend) -> Any:
+    return boto3.client("dynamodb", endpoint_url=dynamodb_backend.endpoint)
 
 
 @pytest.fixture
@@ -81,13 +111,15 @@ def aws_stack(aws_endpoint: str, template: dict[str, Any]) -> AwsStack:
 
 
 @pytest.fixture
-def tables(dynamodb: Any, template: dict[str, Any], aws_endpoint: str) -> Tables:
-    """Fresh tables for one test, created from template.yaml, and the models bound to them."""
+def tables(dynamodb: Any, template: dict[str, Any], dynamodb_backend: DynamoDBBackend) -> Tables:
+    """Fresh tables for one test on its DynamoDB backend, created from template.yaml, and the models bound to them."""
     suffix = uuid.uuid4().hex[:8]
     images, requests_ = f"images-{suffix}", f"requests-{suffix}"
-    create_table_from_template(dynamodb, template, "ImagesTable", images)
-    create_table_from_template(dynamodb, template, "RequestsTable", requests_)
-    return bind_tables(images, requests_, host=aws_endpoint)
+    for logical_id, name in (("ImagesTable", images), ("RequestsTable", requests_)):
+        create_table_from_template(
+            dynamodb, template, logical_id, name, backups_and_ttl=dynamodb_backend.backups_and_ttl
+        )
+    return bind_tables(images, requests_, host=dynamodb_backend.endpoint)
 
 
 # --- IAM proven, not read (tests/support/iam_audit.py) ------------------------------------------

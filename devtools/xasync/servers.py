@@ -1,4 +1,4 @@
-"""Real server processes for the local stack and the tests: moto in server mode and the Ximilar emulator.
+"""Real server processes for the local stack and the tests: moto in server mode, dynalite and the Ximilar emulator.
 
 Each starts on a free port of 127.0.0.1 and is stopped by its own process id.
 """
@@ -6,18 +6,25 @@ Each starts on a free port of 127.0.0.1 and is stopped by its own process id.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, TypeVar
 
 import requests
 
 T = TypeVar("T")
+
+# dynalite is an npm package: `make dynalite` installs the version pinned in this folder's package-lock.json.
+DYNALITE_DIR = Path(__file__).resolve().parents[1] / "dynalite"
+DYNALITE_CLI = DYNALITE_DIR / "node_modules" / "dynalite" / "cli.js"
 
 
 def wait_for(condition: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
@@ -87,6 +94,49 @@ def run_moto() -> Iterator[Server]:
 def moto_server() -> Iterator[str]:
     """moto in server mode in its own process; yields its endpoint URL."""
     with run_moto() as server:
+        yield server.url
+
+
+@contextmanager
+def run_dynalite() -> Iterator[Server]:
+    """dynalite in its own node process, in memory: a second DynamoDB, with DynamoDB's own validation."""
+    node = shutil.which("node")
+    if node is None or not DYNALITE_CLI.is_file():
+        raise RuntimeError(f"dynalite needs node and {DYNALITE_CLI}: run `make dynalite`")
+    port = free_port()
+    # Tables (and updates, deletes) take effect at once, as on moto, rather than after dynalite's default
+    # half second: the tests make two tables each.
+    timings = ["--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"]
+    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: nothing reads it until it exits
+        process = subprocess.Popen(  # noqa: S603 - node and the installed dynalite, fixed flags
+            [node, str(DYNALITE_CLI), "--host", "127.0.0.1", "--port", str(port), *timings],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            text=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            if process.poll() is not None:
+                errors.seek(0)
+                raise RuntimeError(f"dynalite exited with {process.returncode}: {errors.read().strip()}")
+            try:
+                # DynamoDB's own health check: a GET of / answers "healthy: dynamodb.<region>.amazonaws.com".
+                return requests.get(url, timeout=1).ok
+            except requests.ConnectionError:
+                return False
+
+        try:
+            wait_for(up, timeout=30, what="dynalite")
+            yield Server(url, process.pid)
+        finally:
+            _stop(process)
+
+
+@contextmanager
+def dynalite_server() -> Iterator[str]:
+    """dynalite in its own process; yields its endpoint URL."""
+    with run_dynalite() as server:
         yield server.url
 
 

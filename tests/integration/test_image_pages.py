@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from ximilar_async import keys
 from ximilar_async.dal.models import Tables
 from ximilar_async.dal.repository import Repository
 from ximilar_async.entities import Image
 from ximilar_async.statuses import Status
+
+# The data layer's expressions meet DynamoDB's own validation too (dynalite), not only moto's leniency.
+pytestmark = pytest.mark.parametrize("dynamodb_backend", ["moto", "dynalite"], indirect=True)
 
 SHARDS = 4
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The pynamodb models against moto in server mode, on tables created from template.yaml."""
+"""The pynamodb models against moto in server mode and dynalite, on tables created from template.yaml."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from pynamodb.exceptions import PutError
 from ximilar_async import keys
 from ximilar_async.dal.models import ImageItem, Tables
 from ximilar_async.statuses import Status
+
+# The data layer's expressions meet DynamoDB's own validation too (dynalite), not only moto's leniency.
+pytestmark = pytest.mark.parametrize("dynamodb_backend", ["moto", "dynalite"], indirect=True)
 
 SHARDS = 4
 
