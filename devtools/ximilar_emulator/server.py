@@ -281,7 +281,13 @@ def create_app(emulator: EmulatorServer) -> Flask:
     @app.after_request
     def log(response: Response) -> Response:
         if request.path.startswith((API_PREFIX, ACCOUNT_DETAILS)):
-            store.log_call(request.method, request.path, response.status_code, g.get("started", time.time()))
+            store.log_call(
+                request.method,
+                request.path,
+                response.status_code,
+                g.get("started", time.time()),
+                record_ids=g.get("record_ids"),
+            )
         return response
 
     @app.post(API_PREFIX)
@@ -311,6 +317,7 @@ def create_app(emulator: EmulatorServer) -> Flask:
             store.requests[stored.id] = stored
             store.knobs.credits_counter += store.knobs.credits_per_record * len(records)
         emulator.accept(stored)
+        g.record_ids = [str(record["_id"]) for record in records]  # what reached Ximilar, for the call log
         answer = {
             "id": stored.id,
             "request": {**options, "type": stored.type, "endpoint": endpoint, "records": body["records"]},

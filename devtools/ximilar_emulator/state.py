@@ -152,10 +152,16 @@ class Store:
             fault.remaining -= 1
             return fault
 
-    def log_call(self, method: str, path: str, status: int, started: float) -> None:
-        """One API call: `started` when it arrived, `at` when it was answered (epoch seconds)."""
+    def log_call(
+        self, method: str, path: str, status: int, started: float, *, record_ids: list[str] | None = None
+    ) -> None:
+        """One API call: `started` when it arrived, `at` when it was answered (epoch seconds); an accepted
+        submission also lists its records' `_id`s (how often each record reached Ximilar)."""
+        call: dict[str, Any] = {"method": method, "path": path, "status": status, "started": started, "at": time.time()}
+        if record_ids is not None:
+            call["record_ids"] = record_ids
         with self.lock:
-            self.calls.append({"method": method, "path": path, "status": status, "started": started, "at": time.time()})
+            self.calls.append(call)
 
     def log_webhook(self, request_id: str, attempt: int, outcome: str) -> None:
         with self.lock:
