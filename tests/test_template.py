@@ -308,6 +308,7 @@ def test_the_alarms_cover_the_queues_the_functions_the_webhook_and_the_pipelines
         "WebhooksRejected.bad-token",
         "SweepRequestsRecorded",
         "RequestsRecordedByWebhook",
+        "SweepReadFailures",
     ):
         assert watches(namespace, metric, service=service), metric
     health = alarms(template)["WebhookHealthAlarm"]
