@@ -64,30 +64,36 @@ class Server:
 
 
 @contextmanager
+def _http_server(name: str, argv: list[str], url: str, health: str) -> Iterator[Server]:
+    """Start `argv` (a server listening at `url`), wait until GET `url + health` answers 2xx, yield it,
+    stop it by its own process id. Its stderr goes to a file (nothing reads a pipe until it exits), and
+    says why should it exit before it answers."""
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=errors, text=True)  # noqa: S603
+
+        def up() -> bool:
+            if process.poll() is not None:
+                errors.seek(0)
+                raise RuntimeError(f"{name} exited with {process.returncode}: {errors.read().strip()[-2000:]}")
+            try:
+                return requests.get(f"{url}{health}", timeout=1).ok
+            except requests.ConnectionError:
+                return False
+
+        try:
+            wait_for(up, timeout=30, what=name)
+            yield Server(url, process.pid)
+        finally:
+            _stop(process)
+
+
+@contextmanager
 def run_moto() -> Iterator[Server]:
     """moto in server mode in its own process."""
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603 - a fixed argv of this interpreter
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}")
-        try:
-            return requests.get(f"{url}/moto-api/", timeout=1).ok
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_for(up, timeout=30, what="moto server")
-        yield Server(url, process.pid)
-    finally:
-        _stop(process)
+    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with _http_server("moto server", argv, f"http://127.0.0.1:{port}", "/moto-api/") as server:
+        yield server
 
 
 @contextmanager
@@ -107,30 +113,10 @@ def run_dynalite() -> Iterator[Server]:
     # Tables (and updates, deletes) take effect at once, as on moto, rather than after dynalite's default
     # half second: the tests make two tables each.
     timings = ["--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"]
-    with tempfile.TemporaryFile("w+") as errors:  # a file, not a pipe: nothing reads it until it exits
-        process = subprocess.Popen(  # noqa: S603 - node and the installed dynalite, fixed flags
-            [node, str(DYNALITE_CLI), "--host", "127.0.0.1", "--port", str(port), *timings],
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-            text=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-
-        def up() -> bool:
-            if process.poll() is not None:
-                errors.seek(0)
-                raise RuntimeError(f"dynalite exited with {process.returncode}: {errors.read().strip()}")
-            try:
-                # DynamoDB's own health check: a GET of / answers "healthy: dynamodb.<region>.amazonaws.com".
-                return requests.get(url, timeout=1).ok
-            except requests.ConnectionError:
-                return False
-
-        try:
-            wait_for(up, timeout=30, what="dynalite")
-            yield Server(url, process.pid)
-        finally:
-            _stop(process)
+    argv = [node, str(DYNALITE_CLI), "--host", "127.0.0.1", "--port", str(port), *timings]
+    # DynamoDB's own health check: a GET of / answers "healthy: dynamodb.<region>.amazonaws.com".
+    with _http_server("dynalite", argv, f"http://127.0.0.1:{port}", "/") as server:
+        yield server
 
 
 @contextmanager
