@@ -66,7 +66,7 @@ security: checkov-venv  ## checkov on template.yaml (AWS::Serverless resources i
 validate: sam-venv
 	$(SAM) validate --lint --region us-east-1
 
-build: sam-venv
+build: sam-venv  ## sam build: each resource's Makefile (layers/shared, functions/*), with python3.13 (PYTHON313=...)
 	$(SAM) build
 
 deploy: build
