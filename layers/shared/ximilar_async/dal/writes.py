@@ -2,7 +2,7 @@
 
 DynamoDB sometimes applies a write and answers 500, or the connection drops after it: botocore retries,
 and the retry meets the write that already applied as a failed condition. So every conditional write
-here carries a token that only this attempt writes (`write_id`, a fresh UUID), and a condition that
+here carries a token that only this attempt writes (`write_id`, 96 random bits), and a condition that
 the item does not hold it yet:
 - a retry of a write that applied always fails its condition: it never applies twice (an ADD counts
   once, a claim is not taken again);
@@ -21,7 +21,7 @@ echo's item), so a caller reads what was written without another read.
 from __future__ import annotations
 
 import itertools
-import uuid
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any, Final, TypeVar
 
@@ -44,7 +44,8 @@ M = TypeVar("M", bound=Model)
 
 
 def new_token() -> str:
-    return str(uuid.uuid4())
+    """96 random bits: unique among the writes one item meets, in 16 characters (an item's size is its cost)."""
+    return secrets.token_urlsafe(12)
 
 
 def _not_yet(model: Any, token: str, condition: Condition | None) -> Condition:
