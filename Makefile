@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 SAM_VENV := .venv-sam
 CHECKOV_VENV := .venv-checkov
+LAMBDA_VENV := .venv-lambda
 DYNALITE := devtools/dynalite
 PY := $(VENV)/bin/python
 SAM := $(SAM_VENV)/bin/sam
@@ -10,7 +11,7 @@ SAM := $(SAM_VENV)/bin/sam
 export PYENV_VERSION ?= 3.11.7:3.13.0
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv sam-venv checkov-venv dynalite demo up test lint security validate build deploy emulator service-models clean
+.PHONY: venv sam-venv checkov-venv dynalite lambda-venv demo demo-lambda up test lint security validate build deploy emulator service-models clean
 
 $(VENV)/.installed: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,18 +39,29 @@ $(DYNALITE)/node_modules/.installed: $(DYNALITE)/package.json $(DYNALITE)/packag
 	cd $(DYNALITE) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
 	touch $@
 
+# Lambda's Python runtime client (awslambdaric) on python3.13, alone: what the functions from `sam build` run
+# under, beside aws-lambda-rie from the SAM CLI package (xasync up/demo --runtime lambda).
+$(LAMBDA_VENV)/.installed: requirements-lambda-runtime.txt
+	python3.13 -m venv --clear --without-pip $(LAMBDA_VENV)
+	python3.13 -m pip --python $(LAMBDA_VENV)/bin/python install --quiet --root-user-action=ignore --only-binary=:all: -r requirements-lambda-runtime.txt
+	touch $@
+
 venv: $(VENV)/.installed
 sam-venv: $(SAM_VENV)/.installed
 checkov-venv: $(CHECKOV_VENV)/.installed
 dynalite: $(DYNALITE)/node_modules/.installed
+lambda-venv: $(LAMBDA_VENV)/.installed
 
 demo: venv  ## the pipeline on the embedded local stack: sample images in, results table out
 	$(VENV)/bin/xasync demo
 
+demo-lambda: venv build lambda-venv  ## the demo, each function from the sam build output under Lambda's runtime
+	$(VENV)/bin/xasync demo --runtime lambda
+
 up: venv  ## the embedded local stack in the foreground (Ctrl-C stops it)
 	$(VENV)/bin/xasync up
 
-test: venv dynalite  ## the whole test suite: it starts moto, dynalite and the emulator itself
+test: venv dynalite build lambda-venv  ## the whole test suite: it starts moto, dynalite, the emulator and Lambda's runtime itself
 	$(PY) -m pytest
 
 lint: venv

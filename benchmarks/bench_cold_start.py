@@ -1,12 +1,15 @@
-"""Cold-start benchmark: each handler's import in a fresh interpreter, beside `import boto3` in the same run.
+"""Cold-start benchmark: each handler's cold start, beside `import boto3` in the same run.
 
-A Lambda cold start imports the handler module once; what it costs is paid on every new instance.
-Each figure is the median of N fresh interpreters (`python -I`, only the function's folder and the layer
-on the path, the environment the template gives the function), so the ratio to `import boto3` is
-comparable across machines; the runs of each handler alternate with runs of `import boto3`, so that
-the ratio holds when the load of a shared machine drifts. A handler turns garbage collection off on its
-first line (`runtime.cold_start`), so its import of boto3 runs without collection too: a second ratio
-is to `import boto3` run so, like for like.
+A Lambda cold start imports the handler module once; what it costs is paid on every new instance. Two
+measurements, each labelled so in its output:
+
+`--runtime in-venv` (the default): each handler's import in a fresh interpreter of a venv, from the
+repository's sources. Each figure is the median of N fresh interpreters (`python -I`, only the function's
+folder and the layer on the path, the environment the template gives the function), so the ratio to
+`import boto3` is comparable across machines; the runs of each handler alternate with runs of
+`import boto3`, so that the ratio holds when the load of a shared machine drifts. A handler turns garbage
+collection off on its first line (`runtime.cold_start`), so its import of boto3 runs without collection
+too: a second ratio is to `import boto3` run so, like for like.
 
 `--first-event` also times the import followed by a first event, in a fresh interpreter each run,
 against an embedded stack (moto in server mode and the Ximilar emulator, the template's resources
@@ -25,6 +28,19 @@ template's runtime), the project's venv may be older. It needs the layer's requi
     .venv/bin/python -m benchmarks.bench_cold_start --runs 9 --top 8 --first-event
     python3.13 -m venv .venv-313 && .venv-313/bin/pip install -r layers/shared/requirements.txt
     .venv/bin/python -m benchmarks.bench_cold_start --runs 9 --python .venv-313/bin/python
+
+`--runtime lambda`: each function's init where it happens, in Lambda's runtime: the `sam build` output
+(`--build-dir`, default .aws-sam/build: bytecode and all, as deployed) under aws-lambda-rie and
+awslambdaric on python3.13 (`xasync.lambda_rie`, as `xasync up --runtime lambda` runs it), one fresh
+emulator and runtime process per run. The figure is the emulator's own: its INIT REPORT, from the runtime
+process's start to its first request for an event (Lambda's Init Duration), so it includes the
+interpreter's start and the runtime client's import. Beside it, in the same run and the same way: a tiny
+handler that imports boto3 from the same layer (byte-compiled as the functions are), whose runs alternate
+with each function's, and a handler that imports nothing (the runtime's own start). The ratio is to the
+boto3 handler; the second ratio is of what each adds above the runtime's own start. It needs
+`make build lambda-venv sam-venv`:
+
+    .venv/bin/python -m benchmarks.bench_cold_start --runtime lambda --runs 5
 """
 
 from __future__ import annotations
@@ -32,15 +48,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
+from xasync import lambda_rie
 from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template
 
 TIMED = "import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
@@ -243,9 +263,119 @@ def import_and_first_event(
     return float(imported), float(done), answer
 
 
+# The handlers of the runtime mode's references: `import boto3` from the layer, and nothing at all.
+TINY_HANDLERS = {
+    "bench_import_boto3": "import boto3  # noqa: F401\n\n\ndef handler(event, context):\n    return None\n",
+    "bench_import_nothing": "def handler(event, context):\n    return None\n",
+}
+
+
+def tiny_function(
+    root: Path, module: str, runtime: lambda_rie.LambdaRuntime, like: lambda_rie.BuiltFunction
+) -> lambda_rie.BuiltFunction:
+    """A function of one tiny handler module, with the layers and settings of `like`, its bytecode compiled
+    as the functions' Makefile compiles theirs (python3.13, unchecked-hash, named as in /var/task)."""
+    task_root = root / module
+    task_root.mkdir(parents=True)
+    (task_root / f"{module}.py").write_text(TINY_HANDLERS[module])
+    subprocess.run(  # noqa: S603 - the runtime's python, fixed flags
+        [
+            str(runtime.python),
+            "-m",
+            "compileall",
+            "-q",
+            "-f",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            str(task_root),
+            "-p",
+            "/var/task",
+            str(task_root),
+        ],
+        check=True,
+    )
+    return lambda_rie.BuiltFunction(
+        logical_id=module,
+        task_root=task_root,
+        layers=like.layers,
+        handler=f"{module}.handler",
+        runtime=like.runtime,
+        timeout=like.timeout,
+        memory_size=like.memory_size,
+    )
+
+
+def in_lambda_runtime(template: dict[str, Any], base: dict[str, str], runs: int, build_dir: Path) -> dict[str, Any]:
+    """Each function's init in Lambda's runtime (RIE's own figure), beside a tiny `import boto3` handler."""
+    runtime = lambda_rie.LambdaRuntime.locate(build_dir)
+    built = lambda_rie.built_functions(template, runtime.build_dir)
+    specs = functions(template, Resolver(template))
+    print(
+        f"in Lambda's runtime: init (aws-lambda-rie's INIT REPORT) of the sam build output in {runtime.build_dir},"
+        f" under awslambdaric on {runtime.python_version()}; median of {runs} fresh runtime processes each"
+    )
+    print("(interpreter start + runtime client + handler import); each function's runs alternate with runs of")
+    print("a handler that imports boto3 from the same layer, and its ratio is to those")
+    layers = {layer for function in built.values() for layer in function.layers}
+    for extension in (e for layer in sorted(layers) for e in lambda_rie.foreign_extensions(layer)):
+        print(
+            f"  ({extension.path.name} is built for Lambda's machine: {platform.machine()} imports"
+            f" {extension.fallback.name if extension.fallback else 'nothing'} in its place)"
+        )
+
+    def init_ms(function: lambda_rie.BuiltFunction, environment: dict[str, str]) -> float:
+        return lambda_rie.init_duration_ms(function, environment, runtime)
+
+    first = next(iter(built.values()))
+    with tempfile.TemporaryDirectory(prefix="bench-cold-start-") as folder:
+        boto3_handler = tiny_function(Path(folder), "bench_import_boto3", runtime, first)
+        nothing = tiny_function(Path(folder), "bench_import_nothing", runtime, first)
+        floor = statistics.median(init_ms(nothing, base) for _ in range(runs))
+        boto3_all: list[float] = []
+        rows: list[tuple[str, str, float, float]] = []
+        for logical_id, function in built.items():
+            environment = {**base, **{name: str(value) for name, value in specs[logical_id].environment.items()}}
+            function_runs, boto3_runs = [], []
+            for _ in range(runs):
+                boto3_runs.append(init_ms(boto3_handler, base))
+                function_runs.append(init_ms(function, environment))
+            boto3_all += boto3_runs
+            rows.append((logical_id, function.handler, statistics.median(function_runs), statistics.median(boto3_runs)))
+    boto3_ms = statistics.median(boto3_all)
+    print(f"  {'runtime alone (imports nothing)':<34} {floor:7.0f} ms")
+    print(f"  {'import boto3 (median of all runs)':<34} {boto3_ms:7.0f} ms   1.00x")
+    results: dict[str, Any] = {"runtime": "lambda", "floor_ms": round(floor), "boto3_ms": round(boto3_ms)}
+    for logical_id, handler, milliseconds, beside in rows:
+        ratio, above = milliseconds / beside, (milliseconds - floor) / (beside - floor)
+        results[logical_id] = {
+            "ms": round(milliseconds),
+            "ratio": round(ratio, 2),
+            "ratio_above_floor": round(above, 2),
+        }
+        print(
+            f"  {handler:<34} {milliseconds:7.0f} ms   {ratio:.2f}x   (boto3 beside it: {beside:.0f} ms;"
+            f" {above:.2f}x above the runtime's own start)"
+        )
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--runtime",
+        choices=["in-venv", "lambda"],
+        default="in-venv",
+        help="in-venv: the handler's import in a venv's fresh interpreter, from the sources; lambda: the init of"
+        " the sam build output in Lambda's runtime (aws-lambda-rie, awslambdaric on python3.13)",
+    )
+    parser.add_argument(
+        "--build-dir",
+        type=Path,
+        default=lambda_rie.DEFAULT_BUILD_DIR,
+        help="the sam build output (--runtime lambda)",
+    )
     parser.add_argument("--top", type=int, default=0, help="also list where each handler's import goes (N packages)")
     parser.add_argument(
         "--first-event", action="store_true", help="also time import + a first event against an embedded stack"
@@ -256,6 +386,8 @@ def main() -> int:
         help="the interpreter of the fresh runs (default: this one); it needs the layer's requirements",
     )
     args = parser.parse_args()
+    if args.runtime == "lambda" and (args.top or args.first_event or args.python != sys.executable):
+        parser.error("--top, --first-event and --python measure the in-venv import only")
     template = load_template()
     # What Lambda puts in every function's environment: its region, and its role's credentials. Without
     # these, each client's creation would walk botocore's credential chain to the instance metadata
@@ -267,6 +399,12 @@ def main() -> int:
         "AWS_SECRET_ACCESS_KEY": "bench-cold-start-secret-access-key-0000000",
         "AWS_SESSION_TOKEN": "bench-cold-start-session-token",
     }
+    if args.runtime == "lambda":
+        try:
+            print(in_lambda_runtime(template, base, args.runs, args.build_dir))
+        except lambda_rie.RuntimeUnavailable as error:
+            parser.error(str(error))
+        return 0
     layer = str(PROJECT_ROOT / "layers" / "shared")
     version = subprocess.run(  # noqa: S603 - the interpreter asked for
         [args.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
@@ -274,7 +412,8 @@ def main() -> int:
         text=True,
         check=True,
     ).stdout.strip()
-    print(f"cold import, median of {args.runs} fresh interpreters (python {version}); each handler's runs")
+    print(f"in-venv: cold import of the repository's sources (not the build), median of {args.runs} fresh")
+    print(f"interpreters (python {version}, {args.python}); each handler's runs")
     print("alternate with runs of `import boto3`, and its ratio is to those (a shared machine's load drifts);")
     print("the handlers import with collection off (their first line): the second ratio is to `import boto3` so")
     boto3_all: list[float] = []
@@ -293,7 +432,7 @@ def main() -> int:
         rows.append((logical_id, spec.handler_module, handler, boto3, boto3_off))
     boto3_seconds = statistics.median(boto3_all)
     print(f"  {'import boto3':<28} {boto3_seconds * 1000:7.0f} ms   1.00x")
-    results: dict[str, Any] = {"boto3_ms": round(boto3_seconds * 1000)}
+    results: dict[str, Any] = {"runtime": "in-venv", "boto3_ms": round(boto3_seconds * 1000)}
     for logical_id, module, seconds, beside, beside_off in rows:
         spec = specs[logical_id]
         path = [str(spec.code_uri), layer]

@@ -29,10 +29,10 @@ from rich.live import Live
 from rich.progress import Progress
 from rich.table import Table
 
-from xasync import local_stack, ops, ui, views
+from xasync import lambda_rie, local_stack, ops, ui, views
 from xasync.dynamodb_faults import DynamoFaults
 from xasync.lambda_runtime import LocalLambdaContext, load_function
-from xasync.local_stack import freshly_signed
+from xasync.local_stack import RUNTIMES, Runtime, freshly_signed
 from xasync.servers import wait_for
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async import keys, runtime
@@ -134,6 +134,32 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 stack_option = click.option("--stack-name", help="a deployed stack (default: the local stack of `xasync up`)")
+runtime_option = click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="in-process",
+    show_default=True,
+    envvar="XASYNC_RUNTIME",
+    help="where the functions run: imported into this process, or `lambda`: the sam build output under "
+    "Lambda's runtime interface emulator and runtime client, a process each (needs make build lambda-venv)",
+)
+build_dir_option = click.option(
+    "--build-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=lambda_rie.DEFAULT_BUILD_DIR,
+    envvar="XASYNC_BUILD_DIR",
+    show_default=True,
+    help="the sam build output the functions run from (--runtime lambda)",
+)
+
+
+@contextlib.contextmanager
+def runtime_errors() -> Iterator[None]:
+    """A runtime mode that lacks a part says what to run, as a usage error rather than a traceback."""
+    try:
+        yield
+    except lambda_rie.RuntimeUnavailable as error:
+        raise click.ClickException(str(error)) from None
 
 
 @click.group()
@@ -165,25 +191,34 @@ def dynamodb_faults_option(context: click.Context, parameter: click.Parameter, s
     help="the functions' DynamoDB fails as the real one does, e.g. "
     "throttle=0.1,applied-500=0.05,dropped=0.02,index-lag=30,index-lag-rate=1,consistency-lag=2,seed=3",
 )
+@runtime_option
+@build_dir_option
 def up(
     ximilar_url: str | None,
     token: str | None,
     sweep_every: float,
     parameter: tuple[str, ...],
     dynamodb_faults: DynamoFaults | None,
+    runtime: Runtime,
+    build_dir: Path,
 ) -> None:
     """Run the embedded stack in the foreground until Ctrl-C (or SIGTERM)."""
     if ximilar_url and not token:
         raise click.UsageError("--ximilar-url needs --token (or XIMILAR_TOKEN)")
     overrides = dict(item.split("=", 1) for item in parameter)
+    log_dir = local_stack.STATE_FILE.parent / "logs"
     with (
         sigterm_as_interrupt(),
+        runtime_errors(),
         local_stack.running(
             ximilar_url=ximilar_url,
             ximilar_token=token,
             parameters=overrides,
             sweep_every=sweep_every,
             dynamodb_faults=dynamodb_faults,
+            runtime=runtime,
+            build_dir=build_dir,
+            log_dir=log_dir,
         ) as local,
     ):
         local_stack.write_state(local)
@@ -195,6 +230,9 @@ def up(
         console.print(f"  {'Ximilar API':<18} {local.ximilar_url}")
         pids = ", ".join(f"{name} {server.pid}" for name, server in local.servers.items())
         console.print(f"  {'Server pids':<18} {pids}")
+        console.print(f"  {'Functions':<18} {runtime_line(local)}")
+        if local.lambda_functions:
+            console.print(f"  {'Runtime logs':<18} {log_dir}/<function>.log (START, END, REPORT, init reports)")
         if local.dynamodb_faults is not None:
             proxy = local.dynamodb_faults
             console.print(f"  {'DynamoDB faults':<18} {proxy.faults.spec() or 'none'} (the functions' via {proxy.url})")
@@ -222,6 +260,14 @@ def up(
                 console.print(f"DynamoDB faults injected: {injected or 'none'}")
         finally:
             local_stack.STATE_FILE.unlink(missing_ok=True)
+
+
+def runtime_line(local: local_stack.LocalStack) -> str:
+    """Where the functions run, in a line."""
+    if not local.lambda_functions:
+        return "in this process (--runtime in-process), from the repository's sources"
+    build = next(iter(local.lambda_functions.values())).runtime.build_dir
+    return f"under aws-lambda-rie and awslambdaric (--runtime lambda), from {build}"
 
 
 def files_under(paths: Iterable[Path]) -> list[tuple[Path, str]]:
@@ -376,17 +422,45 @@ def sam_env_vars(path: Path | None, function: str) -> dict[str, str]:
 @click.argument("function")
 @click.option("--event", "event_file", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--env-vars", type=click.Path(exists=True, path_type=Path), help="a SAM env.json")
-def invoke(function: str, event_file: Path, env_vars: Path | None) -> None:
-    """Invoke FUNCTION (a logical id of template.yaml) with an event, as `sam local invoke` does."""
-    click.echo(json.dumps(invoke_function(function, json.loads(event_file.read_text()), env_vars), default=str))
+@runtime_option
+@build_dir_option
+def invoke(function: str, event_file: Path, env_vars: Path | None, runtime: Runtime, build_dir: Path) -> None:
+    """Invoke FUNCTION (a logical id of template.yaml) with an event, as `sam local invoke` does.
+
+    With --runtime lambda, in a runtime of its own (a cold start, as `sam local invoke` makes one), never
+    the one `xasync up` runs the function in: that takes its own events, one at a time."""
+    with runtime_errors():
+        answer = invoke_function(function, json.loads(event_file.read_text()), env_vars, runtime, build_dir)
+    click.echo(json.dumps(answer, default=str))
 
 
-def invoke_function(function: str, event: dict[str, Any], env_vars: Path | None = None) -> Any:
+def _write_to_stderr(line: str) -> None:
+    click.echo(line, nl=False, err=True)
+
+
+def invoke_function(
+    function: str,
+    event: dict[str, Any],
+    env_vars: Path | None = None,
+    runtime: Runtime = "in-process",
+    build_dir: Path | None = None,
+) -> Any:
     target = target_for(None)
     environment = {**target.environments[function], **sam_env_vars(env_vars, function)}
-    module = load_function(load_template(), function, environment)
     # The signed webhook examples carry tokens that expire: sign them again, as `xasync up` does.
-    return module.lambda_handler(freshly_signed(event), LocalLambdaContext(function_name=function))
+    event = freshly_signed(event)
+    if runtime == "lambda":
+        template = load_template()
+        lambda_runtime = lambda_rie.LambdaRuntime.locate(build_dir)
+        built = lambda_rie.built_functions(template, lambda_runtime.build_dir)[function]
+        # What the function prints goes to stderr: stdout is its answer.
+        with lambda_rie.running_function(built, environment, lambda_runtime, echo=_write_to_stderr) as running:
+            try:
+                return running.invoke(event)
+            except lambda_rie.FunctionError as error:
+                raise click.ClickException(str(error)) from None
+    module = load_function(load_template(), function, environment)
+    return module.lambda_handler(event, LocalLambdaContext(function_name=function))
 
 
 @main.command()
@@ -670,12 +744,19 @@ def resume(stack_name: str | None) -> None:
 @click.option("--samples", default=SAMPLES, type=click.Path(exists=True, path_type=Path), show_default=True)
 @click.option("--ui", "with_page", is_flag=True, help="then keep the stack up and serve the results page until Ctrl-C")
 @port_option
-def demo(timeout: float, samples: Path, with_page: bool, port: int) -> None:
+@runtime_option
+@build_dir_option
+def demo(timeout: float, samples: Path, with_page: bool, port: int, runtime: Runtime, build_dir: Path) -> None:
     """Start the embedded stack, upload the sample images, wait for every result, print them, stop."""
     started = time.monotonic()
-    with sigterm_as_interrupt(), local_stack.running(parameters={"LogLevel": "WARNING"}) as local:
+    with (
+        sigterm_as_interrupt(),
+        runtime_errors(),
+        local_stack.running(parameters={"LogLevel": "WARNING"}, runtime=runtime, build_dir=build_dir) as local,
+    ):
         target = Target(local.outputs, int(local.environments["SweeperFunction"]["INDEX_SHARDS"]), local.aws_endpoint)
         console.print(f"local stack up in {time.monotonic() - started:.1f} s (moto, emulator, four functions)")
+        console.print(f"functions {runtime_line(local)}")
         uploaded = upload_files(target, [samples], "")
         repository = target.repository()
         bucket = local.outputs["InputBucketName"]

@@ -5,8 +5,11 @@
   stack completes what moto 5.2 skips (a bucket's NotificationConfiguration, bucket and queue policies,
   AWS::SecretsManager::Secret) from the same template's properties;
 - the Ximilar emulator stands in for api.ximilar.com (or `ximilar_url` points at the real API);
-- each AWS::Serverless::Function runs from its Handler and CodeUri with the environment its
-  Environment (and Globals) resolve to, and its Events decide how it runs: SQS events are polled with
+- each AWS::Serverless::Function runs with the environment its Environment (and Globals) resolve to,
+  in one of two runtimes: `in-process`, its Handler imported from its CodeUri into this process (quick
+  to start, easy to debug, what the benchmarks instrument), or `lambda`, the `sam build` output under
+  Lambda's runtime interface emulator and runtime client, a process per function (`xasync.lambda_rie`:
+  what Lambda runs, as Lambda runs it). Its Events decide how it is invoked: SQS events are polled with
   the template's batch size, batching window and partial batch responses (redrive to the DLQ is
   SQS's own); HttpApi events are served on a local port as payload 2.0 events; Schedule events run on
   a timer (faster locally);
@@ -35,11 +38,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import boto3
 
+from xasync import lambda_rie
 from xasync.dynamodb_faults import DynamoFaultProxy, DynamoFaults, dynamodb_fault_proxy
 from xasync.http_api import LocalHttpApi, Route
 from xasync.lambda_runtime import LocalLambdaContext, lambda_sqs_record, load_function
@@ -76,6 +80,11 @@ NOT_NEEDED_LOCALLY = {
     "AWS::CloudWatch::Alarm": "nothing evaluates metrics locally: the functions print EMF to stdout (tests read it)",
     "AWS::SNS::Subscription": "no one to e-mail locally (and only with AlertEmail set)",
 }
+
+# Where the functions run: imported into this process, or built by `sam build` and run under Lambda's runtime
+# interface emulator and client (xasync.lambda_rie).
+Runtime = Literal["in-process", "lambda"]
+RUNTIMES: tuple[Runtime, ...] = ("in-process", "lambda")
 
 # Called with (function, event) in the invocation's own thread and context, just before the handler;
 # returns what to call after it with (answer or None, error or None, handler seconds). The cost
@@ -147,10 +156,13 @@ class LocalStack:
     parameters: dict[str, str] = field(default_factory=dict)  # the template parameters in force
     servers: dict[str, Server] = field(default_factory=dict)  # the processes started, by name
     dynamodb_faults: DynamoFaultProxy | None = None  # the functions' DynamoDB endpoint, when faults are on
+    runtime: Runtime = "in-process"
+    lambda_functions: dict[str, lambda_rie.RieFunction] = field(default_factory=dict)  # runtime "lambda"
 
     def state(self) -> dict[str, Any]:
         return {
             "server_pids": {name: server.pid for name, server in self.servers.items()},
+            "runtime": self.runtime,
             "aws_endpoint": self.aws_endpoint,
             "ximilar_url": self.ximilar_url,
             "api_url": self.api_url,
@@ -476,12 +488,18 @@ def running(
     retry_delay: int = 2,
     emulator_flags: tuple[str, ...] = ("--created-delay-seconds", "0.2", "--processing-delay-seconds", "0.3"),
     dynamodb_faults: DynamoFaults | None = None,
+    runtime: Runtime = "in-process",
+    build_dir: Path | None = None,
+    log_dir: Path | None = None,
 ) -> Iterator[LocalStack]:
     """Start everything, yield the running stack, stop everything (servers by their own process ids).
 
     With `dynamodb_faults`, the functions reach DynamoDB through a proxy injecting them (`LocalStack.dynamodb_faults`).
+    With `runtime="lambda"`, each function runs from `build_dir` (default .aws-sam/build) under aws-lambda-rie,
+    its own server (`servers[logical_id]`, `lambda_functions`), RIE's log lines in `log_dir/<logical id>.log`.
     """
     template = load_template()
+    built = lambda_built(template, build_dir) if runtime == "lambda" else None
     saved_environment = dict(os.environ)  # functions' cold starts set variables: put them back after
     use_local_credentials()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -513,6 +531,7 @@ def running(
                 if event["Type"] == "HttpApi":
                     http_routes.append((logical_id, event["Properties"]["Method"], event["Properties"]["Path"]))
         modules: dict[str, ModuleType] = {}
+        lambda_functions: dict[str, lambda_rie.RieFunction] = {}
         handlers: dict[str, Callable[..., Any]] = {}
 
         def call(logical_id: str) -> Callable[..., Any]:
@@ -542,8 +561,22 @@ def running(
         for logical_id, spec in specs.items():
             environment = function_environment(spec, resolver, endpoint, webhook_urls, proxy.url if proxy else None)
             environments[logical_id] = environment
-            modules[logical_id] = load_function(template, logical_id, environment)
-            handlers[logical_id] = getattr(modules[logical_id], spec.handler_name)
+            if built is None:
+                modules[logical_id] = load_function(template, logical_id, environment)
+                handlers[logical_id] = getattr(modules[logical_id], spec.handler_name)
+                continue
+            lambda_runtime, built_functions = built
+            function = stack.enter_context(
+                lambda_rie.running_function(
+                    built_functions[logical_id],
+                    environment,
+                    lambda_runtime,
+                    log_path=log_dir / f"{logical_id}.log" if log_dir else None,
+                )
+            )
+            lambda_functions[logical_id] = function
+            servers[logical_id] = Server(function.url, function.pid)
+            handlers[logical_id] = function.invoke
         sources: list[SqsEventSource | Timer] = []
         sqs = _aws(endpoint, "sqs")
         for logical_id, spec in specs.items():
@@ -570,12 +603,22 @@ def running(
         for source in sources:
             source.thread.start()
         for logical_id, spec in specs.items():
-            kinds = sorted({event["Type"] for event in spec.events.values()})
-            resources[logical_id] = f"in-process: {spec.handler_module}.{spec.handler_name} on {', '.join(kinds)}"
+            kinds = ", ".join(sorted({event["Type"] for event in spec.events.values()}))
+            handler = f"{spec.handler_module}.{spec.handler_name}"
+            resources[logical_id] = (
+                f"in-process: {handler} on {kinds}"
+                if built is None
+                else f"aws-lambda-rie (pid {lambda_functions[logical_id].pid}): {handler} from "
+                f"{lambda_functions[logical_id].function.task_root} on {kinds}"
+            )
         for logical_id in resources_of_type(template, "AWS::Serverless::HttpApi"):
             resources[logical_id] = f"local HTTP API (payload 2.0): {api.url}"
         for logical_id in resources_of_type(template, "AWS::Serverless::LayerVersion"):
-            resources[logical_id] = "the venv's editable install of layers/shared"
+            resources[logical_id] = (
+                "the venv's editable install of layers/shared"
+                if built is None
+                else layer_description(built[0].build_dir / logical_id / "python")
+            )
 
         def stop_sources() -> None:
             for source in sources:
@@ -601,7 +644,52 @@ def running(
             values,
             servers,
             proxy,
+            runtime,
+            lambda_functions,
         )
+
+
+def lambda_built(
+    template: dict[str, Any], build_dir: Path | None
+) -> tuple[lambda_rie.LambdaRuntime, dict[str, lambda_rie.BuiltFunction]]:
+    """The runtime mode's parts, checked before anything starts: a missing part, a build for another
+    runtime, or an extension module this machine can neither load nor replace stops it with what to do."""
+    lambda_runtime = lambda_rie.LambdaRuntime.locate(build_dir)
+    built = lambda_rie.built_functions(template, lambda_runtime.build_dir)
+    python = lambda_runtime.python_version()
+    for function in built.values():
+        if function.runtime != python:
+            raise lambda_rie.RuntimeUnavailable(
+                f"{function.logical_id} runs on {function.runtime}, {lambda_rie.LAMBDA_VENV} is {python}"
+            )
+        for folder in (function.task_root, *function.layers):
+            for extension in lambda_rie.foreign_extensions(folder):
+                if extension.fallback is None:
+                    raise lambda_rie.RuntimeUnavailable(
+                        f"{extension.path} is built for another machine, and its package has no pure-Python "
+                        f"{extension.module} to import in its place here"
+                    )
+    stale = lambda_rie.stale_sources(template, lambda_runtime.build_dir)
+    if stale:
+        logger.warning(
+            "the build in %s differs from the sources in %d file(s), e.g. %s: it runs what it was built from "
+            "(make build)",
+            lambda_runtime.build_dir,
+            len(stale),
+            stale[0],
+        )
+    return lambda_runtime, built
+
+
+def layer_description(layer: Path) -> str:
+    """What stands for a layer in the runtime mode, and which of its extension modules run as Python here."""
+    replaced = lambda_rie.foreign_extensions(layer)
+    if not replaced:
+        return f"sam build output: {layer}"
+    names = ", ".join(
+        str(e.fallback.relative_to(layer).with_suffix("")).replace("/", ".") for e in replaced if e.fallback
+    )
+    return f"sam build output: {layer} ({names}: built for Lambda's machine, their pure-Python modules here)"
 
 
 def restore_environment(saved: dict[str, str]) -> None:
