@@ -236,18 +236,12 @@ def given_environment(logical_id: str, credentials: str, api_address: str) -> di
     }
 
 
-# SnapStart functions get their credentials from the container credentials endpoint, and botocore fetches them
-# when a session's first client is built: at the cold start, which builds clients. The init then connects
-# (once, to that endpoint), and the snapshot holds the credentials (botocore refreshes them when they expire)
-# and the pooled connection. snapstart.py says otherwise: strict, so that this fails once the layer keeps it.
-CONTAINER_CREDENTIALS_AT_INIT = pytest.mark.xfail(
-    strict=True,
-    reason="botocore fetches container credentials when the cold start builds its first client",
-)
-
-
+# SnapStart functions get their credentials from the container credentials endpoint. botocore fetches a
+# session's credentials when it builds its first client, at the cold start: the init would connect, and the
+# snapshot would hold the credentials and the pooled socket. runtime.DeferredCredentials asks the chain on a
+# client's first call instead: "container" proves it.
 @pytest.mark.parametrize("logical_id", sorted(SPECS))
-@pytest.mark.parametrize("credentials", ["environment", pytest.param("container", marks=CONTAINER_CREDENTIALS_AT_INIT)])
+@pytest.mark.parametrize("credentials", ["environment", "container"])
 def test_a_snapstart_init_opens_nothing_and_a_restore_reseeds_and_forgets(
     logical_id: str,
     credentials: str,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -31,7 +31,8 @@ from aws_lambda_powertools.utilities.parameters import SecretsProvider, SSMProvi
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.credentials import DeferredRefreshableCredentials, create_credential_resolver
+from botocore.exceptions import ClientError, NoCredentialsError
 from botocore.loaders import Loader
 
 from ximilar_async import snapstart
@@ -120,7 +121,45 @@ def aws_sessions() -> tuple[boto3.session.Session, botocore.session.Session]:
     """
     core = botocore.session.get_session()
     core.register_component("data_loader", LayerModels())
+    core.register_component("credential_provider", DeferredCredentials(core))
     return boto3.session.Session(botocore_session=core), core
+
+
+class DeferredCredentials:
+    """botocore's credential chain, asked on a client's first call rather than when the client is built.
+
+    A session resolves its credentials when it builds its first client: with the container credentials
+    endpoint, which is where Lambda gives SnapStart functions theirs, that is a connection during the
+    cold start, and credentials (and a pooled socket) kept in the snapshot every restored instance
+    shares. Deferred, the cold start opens nothing, and an instance fetches its own on its first call.
+    The chain's credentials refresh themselves; these re-read them about every minute (`REREAD`, less
+    botocore's 15-minute advisory margin), well inside the chain's own margins.
+    """
+
+    REREAD: Final = timedelta(minutes=16)
+
+    def __init__(self, session: botocore.session.Session) -> None:
+        self._session = session
+        self._chain: Any = None
+        self._lock = threading.Lock()
+
+    def load_credentials(self) -> DeferredRefreshableCredentials:
+        return DeferredRefreshableCredentials(refresh_using=self._fetch, method="deferred")
+
+    def _fetch(self) -> dict[str, Any]:
+        with self._lock:
+            if self._chain is None:
+                self._chain = create_credential_resolver(self._session).load_credentials()
+        if self._chain is None:
+            raise NoCredentialsError()
+        frozen = self._chain.get_frozen_credentials()
+        expiry = datetime.now(UTC) + self.REREAD
+        return {
+            "access_key": frozen.access_key,
+            "secret_key": frozen.secret_key,
+            "token": frozen.token,
+            "expiry_time": expiry.isoformat(),
+        }
 
 
 class OnFirstUse(Generic[T]):
