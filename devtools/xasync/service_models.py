@@ -3,7 +3,7 @@
 A botocore client parses its service's whole model as it is made, and the data loader lists botocore's
 400-odd service folders to find it: a third of a handler's cold start, for the dozen operations the
 functions call. So the layer carries its own data folder (`ximilar_async/service_models`, which
-`runtime.aws_sessions` loads from and nothing else):
+`coldstart.aws_sessions` loads from and nothing else):
 - each service's `service-2` with only the operations below and the shapes they reach, without their
   documentation strings;
 - `endpoints` with only these services in each partition;
@@ -35,10 +35,10 @@ from xasync.template import PROJECT_ROOT
 DESTINATION = PROJECT_ROOT / "layers" / "shared" / "ximilar_async" / "service_models"
 BOTOCORE_DATA = Path(botocore.__file__).parent / "data"
 
-# Every operation a client built by `ximilar_async.runtime` calls: the functions' are the template's grants,
+# Every operation a client built by `ximilar_async.coldstart` calls: the functions' are the template's grants,
 # as API operations.
 OPERATIONS: Mapping[str, frozenset[str]] = {
-    # The tables, through pynamodb (no transactions, no deletes: see the README's data model).
+    # The tables, through pynamodb (no transactions, no deletes: see docs/data-model.md).
     "dynamodb": frozenset({"BatchGetItem", "GetItem", "PutItem", "Query", "UpdateItem"}),
     "events": frozenset({"PutEvents"}),
     "s3": frozenset(

@@ -2,7 +2,7 @@
 
 The schema classes below are never used directly: `bind_tables` subclasses them with a `Meta`
 naming the deployed tables (pynamodb evaluates `Meta` at import time, and the names come from the
-environment). The attribute and index names here are the ones users query; README.md lists them.
+environment). The attribute and index names here are the ones users query; docs/data-model.md lists them.
 """
 
 from __future__ import annotations
