@@ -8,7 +8,7 @@ repository's sources. Each figure is the median of N fresh interpreters (`python
 folder and the layer on the path, the environment the template gives the function), so the ratio to
 `import boto3` is comparable across machines; the runs of each handler alternate with runs of
 `import boto3`, so that the ratio holds when the load of a shared machine drifts. A handler turns garbage
-collection off on its first line (`runtime.cold_start`), so its import of boto3 runs without collection
+collection off on its first line (`coldstart.cold_start`), so its import of boto3 runs without collection
 too: a second ratio is to `import boto3` run so, like for like.
 
 `--first-event` also times the import followed by a first event, in a fresh interpreter each run,

@@ -60,7 +60,7 @@ DYNAMODB_ITEM_OVERHEAD = 100
 # Lambda's SQS event source polls an idle queue with 5 long polls (20 s each) at once.
 SQS_IDLE_POLLERS, SQS_LONG_POLL_SECONDS = 5, 20
 PER_RUN = "per-run."  # usage of a sweeper run whatever the images (its last-run record), not per image
-SECRET_MAX_AGE = 300  # ximilar_async.runtime caches the token and the key this long (per warm container)
+SECRET_MAX_AGE = 300  # ximilar_async.secret_store caches the token and the key this long (per warm container)
 # Values of the HTTP API's access-log variables with typical lengths, to size one access-log line.
 ACCESS_LOG_SAMPLE = {
     "requestId": "ABCDEFGHIJKLMNO=",

@@ -75,7 +75,7 @@ def load_function(template: dict[str, Any], logical_id: str, environment: dict[s
     try:
         return importlib.import_module(module_name)
     finally:
-        # The cold start froze what it built (`runtime.cold_start`), for good in a Lambda process. A process
+        # The cold start froze what it built (`coldstart.cold_start`), for good in a Lambda process. A process
         # that cold-starts handlers again and again gives them back to the collector, or every earlier cold
         # start's reference cycles would stay; and a cold start that failed before its end (the handler
         # turned collection off) leaves collection on, as a failed Lambda cold start leaves no process.

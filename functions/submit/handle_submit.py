@@ -10,28 +10,24 @@ from __future__ import annotations
 import gc
 
 # A cold start is mostly imports and clients that live as long as the process: no collection walks them
-# until runtime.cold_start() has frozen them, and turns collection on.
+# until coldstart.cold_start() has frozen them, and turns collection on.
 gc.disable()
 
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
+from ximilar_async.coldstart import cold_start
+from ximilar_async.handler_setup import function_setup
 from ximilar_async.settings import SubmitSettings
 from ximilar_async.sqs_batch import partial_batch_response
 from ximilar_async.submission import SubmitOutcome
 from ximilar_async.uploads import NotAnS3Notification, Upload, uploads_from_notification
 
-settings = SubmitSettings.from_env()
-logger = Logger()
-# The shared package logs through stdlib logging; give it the same JSON output and correlation keys.
-copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
-metrics = Metrics()
-with runtime.cold_start():
+settings, logger, metrics = function_setup(SubmitSettings)
+with cold_start():
     submitter = runtime.submitter(settings, lazy=runtime.SUBMIT_LAZY)
 
 

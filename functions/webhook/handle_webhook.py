@@ -12,19 +12,19 @@ from __future__ import annotations
 import gc
 
 # A cold start is mostly imports and clients that live as long as the process: no collection walks them
-# until runtime.cold_start() has frozen them, and turns collection on.
+# until coldstart.cold_start() has frozen them, and turns collection on.
 gc.disable()
 
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
+from ximilar_async.coldstart import cold_start
+from ximilar_async.handler_setup import function_setup
 from ximilar_async.settings import WebhookSettings
 from ximilar_async.webhook import Refusal, WebhookRefused
 
@@ -40,11 +40,8 @@ STATUS_OF: dict[Refusal, int] = {
     Refusal.SOURCE_MISMATCH: 422,
 }
 
-settings = WebhookSettings.from_env()
-logger = Logger()
-copy_config_to_registered_loggers(source_logger=logger, include={"ximilar_async"})
-metrics = Metrics()
-with runtime.cold_start():
+settings, logger, metrics = function_setup(WebhookSettings)
+with cold_start():
     receiver = runtime.webhook_receiver(settings)
 
 

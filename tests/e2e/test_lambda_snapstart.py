@@ -79,7 +79,7 @@ def open_sockets():
 def at_snapshot():
     REPORT["connections_during_init"] = list(CONNECTIONS)
     REPORT["sockets_open_at_snapshot"] = len(open_sockets())
-    # The cold start froze what it made (runtime.cold_start), and gc.get_objects() lists unfrozen objects only.
+    # The cold start froze what it made (coldstart.cold_start), and gc.get_objects() lists unfrozen objects only.
     gc.unfreeze()
     objects = gc.get_objects()
     # Exactly random.Random: a SystemRandom reads os.urandom, which no snapshot holds.
@@ -238,7 +238,7 @@ def given_environment(logical_id: str, credentials: str, api_address: str) -> di
 
 # SnapStart functions get their credentials from the container credentials endpoint. botocore fetches a
 # session's credentials when it builds its first client, at the cold start: the init would connect, and the
-# snapshot would hold the credentials and the pooled socket. runtime.DeferredCredentials asks the chain on a
+# snapshot would hold the credentials and the pooled socket. coldstart.DeferredCredentials asks the chain on a
 # client's first call instead: "container" proves it.
 @pytest.mark.parametrize("logical_id", sorted(SPECS))
 @pytest.mark.parametrize("credentials", ["environment", "container"])

@@ -8,14 +8,14 @@ from typing import Any
 import botocore.credentials
 import pytest
 
-from ximilar_async import runtime
+from ximilar_async import coldstart
 
 
 def test_a_cold_start_ends_with_what_it_built_frozen_and_collection_on() -> None:
     gc.disable()  # as a handler does before its imports
     try:
         frozen_before = gc.get_freeze_count()
-        with runtime.cold_start():
+        with coldstart.cold_start():
             assert not gc.isenabled()
             built = [[n] for n in range(1000)]
         assert gc.isenabled()
@@ -39,10 +39,11 @@ def test_a_sessions_credentials_are_fetched_on_a_clients_first_call_not_when_it_
         lookups.append("chain")
         return real(session)
 
-    monkeypatch.setattr(runtime, "create_credential_resolver", counted)
+    monkeypatch.setattr(coldstart, "create_credential_resolver", counted)
 
-    # When a client is built (the cold start), then signs its first call
-    client = runtime.aws_sessions()[0].client("sqs")
+    # When a client of a new session is built (the cold start), then signs its first call. A new one: the
+    # process's own (cached) session may have asked the chain already, for an earlier test's calls.
+    client = coldstart.aws_sessions.__wrapped__()[0].client("sqs")
     built = list(lookups)
     frozen = client._request_signer._credentials.get_frozen_credentials()
 

@@ -13,7 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import UnknownServiceError
 
 from xasync import service_models
-from ximilar_async import runtime
+from ximilar_async import coldstart
 
 
 def files_under(folder: Path) -> set[str]:
@@ -36,7 +36,7 @@ def lambda_region(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("lambda_region")
 @pytest.mark.parametrize("service", sorted(service_models.OPERATIONS))
 def test_a_client_of_the_functions_session_has_exactly_the_operations_they_call(service: str) -> None:
-    client = runtime.aws_client(service)
+    client = coldstart.aws_client(service)
     names = {xform_name(operation) for operation in service_models.OPERATIONS[service]}
     assert {name for name in names if callable(getattr(client, name, None))} == names
     assert len(client.meta.service_model.operation_names) == len(names)
@@ -45,7 +45,7 @@ def test_a_client_of_the_functions_session_has_exactly_the_operations_they_call(
 @pytest.mark.usefixtures("lambda_region")
 def test_a_service_the_functions_do_not_call_has_no_model() -> None:
     with pytest.raises(UnknownServiceError):
-        runtime.aws_client("lambda")
+        coldstart.aws_client("lambda")
 
 
 def test_trimming_keeps_every_shape_an_operation_reaches_and_no_documentation() -> None:
@@ -112,7 +112,7 @@ CALLS: dict[str, tuple[str, dict[str, Any]]] = {
 def test_the_layers_models_send_each_call_where_botocores_own_do(service: str) -> None:
     """botocore resolves endpoints alike only if it takes the layer's models for its own data."""
     operation, params = CALLS[service]
-    ours, botocores = runtime.aws_sessions()[1], botocore.session.get_session()
+    ours, botocores = coldstart.aws_sessions()[1], botocore.session.get_session()
     differences = []
     for region in ("us-east-1", "eu-central-1", "cn-north-1", "us-gov-west-1"):
         for options in ({}, {"use_fips_endpoint": True}, {"use_dualstack_endpoint": True}):

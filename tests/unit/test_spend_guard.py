@@ -81,7 +81,7 @@ def test_the_sweeper_leaves_held_requests_alone_while_paused_and_submits_them_af
     sweeper: Sweeper,
     settings: SweeperSettings,
 ) -> None:
-    guarded(submitter)
+    sweeper.guard = guarded(submitter).guard  # one guard, as runtime.sweeper gives both
     repository.pause("by hand", clock())
     upload = objects.put("incoming/flows/held.png", SMALL)
     assert submitter.submit_uploads([upload], remaining_millis=plenty_of_time).paused == 1

@@ -2,7 +2,8 @@
 
 - `XimilarApi`: `ximilar.XimilarClient` over HTTP;
 - `ObjectStore`: `objects.S3Objects` on a boto3 client;
-- `Store`: `dal.Repository` on the two DynamoDB tables.
+- `Store`: `dal.Repository` on the two DynamoDB tables;
+- `SubmissionPause`: `spend.SpendGuard`, as the sweeper asks it.
 
 A `Store` raises `ItemTooLarge` when a write would make an item larger than DynamoDB allows; every
 other refusal of a conditional write is a False, and any other error propagates.
@@ -192,3 +193,9 @@ class Store(Protocol):
     def request_finished(self, request: TrackedRequest) -> bool: ...
 
     def image(self, uri: str) -> Image | None: ...
+
+
+class SubmissionPause(Protocol):
+    def paused(self) -> str | None:
+        """Why submission is paused now (the spend guard's pause, daily limit or credits floor), or None."""
+        ...

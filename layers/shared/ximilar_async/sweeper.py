@@ -39,7 +39,7 @@ from ximilar_async import schedule
 from ximilar_async.dal.writes import is_transient_storage_error
 from ximilar_async.entities import DueScan, Image, TrackedRequest
 from ximilar_async.payloads import PayloadError, RequestOutcome, parse_outcome
-from ximilar_async.ports import Store, XimilarApi
+from ximilar_async.ports import Store, SubmissionPause, XimilarApi
 from ximilar_async.request_types import parse_request_type
 from ximilar_async.results import ResultRecorder, utc_now
 from ximilar_async.settings import SweeperSettings
@@ -106,6 +106,7 @@ class Sweeper:
     clock: Callable[[], datetime] = utc_now
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep  # between a run's own reads that failed
+    guard: SubmissionPause | None = None  # the spend guard, asked before submitting again; None: unguarded
     deadline: float | None = field(default=None, init=False)  # of the current run, time.monotonic()
     # Why submission is paused, read once per run when first needed ("" until read; None: not paused).
     _pause: str | None = field(default="", init=False)
@@ -281,8 +282,7 @@ class Sweeper:
     def _paused(self) -> str | None:
         """Why the spend guard holds submissions now (read at most once per run), or None."""
         if self._pause == "":
-            guard = self.submitter.guard
-            self._pause = guard.paused() if guard is not None else None
+            self._pause = self.guard.paused() if self.guard is not None else None
         return self._pause
 
     def _wait_for_resume(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
