@@ -23,13 +23,13 @@ from click.testing import CliRunner
 from tests.e2e.test_xasync_up import READY, Lines, alive
 from tests.support.events import EVENTS, load_event
 from tests.support.lambda_runtime import BUILD_DIR, require_lambda_runtime
+from tests.support.stack_items import image
 from xasync import cli, lambda_rie, local_stack
 from xasync.lambda_rie import BuiltFunction, FunctionError, LambdaRuntime
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import functions, load_template
-from ximilar_async import keys
 from ximilar_emulator import EmulatorControl
 
 PIDS = re.compile(r"^\s*Server pids\s+(.+)$")
@@ -56,15 +56,6 @@ def put(local: LocalStack, keys_: list[str]) -> None:
     s3 = local.client("s3")
     for key in keys_:
         s3.put_object(Bucket=local.outputs["InputBucketName"], Key=key, Body=png_bytes(16, 12))
-
-
-def image(local: LocalStack, key: str) -> dict[str, Any]:
-    answer = local.client("dynamodb").get_item(
-        TableName=local.outputs["ImagesTableName"],
-        Key={"image_uri": {"S": keys.image_uri(local.outputs["InputBucketName"], key)}},
-        ConsistentRead=True,
-    )
-    return dict(answer.get("Item", {}))
 
 
 def finished(local: LocalStack, key: str) -> bool:

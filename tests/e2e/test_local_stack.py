@@ -22,12 +22,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from tests.support.events import EVENTS, load_event
+from tests.support.stack_items import image
 from xasync import cli, local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import PROJECT_ROOT
-from ximilar_async import keys
 from ximilar_emulator import EmulatorControl
 
 EVENT_TYPES = {
@@ -68,15 +68,6 @@ def put(local: LocalStack, keys_: list[str], body: bytes | None = None) -> None:
         s3.put_object(
             Bucket=local.outputs["InputBucketName"], Key=key, Body=png_bytes(16, 12) if body is None else body
         )
-
-
-def image(local: LocalStack, key: str) -> dict[str, Any]:
-    answer = local.client("dynamodb").get_item(
-        TableName=local.outputs["ImagesTableName"],
-        Key={"image_uri": {"S": keys.image_uri(local.outputs["InputBucketName"], key)}},
-        ConsistentRead=True,
-    )
-    return dict(answer.get("Item", {}))
 
 
 def status_of(local: LocalStack, key: str) -> str | None:

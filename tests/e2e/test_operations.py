@@ -8,16 +8,15 @@ import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.support.cli_runner import point_cli_at, xasync
+from tests.support.stack_items import image
 from xasync import local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async import keys
 from ximilar_async.ximilar import XimilarClient, make_session
 from ximilar_emulator import EmulatorControl
 
@@ -39,15 +38,6 @@ def control(local: LocalStack) -> EmulatorControl:
 @pytest.fixture(autouse=True)
 def state_file(local: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return point_cli_at(local, tmp_path / "local.json", monkeypatch)
-
-
-def image(local: LocalStack, key: str) -> dict[str, Any]:
-    answer = local.client("dynamodb").get_item(
-        TableName=local.outputs["ImagesTableName"],
-        Key={"image_uri": {"S": keys.image_uri(local.outputs["InputBucketName"], key)}},
-        ConsistentRead=True,
-    )
-    return dict(answer.get("Item", {}))
 
 
 def field(local: LocalStack, key: str, name: str) -> str | None:
