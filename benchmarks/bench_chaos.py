@@ -75,19 +75,19 @@ def count_recordings(
     module: Any, path: Callable[[Any], Any], source: str, recordings: Counter[tuple[str, str]]
 ) -> None:
     """Count each applied result write by (image, Ximilar request), whoever made it."""
-    repository = path(module)
-    real = repository.record_image_result
+    images = path(module)
+    real = images.record_image_result
     lock = threading.Lock()
 
-    def record_image_result(result: ImageResult, now: Any) -> bool:
-        applied: bool = real(result, now)
-        if applied:
+    def record_image_result(result: ImageResult, now: Any) -> Any:
+        applied = real(result, now)
+        if applied is not None:
             with lock:
                 recordings[(result.uri, result.request_id)] += 1
                 recordings[("by", source)] += 1
         return applied
 
-    object.__setattr__(repository, "record_image_result", record_image_result)  # a frozen dataclass
+    object.__setattr__(images, "record_image_result", record_image_result)  # a frozen dataclass
 
 
 def bursts_of_429(control: EmulatorControl, stop: threading.Event, counter: Counter[str], every: float) -> None:
@@ -235,10 +235,8 @@ def main() -> int:
             webhook_drop_rate=args.lost, webhook_duplicate_rate=args.duplicated, webhook_jitter_seconds=1.0
         )
         kill_after_post(local.modules["SubmitFunction"], args.kills, counter, killed)
-        count_recordings(
-            local.modules["WebhookFunction"], lambda m: m.receiver.recorder.repository, "webhook", recordings
-        )
-        count_recordings(local.modules["SweeperFunction"], lambda m: m.sweeper.repository, "sweeper", recordings)
+        count_recordings(local.modules["WebhookFunction"], lambda m: m.receiver.recorder.images, "webhook", recordings)
+        count_recordings(local.modules["SweeperFunction"], lambda m: m.sweeper.recorder.images, "sweeper", recordings)
         stop = threading.Event()
         bursts = threading.Thread(target=bursts_of_429, args=(control, stop, counter, 4.0), daemon=True)
         bursts.start()

@@ -43,8 +43,8 @@ from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import load_template, resources_of_type
 from ximilar_async import keys
+from ximilar_async.dal.control import LAST_SWEEP_KEY
 from ximilar_async.dal.models import bind_tables
-from ximilar_async.dal.repository import LAST_SWEEP_KEY
 from ximilar_async.statuses import TERMINAL_STATUSES
 from ximilar_emulator import EmulatorControl
 

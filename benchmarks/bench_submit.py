@@ -75,7 +75,7 @@ def bench(
     environment = stack.environment("SubmitFunction", **parameters)
     handler = load_function(stack.template, "SubmitFunction", environment)
     counter: Counter[str] = Counter()
-    count_dynamodb_calls(handler.submitter.repository, counter)
+    count_dynamodb_calls(handler.submitter.images, counter)
     outcomes: list[SubmitOutcome] = []
     setattr(handler, "submitter", RecordingSubmitter(handler.submitter, outcomes))  # noqa: B010 - a module
     body = png_bytes(8, 8)

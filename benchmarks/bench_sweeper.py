@@ -68,9 +68,9 @@ def main() -> int:
 
         sweeper_module = load_function(template, "SweeperFunction", stack.environment("SweeperFunction", **parameters))
         counter: Counter[str] = Counter()
-        count_dynamodb_calls(sweeper_module.sweeper.repository, counter)
+        count_dynamodb_calls(sweeper_module.sweeper.requests, counter)
         scanned: list[int] = []
-        sweeper_module.sweeper.repository.tables.requests._get_connection().connection.client.meta.events.register(
+        sweeper_module.sweeper.requests.tables.requests._get_connection().connection.client.meta.events.register(
             "after-call.dynamodb.Query", lambda parsed, **_: scanned.append(parsed.get("ScannedCount", 0))
         )
         sweeper = time_shifted(sweeper_module.sweeper, timedelta(minutes=3))  # past the first check

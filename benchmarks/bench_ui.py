@@ -31,16 +31,16 @@ from xasync.sample_images import png_bytes
 from xasync.servers import moto_server, wait_for
 from xasync.template import load_template
 from ximilar_async import keys
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal.queries import ResultQueries
 from ximilar_async.statuses import Status
 
 STATUS_MIX = [Status.DONE] * 90 + [Status.FAILED] * 5 + [Status.ERROR] * 3 + [Status.PROCESSING] * 2
 TYPES = ["upscaler", "flows", "card-grader", "collectibles-recognition"]
 
 
-def seed(repository: Repository, bucket: str, count: int, now: datetime) -> list[str]:
+def seed(queries: ResultQueries, bucket: str, count: int, now: datetime) -> list[str]:
     """`count` image items, newest first in the returned keys; one batch write."""
-    images = repository.tables.images
+    images = queries.tables.images
     written = []
     with images.batch_write() as batch:
         for n in range(count):
@@ -59,7 +59,7 @@ def seed(repository: Repository, bucket: str, count: int, now: datetime) -> list
                     record_id=keys.record_id(bucket, key, "etag"),
                     status=status.value,
                     status_reason=None if done else "bench: not done",
-                    status_shard=keys.status_shard(status, uri, repository.shards),
+                    status_shard=keys.status_shard(status, uri, queries.shards),
                     request_type=TYPES[n % len(TYPES)],
                     request_id=f"request-{n // 10}",
                     size_bytes=100,
@@ -74,8 +74,8 @@ def seed(repository: Repository, bucket: str, count: int, now: datetime) -> list
     return written
 
 
-def one_query(repository: Repository) -> float:
-    images = repository.tables.images
+def one_query(queries: ResultQueries) -> float:
+    images = queries.tables.images
     started = time.perf_counter()
     list(images.by_status.query(f"{Status.DONE.value}#00", scan_index_forward=False, limit=ui.PAGE_SIZE))
     return time.perf_counter() - started
@@ -137,15 +137,15 @@ def main() -> int:
     shards = int(template["Parameters"]["IndexShards"]["Default"])
     with moto_server() as endpoint:
         stack = create_stack(endpoint, template, "bench-token")
-        repository = Repository(stack.tables, shards, timedelta(days=1))
+        queries = ResultQueries(stack.tables, shards)
         started = time.perf_counter()
-        written = seed(repository, stack.bucket, args.images, datetime.now(UTC))
+        written = seed(queries, stack.bucket, args.images, datetime.now(UTC))
         seeded = time.perf_counter() - started
         s3 = boto3.client("s3", endpoint_url=endpoint, config=Config(signature_version="s3v4"))
         body = png_bytes(32, 24)
         for key in written[: ui.PAGE_SIZE]:  # the first page's objects; the others are never fetched
             s3.put_object(Bucket=stack.bucket, Key=key, Body=body)
-        source = ui.PageSource(repository, s3, stack.bucket)
+        source = ui.PageSource(queries, s3, stack.bucket)
         with ui.serving(ui.create_app(source)) as url:
             first = timed(url, args.runs)
             api = timed(f"{url}api/images", args.runs)
@@ -160,7 +160,7 @@ def main() -> int:
             "first_page_s": round(statistics.median(first), 3),
             "first_page_json_s": round(statistics.median(api), 3),
             "counts_s": round(statistics.median(counts), 3),
-            "one_index_query_s": round(one_query(repository), 3),
+            "one_index_query_s": round(one_query(queries), 3),
             "failed_page_s": round(statistics.median(failed), 3),
             "type_filtered_page_s": round(statistics.median(typed), 3),
             **({name: round(value, 3) for name, value in browser.items()} if browser else {}),

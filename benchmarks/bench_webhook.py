@@ -78,7 +78,7 @@ def main() -> int:
 
         webhook = load_function(template, "WebhookFunction", stack.environment("WebhookFunction", **parameters))
         counter: Counter[str] = Counter()
-        count_dynamodb_calls(webhook.receiver.recorder.repository, counter)
+        count_dynamodb_calls(webhook.receiver.recorder.images, counter)
         auth = {"Authorization": f"Token {TOKEN}"}
 
         def details(request_id: str) -> bytes | None:

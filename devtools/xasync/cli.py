@@ -36,8 +36,8 @@ from xasync.local_stack import RUNTIMES, Runtime, freshly_signed
 from xasync.servers import wait_for
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async import keys, runtime
+from ximilar_async.dal import Storage
 from ximilar_async.dal.models import bind_tables
-from ximilar_async.dal.repository import Repository
 from ximilar_async.entities import OutputState
 from ximilar_async.outputs import split_s3_uri
 from ximilar_async.settings import SweeperSettings
@@ -68,12 +68,12 @@ class Target:
         """What `xasync ui` reads: the tables, and S3 with the user's own credentials for presigned GETs."""
         # SigV4: what every region and SSE-KMS objects accept (botocore may presign with SigV2 otherwise).
         s3 = self.client("s3", config=Config(signature_version="s3v4"))
-        return ui.PageSource(self.repository(), s3, self.outputs["InputBucketName"])
+        return ui.PageSource(self.storage().queries, s3, self.outputs["InputBucketName"])
 
-    def repository(self) -> Repository:
+    def storage(self) -> Storage:
         tables = bind_tables(self.outputs["ImagesTableName"], self.outputs["RequestsTableName"], host=self.endpoint)
         # Retention only matters to writes of requests; the CLI's writes are control items with their own.
-        return Repository(tables, self.index_shards, request_retention=timedelta(days=1))
+        return Storage.of(tables, self.index_shards, timedelta(days=1))
 
     def environment(self, function: str) -> dict[str, str]:
         """A function's environment: the local stack's, or the deployed function's configuration."""
@@ -309,15 +309,15 @@ def upload(paths: tuple[Path, ...], prefix: str, stack_name: str | None) -> None
 def find_items(
     target: Target, key: str | None, request_id: str | None, status: str | None, since: datetime | None
 ) -> list[dict[str, Any]]:
-    repository = target.repository()
+    storage = target.storage()
     if key:
         uris = [keys.image_uri(target.outputs["InputBucketName"], key)]
     elif request_id:
-        uris = repository.image_uris_of_request(request_id)
+        uris = storage.queries.image_uris_of_request(request_id)
     else:
         statuses = [Status(status)] if status else list(Status)
-        uris = repository.image_uris_by_status(statuses, since or datetime.now(UTC) - timedelta(days=1))
-    found = repository.images_as_known(uris).values()
+        uris = storage.queries.image_uris_by_status(statuses, since or datetime.now(UTC) - timedelta(days=1))
+    found = storage.queries.images_as_known(uris).values()
     return sorted((views.as_item(image) for image in found), key=lambda item: str(item["key"]))
 
 
@@ -356,7 +356,7 @@ def results(
 def fetch(key: str, destination: Path, stack_name: str | None) -> None:
     """Download the stored outputs of one image (its upscaled copy, ...) from the output location."""
     target = target_for(stack_name)
-    image = target.repository().image(keys.image_uri(target.outputs["InputBucketName"], key))
+    image = target.storage().queries.image(keys.image_uri(target.outputs["InputBucketName"], key))
     if image is None:
         raise click.ClickException(f"no image item for {key}")
     stored = {name: output for name, output in image.outputs.items() if output.state is OutputState.STORED}
@@ -545,7 +545,7 @@ def status_tables(report: dict[str, Any]) -> Group:
 def build_status(target: Target, since: datetime) -> dict[str, Any]:
     queues = {"submit": target.outputs["SubmitQueueUrl"], "dead-letter": target.outputs["SubmitDeadLetterQueueUrl"]}
     limit = int(target.environment("SubmitFunction").get("DAILY_SUBMIT_LIMIT") or 0)
-    return ops.status_report(target.repository(), target.client("sqs"), queues, since, limit)
+    return ops.status_report(target.storage(), target.client("sqs"), queues, since, limit)
 
 
 @main.command()
@@ -597,7 +597,7 @@ def backfill(prefix: str, inventory: Path | None, stack_name: str | None) -> Non
     with Progress(console=console) as progress:
         task = progress.add_task(f"backfilling {prefix}", total=None)
         outcome = ops.backfill(
-            target.repository(),
+            target.storage(),
             target.client("sqs"),
             target.outputs["SubmitQueueUrl"],
             region,
@@ -630,7 +630,7 @@ def reprocess(
     if not (statuses or prefix or request_id):
         raise click.UsageError("select images with --status, --prefix or --request-id")
     target = target_for(stack_name)
-    repository = target.repository()
+    storage = target.storage()
     wanted = [Status(s) for s in statuses] or sorted(TERMINAL_STATUSES)
     uris = None
     if prefix and not request_id:
@@ -642,7 +642,7 @@ def reprocess(
         ]
     window = views.parse_since(since) or (datetime.min.replace(tzinfo=UTC) if (prefix or request_id) else None)
     images = ops.select_images(
-        repository,
+        storage,
         statuses=wanted,
         since=window or datetime.now(UTC) - timedelta(days=1),
         request_id=request_id,
@@ -697,7 +697,7 @@ def reconcile(status: str | None, request_type: str | None, output: str, stack_n
         client = sweeper.ximilar
         if not isinstance(client, XimilarClient):
             raise click.ClickException("reconcile needs the HTTP Ximilar client")
-        findings = ops.reconcile(target.repository(), client, sweeper.recorder, status=status, type=request_type)
+        findings = ops.reconcile(target.storage(), client, sweeper.recorder, status=status, type=request_type)
     if output == "json":
         click.echo(json.dumps([asdict(finding) for finding in findings], indent=2))
         return
@@ -727,7 +727,7 @@ def reconcile(status: str | None, request_type: str | None, output: str, stack_n
 @stack_option
 def pause(reason: str, stack_name: str | None) -> None:
     """Pause submission: uploads are still owned and wait with the reason until `xasync resume`."""
-    paused = target_for(stack_name).repository().pause(reason, datetime.now(UTC))
+    paused = target_for(stack_name).storage().control.pause(reason, datetime.now(UTC))
     console.print("submission paused" if paused else "submission was already paused")
 
 
@@ -735,7 +735,7 @@ def pause(reason: str, stack_name: str | None) -> None:
 @stack_option
 def resume(stack_name: str | None) -> None:
     """End a pause, and lift today's daily limit and credits floor; the sweeper submits what waits."""
-    target_for(stack_name).repository().resume(datetime.now(UTC).date(), datetime.now(UTC))
+    target_for(stack_name).storage().control.resume(datetime.now(UTC).date(), datetime.now(UTC))
     console.print("submission resumed (today's limit lifted); the sweeper submits what waited")
 
 
@@ -758,12 +758,12 @@ def demo(timeout: float, samples: Path, with_page: bool, port: int, runtime: Run
         console.print(f"local stack up in {time.monotonic() - started:.1f} s (moto, emulator, four functions)")
         console.print(f"functions {runtime_line(local)}")
         uploaded = upload_files(target, [samples], "")
-        repository = target.repository()
+        storage = target.storage()
         bucket = local.outputs["InputBucketName"]
         terminal = set(TERMINAL_STATUSES)
 
         def statuses() -> dict[str, Status]:
-            found = repository.images_by_uri([keys.image_uri(bucket, key) for key in uploaded], consistent=False)
+            found = storage.queries.images_by_uri([keys.image_uri(bucket, key) for key in uploaded], consistent=False)
             # An image whose outputs are still being copied is not finished for the demo.
             return {
                 image.key: Status.PROCESSING

@@ -1,8 +1,8 @@
 """What the operations commands do (`status`, `backfill`, `reprocess`, `redrive`, `reconcile`), apart from printing.
 
-Each function takes its collaborators (the Repository, boto3 clients, the services `runtime` builds), so
+Each function takes its collaborators (the stores, boto3 clients, the services `runtime` builds), so
 the same code runs on the local stack and on a deployed one, and tests call it directly. Reads go through
-the Repository (indexes, batch gets, never a Scan); resubmission goes through the Submitter, and recording
+the stores (indexes, batch gets, never a Scan); resubmission goes through the Submitter, and recording
 through the ResultRecorder, exactly as the functions do it.
 """
 
@@ -20,12 +20,12 @@ from typing import Any, Final
 from urllib.parse import quote_plus, unquote_plus, urlsplit
 
 from ximilar_async import keys
-from ximilar_async.dal.repository import UNFINISHED, Repository
+from ximilar_async.dal import Storage
 from ximilar_async.entities import Image
 from ximilar_async.payloads import parse_outcome
 from ximilar_async.request_types import parse_request_type
 from ximilar_async.results import ResultRecorder
-from ximilar_async.statuses import TERMINAL_STATUSES, Status
+from ximilar_async.statuses import TERMINAL_STATUSES, UNFINISHED, Status
 from ximilar_async.submission import SubmitOutcome, Submitter, chunks
 from ximilar_async.uploads import Upload, rejection_of, route_for
 from ximilar_async.ximilar import XimilarClient
@@ -58,7 +58,7 @@ def queue_depths(sqs: Any, queues: dict[str, str]) -> dict[str, dict[str, int]]:
 
 
 def status_report(
-    repository: Repository,
+    storage: Storage,
     sqs: Any,
     queues: dict[str, str],
     since: datetime,
@@ -67,12 +67,12 @@ def status_report(
 ) -> dict[str, Any]:
     """Everything `xasync status` shows, as plain data (what `--output json` prints)."""
     now = now or utc_now()
-    counts = repository.count_by_status(since, list(Status))
-    in_flight = Counter(request.status.value for request in repository.unfinished_requests())
-    oldest = repository.oldest_in_flight()
-    last_sweep = repository.last_sweep()
-    day = repository.spend_day(now.date())
-    paused_by_hand = repository.pause_reason()
+    counts = storage.queries.count_by_status(since, list(Status))
+    in_flight = Counter(request.status.value for request in storage.queries.unfinished_requests())
+    oldest = storage.queries.oldest_in_flight()
+    last_sweep = storage.control.last_sweep()
+    day = storage.control.spend_day(now.date())
+    paused_by_hand = storage.control.pause_reason()
     limit_reached = bool(daily_limit) and day.submitted >= daily_limit and not day.resumed
     return {
         "since": since.isoformat(),
@@ -95,7 +95,7 @@ def status_report(
             "age_seconds": int((now - last_sweep[0]).total_seconds()),
             **last_sweep[1],
         },
-        "top_failure_reasons": repository.status_reasons([Status.FAILED, Status.ERROR], since).most_common(5),
+        "top_failure_reasons": storage.queries.status_reasons([Status.FAILED, Status.ERROR], since).most_common(5),
         "spend_guard": {
             "day": day.day.isoformat(),
             "submitted_today": day.submitted,
@@ -212,7 +212,7 @@ class BackfillOutcome:
 
 
 def backfill(
-    repository: Repository,
+    storage: Storage,
     sqs: Any,
     queue_url: str,
     region: str,
@@ -228,7 +228,7 @@ def backfill(
     for page in pages:
         for batch in chunks(page, BATCH_GET_SIZE):
             outcome.listed += len(batch)
-            known = repository.images_by_uri([keys.image_uri(o.bucket, o.key) for o in batch], consistent=False)
+            known = storage.queries.images_by_uri([keys.image_uri(o.bucket, o.key) for o in batch], consistent=False)
             new = [
                 o
                 for o in batch
@@ -257,7 +257,7 @@ class Planned:
 
 
 def select_images(
-    repository: Repository,
+    storage: Storage,
     *,
     statuses: Sequence[Status],
     since: datetime,
@@ -267,14 +267,14 @@ def select_images(
 ) -> list[Image]:
     """The images a selection names: by Ximilar request, by key prefix (S3's listing), or by status and time."""
     if request_id:
-        uris: Iterable[str] = repository.image_uris_of_request(request_id)
+        uris: Iterable[str] = storage.queries.image_uris_of_request(request_id)
     elif uris_under_prefix is not None:
         uris = uris_under_prefix
     else:
-        uris = repository.image_uris_by_status(statuses, since)
+        uris = storage.queries.image_uris_by_status(statuses, since)
     found: list[Image] = []
     for batch in chunks(list(dict.fromkeys(uris)), BATCH_GET_SIZE):
-        found += repository.images_by_uri(batch).values()
+        found += storage.queries.images_by_uri(batch).values()
     wanted = set(statuses)
     return sorted(
         (
@@ -375,7 +375,7 @@ def _record_summary(record: dict[str, Any]) -> dict[str, str]:
 
 
 def reconcile(
-    repository: Repository,
+    storage: Storage,
     ximilar: XimilarClient,
     recorder: ResultRecorder,
     *,
@@ -395,7 +395,7 @@ def reconcile(
         finding = Finding(
             request_id, str(summary.get("status")), str(summary.get("type")), str(summary.get("created")), "ok"
         )
-        images = repository.image_statuses_of_request(request_id)
+        images = storage.queries.image_statuses_of_request(request_id)
         finding.images = len(images)
         if not images:
             finding.finding = "unknown"
@@ -405,7 +405,7 @@ def reconcile(
             unfinished = [uri for uri, state in images.items() if state in UNFINISHED]
             if unfinished:
                 outcome = parse_outcome(ximilar.get(request_id))
-                submissions = {image.submission_id for image in repository.images_by_uri(unfinished).values()}
+                submissions = {image.submission_id for image in storage.queries.images_by_uri(unfinished).values()}
                 for submission_id in sorted(filter(None, submissions)):
                     finding.recorded += recorder.record(submission_id, outcome).recorded
                 finding.finding = "recorded"

@@ -3,7 +3,7 @@
 Safe by default: it listens on 127.0.0.1 only and answers only to a Host of 127.0.0.1 or localhost (a
 page elsewhere cannot rebind its name to it and read it), has GET routes only, and shows every value
 through Jinja's autoescaping (keys and results are user data). Presigned GETs are made per render with
-the credentials of whoever runs it and are never stored. Reads go through the Repository's index
+the credentials of whoever runs it and are never stored. Reads go through `dal.queries`' index
 queries, one page at a time, so the page costs the same with 10 or 10 million images.
 """
 
@@ -27,7 +27,7 @@ from werkzeug.serving import make_server
 
 from xasync import views
 from ximilar_async import summaries
-from ximilar_async.dal.repository import ImagePage, PagePosition, Repository
+from ximilar_async.dal.queries import ImagePage, PagePosition, ResultQueries
 from ximilar_async.entities import Image, OutputState
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import TERMINAL_STATUSES, Status
@@ -46,9 +46,9 @@ LOOPBACK = "127.0.0.1"
 
 @dataclass(frozen=True)
 class PageSource:
-    """What the page reads: the images table (through the Repository) and S3 (to presign GETs)."""
+    """What the page reads: the images table (through `dal.queries`) and S3 (to presign GETs)."""
 
-    repository: Repository
+    queries: ResultQueries
     s3: Any  # a boto3 S3 client with the user's own credentials
     input_bucket: str
 
@@ -135,10 +135,10 @@ def find_page(source: PageSource, query: Query) -> ImagePage:
     """One page of images for `query`: by request (`by_request`), else by status and time (`by_status`)."""
     after = decode_cursor(query.cursor) if query.cursor else None
     if query.request_id:
-        return source.repository.images_of_request_page(
+        return source.queries.images_of_request_page(
             query.request_id, query.limit, after_uri=after.uri if after else None
         )
-    return source.repository.images_page(
+    return source.queries.images_page(
         [query.status] if query.status else list(Status),
         query.since_time,
         query.limit,
@@ -261,12 +261,12 @@ def create_app(source: PageSource) -> Flask:
         """Images per status since the page's time. Fetched after the grid is shown: COUNT queries read
         every index item of the window, so on a large table they take longer than the page itself."""
         since = Query.parse(request.args).since_time
-        return jsonify({status.value: count for status, count in source.repository.count_by_status(since).items()})
+        return jsonify({status.value: count for status, count in source.queries.count_by_status(since).items()})
 
     @app.get("/image")
     def detail() -> str:
         uri = request.args.get("uri", "")
-        image = source.repository.image(uri) if uri.startswith("s3://") else None
+        image = source.queries.image(uri) if uri.startswith("s3://") else None
         if image is None:
             abort(404, "no such image")
         shown = card(source, image)

@@ -58,20 +58,23 @@ def uploaded(local: LocalStack, target: cli.Target) -> list[str]:
     control.set_knobs(processing_delay_seconds=4.0)
     cli.upload_files(target, [SAMPLES], "")
     local.client("s3").put_object(Bucket=local.outputs["InputBucketName"], Key=SCRIPT_KEY, Body=png_bytes(20, 14))
-    repository = target.repository()
+    storage = target.storage()
     uris = [keys.image_uri(local.outputs["InputBucketName"], key) for key in ALL_KEYS]
     wait_for(
-        lambda: len(repository.images_by_uri(uris)) == len(uris), timeout=60, interval=0.2, what="an item per upload"
+        lambda: len(storage.images.images_by_uri(uris)) == len(uris),
+        timeout=60,
+        interval=0.2,
+        what="an item per upload",
     )
     return uris
 
 
 @pytest.fixture(scope="module")
 def finished(local: LocalStack, target: cli.Target, uploaded: list[str]) -> list[str]:
-    repository = target.repository()
+    storage = target.storage()
 
     def all_finished() -> bool:
-        return all(image.status in TERMINAL_STATUSES for image in repository.images_by_uri(uploaded).values())
+        return all(image.status in TERMINAL_STATUSES for image in storage.images.images_by_uri(uploaded).values())
 
     wait_for(all_finished, timeout=120, interval=0.25, what="every upload to finish")
     EmulatorControl(local.ximilar_url).set_knobs(processing_delay_seconds=0.3)
@@ -131,11 +134,11 @@ def seed_outputs(local: LocalStack, target: cli.Target) -> None:
     person must see: one PENDING, one FAILED with a reason holding markup. City at night keeps its copy."""
     tables = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"], host=local.aws_endpoint)
     bucket = local.outputs["InputBucketName"]
-    repository = target.repository()
+    storage = target.storage()
     upscaled = ["incoming/photos/city at night.png", "incoming/photos/sunset.png", "incoming/photos/forest.jpg"]
 
     def copied() -> bool:
-        images = [repository.image(keys.image_uri(bucket, key)) for key in upscaled]
+        images = [storage.images.image(keys.image_uri(bucket, key)) for key in upscaled]
         return all(
             image is not None and image.outputs and {o.state for o in image.outputs.values()} == {OutputState.STORED}
             for image in images

@@ -17,9 +17,9 @@ import pytest
 
 from tests.support.aws import create_table_from_template
 from xasync.dynamodb_faults import DynamoFaultProxy, DynamoFaults, dynamodb_fault_proxy
+from ximilar_async.dal import Storage
 from ximilar_async.dal.models import Tables, bind_tables
-from ximilar_async.dal.repository import Repository
-from ximilar_async.entities import Claim, DueScan, Image, ImageResult
+from ximilar_async.entities import Claim, DueScan, ImageResult
 from ximilar_async.statuses import Status
 from ximilar_async.uploads import Upload
 
@@ -46,14 +46,8 @@ def faulty_tables(dynamodb: Any, template: dict[str, Any], proxy: DynamoFaultPro
 
 
 @pytest.fixture
-def finished() -> list[Image]:
-    """The images whose finish the repository told of (the `Image Finished` events' source)."""
-    return []
-
-
-@pytest.fixture
-def repository(faulty_tables: Tables, finished: list[Image]) -> Repository:
-    return Repository(faulty_tables, SHARDS, timedelta(days=30), finished=finished.append)
+def storage(faulty_tables: Tables) -> Storage:
+    return Storage.of(faulty_tables, SHARDS, timedelta(days=30))
 
 
 def an_upload(key: str = "incoming/photo.png", sequencer: str = "0055AED6DCAF0EE501") -> Upload:
@@ -74,27 +68,27 @@ def table_of(model: Any) -> str:
 
 @pytest.mark.parametrize("fault", ["applied-then-500", "dropped-after-write"])
 def test_a_claim_whose_answer_was_lost_is_taken(
-    repository: Repository, proxy: DynamoFaultProxy, faulty_tables: Tables, fault: Any
+    storage: Storage, proxy: DynamoFaultProxy, faulty_tables: Tables, fault: Any
 ) -> None:
     # Given the claim's PutItem applied, then answered with a fault
     proxy.fail_next_write(fault, operation="PutItem", table=table_of(faulty_tables.images))
 
     # When the image is claimed
-    claim = repository.claim_image(an_upload(), "flows", "my-flow", "submission-1", NOW, LEASE)
+    claim = storage.images.claim_image(an_upload(), "flows", "my-flow", "submission-1", NOW, LEASE)
 
     # Then the claim is this submission's (not a duplicate, which would leave it held by nobody)
-    image = repository.image(an_upload().uri)
+    image = storage.images.image(an_upload().uri)
     assert (claim, image and image.submission_id) == (Claim.TAKEN, "submission-1")
     assert proxy.counts[fault.replace("-", " ")] == 1
 
 
 def test_a_claim_taken_over_after_a_hand_on_whose_answer_was_lost_is_taken(
-    repository: Repository, proxy: DynamoFaultProxy, faulty_tables: Tables
+    storage: Storage, proxy: DynamoFaultProxy, faulty_tables: Tables
 ) -> None:
     # Given a claim handed on (released), and the new delivery's take-over applied then answered 500
     upload = an_upload()
-    assert repository.claim_image(upload, "flows", "my-flow", "first", NOW, LEASE) is Claim.TAKEN
-    assert repository.release_images("first", [upload.uri], "waiting to be submitted", NOW) == 1
+    assert storage.images.claim_image(upload, "flows", "my-flow", "first", NOW, LEASE) is Claim.TAKEN
+    assert storage.images.release_images("first", [upload.uri], "waiting to be submitted", NOW) == 1
     proxy.fail_next_write(
         "applied-then-500",
         operation="PutItem",
@@ -103,115 +97,117 @@ def test_a_claim_taken_over_after_a_hand_on_whose_answer_was_lost_is_taken(
     )
 
     # When the next delivery claims it for another submission
-    claim = repository.claim_image(upload, "flows", "my-flow", "second", NOW + timedelta(seconds=5), LEASE)
+    claim = storage.images.claim_image(upload, "flows", "my-flow", "second", NOW + timedelta(seconds=5), LEASE)
 
     # Then it is taken for that submission
-    image = repository.image(upload.uri)
+    image = storage.images.image(upload.uri)
     assert (claim, image and image.submission_id) == (Claim.TAKEN, "second")
     assert proxy.counts["applied then 500"] == 1
 
 
 def test_a_request_item_whose_answer_was_lost_is_opened(
-    repository: Repository, proxy: DynamoFaultProxy, faulty_tables: Tables
+    storage: Storage, proxy: DynamoFaultProxy, faulty_tables: Tables
 ) -> None:
     # Given the request item's PutItem applied, then answered 500
     proxy.fail_next_write("applied-then-500", operation="PutItem", table=table_of(faulty_tables.requests))
 
     # When the request is opened after Ximilar took it
-    opened = repository.open_request(
+    opened = storage.requests.open_request(
         "submission-1", "flows", "my-flow", {"r1": "s3://input/a.png"}, NOW, NOW + timedelta(minutes=2), request_id="x1"
     )
 
     # Then it reads as opened (not as a submission id taken by someone else)
-    request = repository.get_request("submission-1")
+    request = storage.requests.get_request("submission-1")
     assert (opened, request and request.request_id) == (True, "x1")
 
 
 def test_a_due_request_whose_hold_answer_was_lost_is_taken(
-    repository: Repository, proxy: DynamoFaultProxy, faulty_tables: Tables
+    storage: Storage, proxy: DynamoFaultProxy, faulty_tables: Tables
 ) -> None:
     # Given a request due, and the sweeper's hold (UpdateItem) applied then answered 500
-    repository.open_request(
+    storage.requests.open_request(
         "submission-1", "flows", "my-flow", {"r1": "s3://input/a.png"}, NOW, NOW + timedelta(minutes=2), request_id="x1"
     )
-    due = next(repository.due_requests(range(SHARDS), NOW + timedelta(minutes=3), DueScan()))
+    due = next(storage.requests.due_requests(range(SHARDS), NOW + timedelta(minutes=3), DueScan()))
     proxy.fail_next_write("applied-then-500", operation="UpdateItem", table=table_of(faulty_tables.requests))
 
     # When the run takes it
-    taken = repository.take_due(due, NOW + timedelta(minutes=8))
+    taken = storage.requests.take_due(due, NOW + timedelta(minutes=8))
 
     # Then this run has it (not "another run has it", which would leave it for 5 minutes)
-    request = repository.get_request("submission-1")
+    request = storage.requests.get_request("submission-1")
     assert (taken, request and request.next_check_at) == (True, int((NOW + timedelta(minutes=8)).timestamp()))
 
 
-def test_a_result_whose_answer_was_lost_is_recorded_and_told_once(
-    repository: Repository, proxy: DynamoFaultProxy, faulty_tables: Tables, finished: list[Image]
+def test_a_result_whose_answer_was_lost_is_recorded_and_returned(
+    storage: Storage, proxy: DynamoFaultProxy, faulty_tables: Tables
 ) -> None:
     # Given a claimed image, and its result's UpdateItem applied then answered 500
     upload = an_upload()
-    repository.claim_image(upload, "flows", "my-flow", "submission-1", NOW, LEASE)
+    storage.images.claim_image(upload, "flows", "my-flow", "submission-1", NOW, LEASE)
     proxy.fail_next_write("applied-then-500", operation="UpdateItem", table=table_of(faulty_tables.images))
     result = ImageResult(upload.uri, upload.record_id, "x1", Status.DONE, None, {"_id": upload.record_id})
 
     # When the result is recorded
-    uploaded_at = repository.record_image_result(result, NOW + timedelta(minutes=1))
+    written = storage.images.record_image_result(result, NOW + timedelta(minutes=1))
 
-    # Then it is recorded (its upload time returned), and its finish told exactly once
-    assert uploaded_at == NOW
-    assert [(image.uri, image.status) for image in finished] == [(upload.uri, Status.DONE)]
+    # Then it is recorded: the image as written is returned (its upload time with it), for its finish to be told
+    assert written is not None
+    assert (written.uri, written.status, written.created_at) == (upload.uri, Status.DONE, NOW)
 
 
 def test_a_count_applied_then_answered_500_counts_once(
-    repository: Repository, proxy: DynamoFaultProxy, faulty_tables: Tables
+    storage: Storage, proxy: DynamoFaultProxy, faulty_tables: Tables
 ) -> None:
     # Given the spend guard's ADD applied, then answered 500 (its condition would still hold on a retry)
     day = date(2026, 12, 7)
     proxy.fail_next_write("applied-then-500", operation="UpdateItem", table=table_of(faulty_tables.control))
 
     # When ten images are counted against a limit of a hundred
-    counted = repository.reserve_submissions(day, 10, 100, NOW)
+    counted = storage.control.reserve_submissions(day, 10, 100, NOW)
 
     # Then they are counted once, not twice
-    assert (counted, repository.spend_day(day).submitted) == (True, 10)
+    assert (counted, storage.control.spend_day(day).submitted) == (True, 10)
 
 
 def test_a_write_whose_every_attempt_was_answered_500_is_sent_again_and_recognized(
-    repository: Repository, proxy: DynamoFaultProxy, faulty_tables: Tables
+    storage: Storage, proxy: DynamoFaultProxy, faulty_tables: Tables
 ) -> None:
     # Given the claim's PutItem applied, and botocore's every attempt (1 + 3 retries) answered 500
     proxy.fail_next_write("applied-then-500", operation="PutItem", table=table_of(faulty_tables.images), times=4)
 
     # When the image is claimed
-    claim = repository.claim_image(an_upload(), "flows", "my-flow", "submission-1", NOW, LEASE)
+    claim = storage.images.claim_image(an_upload(), "flows", "my-flow", "submission-1", NOW, LEASE)
 
     # Then the write is sent again with the same token, and its failed condition shows it applied
     assert claim is Claim.TAKEN
     assert proxy.counts["applied then 500"] == 4
 
 
-def test_someone_elses_write_is_still_a_lost_race(repository: Repository, proxy: DynamoFaultProxy) -> None:
+def test_someone_elses_write_is_still_a_lost_race(storage: Storage, proxy: DynamoFaultProxy) -> None:
     # Given an image another submission holds (live lease, its request item written)
     upload = an_upload()
-    assert repository.claim_image(upload, "flows", "my-flow", "other", NOW, LEASE) is Claim.TAKEN
-    repository.open_request("other", "flows", "my-flow", {upload.record_id: upload.uri}, NOW, NOW, request_id="x1")
+    assert storage.images.claim_image(upload, "flows", "my-flow", "other", NOW, LEASE) is Claim.TAKEN
+    storage.requests.open_request(
+        "other", "flows", "my-flow", {upload.record_id: upload.uri}, NOW, NOW, request_id="x1"
+    )
 
     # When another delivery claims it
-    claim = repository.claim_image(upload, "flows", "my-flow", "mine", NOW + timedelta(seconds=1), LEASE)
+    claim = storage.images.claim_image(upload, "flows", "my-flow", "mine", NOW + timedelta(seconds=1), LEASE)
 
     # Then it is a duplicate: the item is the other submission's
-    image = repository.image(upload.uri)
+    image = storage.images.image(upload.uri)
     assert (claim, image and image.submission_id) == (Claim.DUPLICATE, "other")
 
 
-def test_a_live_claim_without_a_request_item_makes_a_delivery_come_back(repository: Repository) -> None:
+def test_a_live_claim_without_a_request_item_makes_a_delivery_come_back(storage: Storage) -> None:
     # Given an image claimed a moment ago by a submitter that has not written its request item
     upload = an_upload()
-    assert repository.claim_image(upload, "flows", "my-flow", "other", NOW, LEASE) is Claim.TAKEN
+    assert storage.images.claim_image(upload, "flows", "my-flow", "other", NOW, LEASE) is Claim.TAKEN
 
     # When another delivery of the same upload claims it, within the lease and after it
-    within = repository.claim_image(upload, "flows", "my-flow", "mine", NOW + timedelta(seconds=1), LEASE)
-    after = repository.claim_image(upload, "flows", "my-flow", "mine", NOW + LEASE + timedelta(seconds=1), LEASE)
+    within = storage.images.claim_image(upload, "flows", "my-flow", "mine", NOW + timedelta(seconds=1), LEASE)
+    after = storage.images.claim_image(upload, "flows", "my-flow", "mine", NOW + LEASE + timedelta(seconds=1), LEASE)
 
     # Then the first must come back later (not be dropped as a duplicate), and the second takes it
     assert (within, after) == (Claim.BUSY, Claim.TAKEN)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ximilar_async import keys
+from ximilar_async.dal import Storage
 from ximilar_async.dal.models import Tables
-from ximilar_async.dal.repository import Repository
 from ximilar_async.entities import Image
 from ximilar_async.statuses import Status
 
@@ -47,10 +47,10 @@ def seed(tables: Tables, rows: Sequence[Row]) -> None:
             )
 
 
-def every_page(repository: Repository, limit: int, **filters: object) -> list[list[Image]]:
+def every_page(storage: Storage, limit: int, **filters: object) -> list[list[Image]]:
     pages, after = [], None
     while True:
-        page = repository.images_page(list(Status), NOW - timedelta(days=1), limit, after=after, **filters)  # type: ignore[arg-type]
+        page = storage.queries.images_page(list(Status), NOW - timedelta(days=1), limit, after=after, **filters)  # type: ignore[arg-type]
         pages.append(page.images)
         if page.after is None:
             return pages
@@ -67,9 +67,9 @@ def test_pages_walk_every_status_and_shard_newest_first_without_gaps_or_repeats(
     rows += [(f"incoming/tie-{n}.png", statuses[n % 3], NOW - timedelta(minutes=10), "flows", None) for n in range(6)]
     rows.append(("incoming/too-old.png", Status.DONE, NOW - timedelta(days=2), "upscaler", None))
     seed(tables, rows)
-    repository = Repository(tables, SHARDS, timedelta(days=1))
+    storage = Storage.of(tables, SHARDS, timedelta(days=1))
 
-    pages = every_page(repository, 7)
+    pages = every_page(storage, 7)
 
     shown = [image.key for page in pages for image in page]
     assert len(shown) == len(set(shown)) == 46
@@ -89,18 +89,18 @@ def test_prefix_filters_in_the_index_and_type_filters_within_a_budget(tables: Ta
         (f"incoming/old-{n}.png", Status.DONE, NOW - timedelta(hours=1, minutes=n), "upscaler", None) for n in range(12)
     ]
     seed(tables, rows)
-    repository = Repository(tables, SHARDS, timedelta(days=1))
+    storage = Storage.of(tables, SHARDS, timedelta(days=1))
     since = NOW - timedelta(days=1)
 
-    cards = repository.images_page([Status.DONE], since, 10, uri_prefix="s3://input/incoming/cards/")
+    cards = storage.queries.images_page([Status.DONE], since, 10, uri_prefix="s3://input/incoming/cards/")
     assert [image.key for image in cards.images] == [f"incoming/cards/{n}.png" for n in range(5)]
     assert cards.after is None
 
     # Ten index items examined at most: a short page, and a position to go on from.
-    short = repository.images_page([Status.DONE], since, 10, request_type="card-grader", budget=10)
+    short = storage.queries.images_page([Status.DONE], since, 10, request_type="card-grader", budget=10)
     assert [image.key for image in short.images] == ["incoming/cards/0.png", "incoming/cards/1.png"]
     assert short.after is not None
-    rest = repository.images_page([Status.DONE], since, 10, request_type="card-grader", after=short.after)
+    rest = storage.queries.images_page([Status.DONE], since, 10, request_type="card-grader", after=short.after)
     assert [image.key for image in short.images + rest.images] == [f"incoming/cards/{n}.png" for n in range(5)]
 
 
@@ -109,17 +109,17 @@ def test_a_request_pages_by_uri_and_counts_come_from_the_status_shards(tables: T
     rows += [("incoming/other.png", Status.DONE, NOW, "flows", "request-2")]
     rows += [(f"incoming/bad-{n}.txt", Status.FAILED, NOW - timedelta(hours=1), None, None) for n in range(3)]
     seed(tables, rows)
-    repository = Repository(tables, SHARDS, timedelta(days=1))
+    storage = Storage.of(tables, SHARDS, timedelta(days=1))
 
-    first = repository.images_of_request_page("request-1", 5)
+    first = storage.queries.images_of_request_page("request-1", 5)
     assert first.after is not None
-    second = repository.images_of_request_page("request-1", 10, after_uri=first.after.uri)
+    second = storage.queries.images_of_request_page("request-1", 10, after_uri=first.after.uri)
     keys_ = [image.key for image in first.images + second.images]
     assert keys_ == [f"incoming/r/{n:02d}.png" for n in range(12)]
     assert second.after is None
 
-    counts = repository.count_by_status(NOW - timedelta(days=1))
+    counts = storage.queries.count_by_status(NOW - timedelta(days=1))
     assert counts[Status.DONE] == 13
     assert counts[Status.FAILED] == 3
     assert counts[Status.PROCESSING] == 0
-    assert repository.count_by_status(NOW - timedelta(minutes=5), [Status.FAILED]) == {Status.FAILED: 0}
+    assert storage.queries.count_by_status(NOW - timedelta(minutes=5), [Status.FAILED]) == {Status.FAILED: 0}

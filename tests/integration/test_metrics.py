@@ -139,7 +139,7 @@ def test_every_metric_an_alarm_or_the_dashboard_watches_is_emitted(
     control.fail_next(20, status=429, retry_after=0)  # Ximilar throttles the submission
     pipeline.upload("incoming/flows/throttled.png")
     control.clear_faults()
-    pipeline.submit.submitter.repository.pause("metrics test", datetime.now(UTC))  # the spend guard holds
+    pipeline.storage.control.pause("metrics test", datetime.now(UTC))  # the spend guard holds
     pipeline.upload("incoming/flows/held.png")
 
     emitted = emf(capsys.readouterr().out, namespace, service)

@@ -112,10 +112,12 @@ def test_a_webhook_finishing_the_request_during_a_check_does_not_crash_the_sweep
     pipeline.upload("incoming/flows/race.png")
     image = pipeline.image("incoming/flows/race.png")
     wait_for(lambda: pipeline.details(image.request_id)["status"] == "PROCESSING")
-    repository = pipeline.sweeper.sweeper.repository
+    storage = pipeline.storage
 
     def webhook_finishes_it() -> None:
-        repository.finish_request(image.submission_id, Status.DONE, datetime.now(UTC), request_id=image.request_id)
+        storage.requests.finish_request(
+            image.submission_id, Status.DONE, datetime.now(UTC), request_id=image.request_id
+        )
 
     # When the webhook finishes it between the sweeper's /status call and its reschedule
     sweeper = replace(
@@ -177,11 +179,13 @@ def stuck_submission(pipeline: Pipeline, key: str) -> tuple[str, Upload]:
     upload = next(iter(upload_of(record)))
     submitter = pipeline.submit.submitter
     now = datetime.now(UTC)
-    repository = submitter.repository
+    storage = pipeline.storage
     submission_id = "stuck-" + upload.record_id[:8]
     give_up = now + timedelta(seconds=submitter.settings.submitting_timeout_seconds)
-    assert repository.open_request(submission_id, "flows", "my-flow", {upload.record_id: upload.uri}, now, give_up)
-    assert repository.claim_image(upload, "flows", "my-flow", submission_id, now, CLAIM_LEASE) is Claim.TAKEN
+    assert storage.requests.open_request(
+        submission_id, "flows", "my-flow", {upload.record_id: upload.uri}, now, give_up
+    )
+    assert storage.images.claim_image(upload, "flows", "my-flow", submission_id, now, CLAIM_LEASE) is Claim.TAKEN
     return submission_id, upload
 
 
@@ -197,9 +201,9 @@ def test_a_stuck_submitting_request_is_submitted_again_once(pipeline: Pipeline) 
     assert len(posts(pipeline)) == 1
     image = pipeline.wait_status("incoming/flows/crashed.png", "DONE")
     assert (image.record_id, image.submission_id, image.attempts) == (upload.record_id, submission_id, 2)
-    request = pipeline.repository.get_request(submission_id)
+    request = pipeline.storage.requests.get_request(submission_id)
     assert request is not None and request.submit_attempts == 2
-    assert pipeline.repository.unfinished_images(request) == {}  # finished: no image waits for it
+    assert pipeline.storage.images.unfinished_images(request) == {}  # finished: no image waits for it
     pipeline.sweep(timedelta(minutes=40))
     assert len(posts(pipeline)) == 1
 
@@ -373,7 +377,7 @@ def test_the_sweep_reads_what_is_due_not_the_table(pipeline: Pipeline) -> None:
         ).save()
 
     scanned: list[int] = []
-    events = pipeline.sweeper.sweeper.repository.tables.requests._get_connection().connection.client.meta.events
+    events = pipeline.sweeper.sweeper.requests.tables.requests._get_connection().connection.client.meta.events
 
     def note_index(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["index"] = params.get("IndexName")
@@ -539,7 +543,7 @@ def test_an_error_in_one_request_does_not_stop_the_sweep_and_after_n_the_request
 
 
 class BookkeepingFails:
-    """The repository, where recording a failed sweep fails too."""
+    """The request store, where recording a failed sweep fails too."""
 
     def __init__(self, real: Any) -> None:
         self.real = real
@@ -560,7 +564,7 @@ def test_when_even_the_failure_cannot_be_recorded_the_sweep_goes_on_and_the_hold
     sweeper = replace(
         sweeper,
         ximilar=FailingFor(sweeper.ximilar, broken.request_id),
-        repository=BookkeepingFails(sweeper.repository),
+        requests=BookkeepingFails(sweeper.requests),
     )
     outcome = sweeper.sweep(lambda: 60_000)
     assert (outcome.taken, outcome.errors, outcome.rescheduled) == (2, 1, 1)

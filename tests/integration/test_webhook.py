@@ -59,8 +59,8 @@ def test_an_upload_ends_done_with_its_result_through_the_webhook(pipeline: Pipel
     request = pipeline.stack.tables.requests.get(photo.submission_id)
     assert (request.status, request.request_id) == ("CREATED", photo.request_id)
     assert request.next_check_at is not None and request.expires_at is not None
-    tracked = pipeline.repository.get_request(photo.submission_id)
-    assert tracked is not None and pipeline.repository.unfinished_images(tracked) == {}
+    tracked = pipeline.storage.requests.get_request(photo.submission_id)
+    assert tracked is not None and pipeline.storage.images.unfinished_images(tracked) == {}
 
 
 def test_duplicate_and_reordered_deliveries_leave_the_same_state(pipeline: Pipeline) -> None:
@@ -391,7 +391,7 @@ def test_a_losing_duplicate_never_overwrites_the_winners_stored_result(payload_p
     submitter = pipeline.submit.submitter
     again = f"again-{item.record_id[:8]}"
     now = datetime.now(UTC)
-    assert submitter.repository.open_request(
+    assert submitter.requests.open_request(
         again, "flows", "my-flow", {item.record_id: item.image_uri}, now, now + timedelta(minutes=15)
     )
     record = {"_id": item.record_id, "_base64": base64_png()}

@@ -108,9 +108,9 @@ class AwsStack:
         return [lambda_sqs_record(message, self.queue_arn) for message in received]
 
 
-def count_dynamodb_calls(repository: Any, counter: Counter[str]) -> None:
-    """Count every DynamoDB operation sent through a repository's pynamodb connections, by name."""
-    for model in (repository.tables.images, repository.tables.requests):
+def count_dynamodb_calls(store: Any, counter: Counter[str]) -> None:
+    """Count every DynamoDB operation sent through a store's pynamodb connections (both tables'), by name."""
+    for model in (store.tables.images, store.tables.requests):
         client = model._get_connection().connection.client
         client.meta.events.register(
             "before-call.dynamodb", lambda model, **_: counter.update([model.name]), unique_id="xasync-counter"
@@ -128,13 +128,13 @@ def time_shifted(sweeper: Any, ahead: timedelta) -> Any:
         clock=clock,
         submitter=replace(sweeper.submitter, clock=clock),
         recorder=replace(sweeper.recorder, clock=clock),
-        repository=MarksInWritersTime(sweeper.repository, ahead),
+        sweep_log=MarksInWritersTime(sweeper.sweep_log, ahead),
     )
 
 
 @dataclass(frozen=True)
 class MarksInWritersTime:
-    """The repository of a sweeper living ahead, its due-index marks kept in the writers' time.
+    """The sweep log of a sweeper living ahead, its due-index marks kept in the writers' time.
 
     A mark says "every entry due by then was handled", which holds because writers set check times
     after their own clock, and their clock is the sweeper's: in production, one wall clock. A sweeper
@@ -142,16 +142,16 @@ class MarksInWritersTime:
     back by `ahead`, a mark only makes the next run read some entries again.
     """
 
-    repository: Any
+    sweep_log: Any
     ahead: timedelta
 
     def record_sweep(self, outcome: Mapping[str, Any], now: datetime, scan: DueScan) -> None:
         back = int(self.ahead.total_seconds())
         marks = {shard: mark - back for shard, mark in scan.next_marks().items()}
-        self.repository.record_sweep(outcome, now, replace(scan, marks=marks, reached={}, read_through={}))
+        self.sweep_log.record_sweep(outcome, now, replace(scan, marks=marks, reached={}, read_through={}))
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.repository, name)
+        return getattr(self.sweep_log, name)
 
 
 def is_test_event(record: dict[str, Any]) -> bool:

@@ -157,11 +157,9 @@ def wrap_load_function(on_load: Callable[[str, dict[str, str]], None] | None = N
 def _create_table_clients(module: ModuleType) -> None:
     """pynamodb makes its botocore client on first use: make the cold start's models make theirs now."""
     for service in vars(module).values():
-        # The handlers hold their services (submitter, sweeper, receiver); the repository holds the tables.
-        repository = getattr(service, "repository", None) or getattr(
-            getattr(service, "recorder", None), "repository", None
-        )
-        tables = getattr(repository, "tables", None)
+        # The handlers hold their services (submitter, sweeper, receiver); their stores hold the tables.
+        store = getattr(service, "images", None) or getattr(getattr(service, "recorder", None), "images", None)
+        tables = getattr(store, "tables", None)
         for model in (getattr(tables, "images", None), getattr(tables, "requests", None)):
             if model is not None and hasattr(model, "_get_connection"):
                 model._get_connection().connection.client  # noqa: B018 - the property creates the client

@@ -5,7 +5,7 @@
 - `FakeObjectStore` (`ports.ObjectStore`): S3 as a dict; putting an object gives the `Upload` its S3
   notification would describe, deleting it makes `read` raise `ObjectGone`.
 - `FakeClock`: the injected clock, moved by the test instead of waiting.
-- The `Store` is NOT faked: `in_process_tables` gives the real `dal.Repository` its tables on moto's
+- The stores are NOT faked here: `in_process_tables` gives the real `dal.Storage` its tables on moto's
   in-process DynamoDB (`moto.mock_aws`: no server, no socket), created from template.yaml. Its
   conditional writes (leases, sequencers, "DONE is never undone") are the rules the domain leans on;
   re-implementing them in a fake would test the fake. Measured on this 2-core machine: creating the two
@@ -261,7 +261,7 @@ class FakeObjectStore:
         return uri
 
 
-# --- DynamoDB (the real Repository's tables, in process) ------------------------------------------------
+# --- DynamoDB (the real stores' tables, in process) ------------------------------------------------
 
 
 @contextmanager

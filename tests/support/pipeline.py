@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from types import ModuleType
 from typing import Any
@@ -21,7 +21,7 @@ from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import functions
 from ximilar_async import keys
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal import Storage
 from ximilar_async.sweeper import Sweeper, SweepOutcome
 
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/flows/=flows:my-flow"
@@ -48,16 +48,16 @@ class Pipeline:
         self.submit.lambda_handler({"Records": records}, LocalLambdaContext())
 
     @property
-    def repository(self) -> Repository:
-        """The pipeline's repository on the test's own tables (not a function's clients): the test's
+    def storage(self) -> Storage:
+        """The pipeline's storage on the test's own tables (not a function's clients): the test's
         reads are nobody's IAM to grant."""
-        repository: Repository = self.sweeper.sweeper.repository
-        return replace(repository, tables=self.stack.tables)
+        settings = self.sweeper.sweeper.settings
+        return Storage.of(self.stack.tables, settings.index_shards, timedelta(days=settings.request_retention_days))
 
     def image(self, key: str) -> Any:
         """The image item as the pipeline reports it (`AsReported`)."""
         uri = keys.image_uri(self.stack.bucket, key)
-        reported = self.repository.images_as_known([uri])[uri]
+        reported = self.storage.queries.images_as_known([uri])[uri]
         item = self.stack.tables.images.get(uri)  # read after: finished meanwhile, it speaks for itself
         if item.status != "SUBMITTING":
             return AsReported(item, item.status, item.request_id)
@@ -106,7 +106,7 @@ class Pipeline:
 class AsReported:
     """An image item, with the status and Ximilar id the pipeline reports for it (what `xasync results`
     shows): an image in flight stays SUBMITTING with no Ximilar id in its own item from claim to result,
-    and its request item says CREATED or PROCESSING and holds the id (`Repository.images_as_known`)."""
+    and its request item says CREATED or PROCESSING and holds the id (`Storage.images_as_known`)."""
 
     def __init__(self, item: Any, status: str, request_id: str | None) -> None:
         self.item, self.status, self.request_id = item, status, request_id

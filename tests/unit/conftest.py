@@ -23,8 +23,8 @@ from tests.support.fakes import (
     empty_tables,
     in_process_tables,
 )
+from ximilar_async.dal import Storage
 from ximilar_async.dal.models import Tables
-from ximilar_async.dal.repository import Repository
 from ximilar_async.events import CompletionEvents
 from ximilar_async.results import ResultRecorder
 from ximilar_async.settings import SweeperSettings
@@ -100,12 +100,14 @@ def output_queue() -> FakeOutputQueue:
 
 
 @pytest.fixture
-def repository(_tables: Tables, settings: SweeperSettings, bus: FakeEventBus) -> Repository:
+def storage(_tables: Tables, settings: SweeperSettings) -> Storage:
     empty_tables(_tables)
-    events = CompletionEvents(bus)
-    return Repository(
-        _tables, settings.index_shards, timedelta(days=settings.request_retention_days), finished=events.finished
-    )
+    return Storage.of(_tables, settings.index_shards, timedelta(days=settings.request_retention_days))
+
+
+@pytest.fixture
+def events(bus: FakeEventBus) -> CompletionEvents:
+    return CompletionEvents(bus)
 
 
 @pytest.fixture
@@ -130,46 +132,60 @@ def auth(clock: FakeClock) -> WebhookAuth:
 
 @pytest.fixture
 def submitter(
-    repository: Repository,
+    storage: Storage,
     ximilar: FakeXimilar,
     objects: FakeObjectStore,
     auth: WebhookAuth,
     settings: SweeperSettings,
     clock: FakeClock,
+    events: CompletionEvents,
 ) -> Submitter:
-    return Submitter(repository, ximilar, objects, auth, settings, clock=clock)
+    return Submitter(storage.images, storage.requests, ximilar, objects, auth, settings, clock=clock, events=events)
 
 
 @pytest.fixture
 def recorder(
-    repository: Repository,
+    storage: Storage,
     objects: FakeObjectStore,
     clock: FakeClock,
     settings: SweeperSettings,
     output_queue: FakeOutputQueue,
+    events: CompletionEvents,
 ) -> ResultRecorder:
     return ResultRecorder(
-        repository,
+        storage.images,
+        storage.requests,
         objects,
         RESULTS_BUCKET,
         clock=clock,
         output_location=settings.output_location,
         output_queue=output_queue,
+        events=events,
     )
 
 
 @pytest.fixture
 def sweeper(
-    repository: Repository,
+    storage: Storage,
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
     submitter: Submitter,
     settings: SweeperSettings,
     clock: FakeClock,
 ) -> Sweeper:
-    return Sweeper(repository, ximilar, recorder, submitter, settings, clock=clock, rng=random.Random(7))
+    return Sweeper(
+        storage.requests,
+        storage.images,
+        storage.control,
+        ximilar,
+        recorder,
+        submitter,
+        settings,
+        clock=clock,
+        rng=random.Random(7),
+    )
 
 
 @pytest.fixture
-def receiver(recorder: ResultRecorder, auth: WebhookAuth, ximilar: FakeXimilar) -> WebhookReceiver:
-    return WebhookReceiver(recorder, auth, max_body_bytes=64_000, source=ximilar)
+def receiver(recorder: ResultRecorder, storage: Storage, auth: WebhookAuth, ximilar: FakeXimilar) -> WebhookReceiver:
+    return WebhookReceiver(recorder, storage.requests, auth, max_body_bytes=64_000, source=ximilar)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.support.fakes import FakeObjectStore, FakeXimilar, SentRequest
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal import Storage
 from ximilar_async.entities import Image, TrackedRequest
 from ximilar_async.submission import Submitter
 from ximilar_async.uploads import Upload
@@ -26,13 +26,13 @@ def submission_id(sent: SentRequest) -> str:
     return sent.webhook_headers[SUBMISSION_HEADER]
 
 
-def image_of(repository: Repository, upload: Upload) -> Image:
-    image = repository.image(upload.uri)
+def image_of(storage: Storage, upload: Upload) -> Image:
+    image = storage.images.image(upload.uri)
     assert image is not None, f"no image item for {upload.uri}"
     return image
 
 
-def request_of(repository: Repository, sent: SentRequest) -> TrackedRequest:
-    request = repository.get_request(submission_id(sent))
+def request_of(storage: Storage, sent: SentRequest) -> TrackedRequest:
+    request = storage.requests.get_request(submission_id(sent))
     assert request is not None, f"no request item for {sent.id}"
     return request

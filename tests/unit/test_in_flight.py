@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
 from tests.unit.given import a_submitted_request, image_of, submission_id
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal import Storage
 from ximilar_async.payloads import parse_outcome
 from ximilar_async.results import ResultRecorder
 from ximilar_async.statuses import Status
@@ -18,7 +18,7 @@ def test_an_image_in_flight_is_reported_with_its_requests_status_and_id_and_coun
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     # Given two requests Ximilar accepted, one of which it has finished and the webhook recorded
@@ -28,22 +28,22 @@ def test_an_image_in_flight_is_reported_with_its_requests_status_and_id_and_coun
     since = clock() - timedelta(hours=1)
 
     # Then the image items of the first are as claimed, but they are reported CREATED with Ximilar's id
-    assert {image_of(repository, upload).status for upload in (a, b)} == {Status.SUBMITTING}
-    known = repository.images_as_known([a.uri, b.uri, c.uri])
+    assert {image_of(storage, upload).status for upload in (a, b)} == {Status.SUBMITTING}
+    known = storage.queries.images_as_known([a.uri, b.uri, c.uri])
     assert {uri: (image.status, image.request_id) for uri, image in known.items()} == {
         a.uri: (Status.CREATED, sent.id),
         b.uri: (Status.CREATED, sent.id),
         c.uri: (Status.DONE, done.id),
     }
     # ... found by status and by request like finished ones, though no index holds them
-    assert sorted(repository.image_uris_by_status([Status.CREATED], since)) == sorted([a.uri, b.uri])
-    assert sorted(repository.image_uris_of_request(sent.id)) == sorted([a.uri, b.uri])
-    assert repository.image_uris_of_request(done.id) == [c.uri]
-    counts = repository.count_by_status(since)
+    assert sorted(storage.queries.image_uris_by_status([Status.CREATED], since)) == sorted([a.uri, b.uri])
+    assert sorted(storage.queries.image_uris_of_request(sent.id)) == sorted([a.uri, b.uri])
+    assert storage.queries.image_uris_of_request(done.id) == [c.uri]
+    counts = storage.queries.count_by_status(since)
     assert (counts[Status.CREATED], counts[Status.DONE], counts[Status.SUBMITTING]) == (2, 1, 0)
-    page = repository.images_page(list(Status), since, 10)
+    page = storage.queries.images_page(list(Status), since, 10)
     assert sorted((image.uri, image.status) for image in page.images) == sorted(
         [(a.uri, Status.CREATED), (b.uri, Status.CREATED), (c.uri, Status.DONE)]
     )
-    oldest = repository.oldest_in_flight()
+    oldest = storage.queries.oldest_in_flight()
     assert oldest is not None and oldest.uri in (a.uri, b.uri)

@@ -1,11 +1,12 @@
 """Outputs: artifacts of a DONE result queued in the result's own write, copied, regenerated once, and told.
 
-The copier runs on fakes (artifacts served from memory, S3 as a dict); the Repository is the real one.
+The copier runs on fakes (artifacts served from memory, S3 as a dict); the Storage is the real one.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from tests.support.fakes import (
 from tests.unit.conftest import SETTINGS_ENVIRONMENT
 from tests.unit.given import a_submitted_request, image_of, submission_id
 from ximilar_async.copying import OutputCopier
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal import Storage
 from ximilar_async.entities import OutputState
 from ximilar_async.events import CompletionEvents
 from ximilar_async.outputs import OutputJob, OutputLocation, OutputLocationError, artifact_name, extension_of
@@ -108,7 +109,7 @@ def test_a_done_result_with_an_artifact_is_pending_in_the_same_write_and_queued_
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     output_queue: FakeOutputQueue,
     bus: FakeEventBus,
 ) -> None:
@@ -119,7 +120,7 @@ def test_a_done_result_with_an_artifact_is_pending_in_the_same_write_and_queued_
     recorder.record(submission_id(sent), parse_outcome(payload))
 
     # Then the image is DONE with its output PENDING where the copy will be, and one job was queued
-    image = image_of(repository, upload)
+    image = image_of(storage, upload)
     assert image.status is Status.DONE
     assert image.outputs["upscaled"].state is OutputState.PENDING
     assert image.outputs["upscaled"].uri == "s3://results-bucket/outputs/cats/cat.upscaled.jpg"
@@ -135,16 +136,16 @@ def test_a_done_result_with_an_artifact_is_pending_in_the_same_write_and_queued_
 
 
 def test_the_stored_result_keeps_the_images_uri_instead_of_the_presigned_url(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage
 ) -> None:
-    recorder = ResultRecorder(repository, objects, "results-bucket")
+    recorder = ResultRecorder(storage.images, storage.requests, objects, "results-bucket")
     sent, (upload,) = a_submitted_request(submitter, objects, ximilar, "incoming/flows/a.png")
     signed = "https://input.s3.amazonaws.com/incoming/flows/a.png?X-Amz-Signature=0123"
     payload = ximilar.finish(sent.id, {upload.record_id: ok(_url=signed, _tags_simple=["cat"])})
 
     recorder.record(submission_id(sent), parse_outcome(payload))
 
-    result = image_of(repository, upload).result
+    result = image_of(storage, upload).result
     assert result is not None
     assert result["_url"] == upload.uri
     assert "X-Amz-Signature" not in str(result)
@@ -168,7 +169,7 @@ def test_every_image_ending_failed_is_told_once(
 
 
 def a_copier(
-    repository: Repository,
+    storage: Storage,
     artifacts: FakeArtifacts,
     submitter: Submitter,
     bus: FakeEventBus,
@@ -176,7 +177,7 @@ def a_copier(
     regenerate_for: frozenset[RequestType] = frozenset({RequestType.UPSCALER}),
 ) -> OutputCopier:
     return OutputCopier(
-        repository, artifacts, LOCATION, submitter, regenerate_for, 3, CompletionEvents(bus), clock=clock
+        storage.images, artifacts, LOCATION, submitter, regenerate_for, 3, CompletionEvents(bus), clock=clock
     )
 
 
@@ -185,14 +186,14 @@ def test_a_copied_output_is_stored_with_its_source_named_and_a_repeat_is_harmles
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     output_queue: FakeOutputQueue,
     bus: FakeEventBus,
     clock: FakeClock,
 ) -> None:
     upload, _ = an_upscaled_image(submitter, objects, ximilar, recorder)
     artifacts = FakeArtifacts({ARTIFACT: (b"\xff\xd8 jpeg bytes", "image/jpeg")})
-    copier = a_copier(repository, artifacts, submitter, bus, clock)
+    copier = a_copier(storage, artifacts, submitter, bus, clock)
     (job,) = output_queue.jobs
 
     first = copier.copy(job)
@@ -200,7 +201,7 @@ def test_a_copied_output_is_stored_with_its_source_named_and_a_repeat_is_harmles
 
     uri = "s3://results-bucket/outputs/cats/cat.upscaled.jpg"
     assert (first.stored, again.stored, again.skipped) == (["upscaled"], [], "no output is pending (a repeated job)")
-    assert image_of(repository, upload).outputs["upscaled"].state is OutputState.STORED
+    assert image_of(storage, upload).outputs["upscaled"].state is OutputState.STORED
     body, content_type, metadata = artifacts.stored[uri]
     assert body == b"\xff\xd8 jpeg bytes"
     assert content_type == "image/jpeg"
@@ -216,17 +217,17 @@ def test_an_expired_artifact_of_a_type_not_regenerated_ends_failed_with_the_reas
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     output_queue: FakeOutputQueue,
     bus: FakeEventBus,
     clock: FakeClock,
 ) -> None:
     upload, _ = an_upscaled_image(submitter, objects, ximilar, recorder)
-    copier = a_copier(repository, FakeArtifacts(), submitter, bus, clock, regenerate_for=frozenset())
+    copier = a_copier(storage, FakeArtifacts(), submitter, bus, clock, regenerate_for=frozenset())
 
     result = copier.copy(output_queue.jobs[0])
 
-    output = image_of(repository, upload).outputs["upscaled"]
+    output = image_of(storage, upload).outputs["upscaled"]
     assert (result.failed, output.state) == (["upscaled"], OutputState.FAILED)
     assert output.reason == "the artifact is gone from Ximilar (HTTP 410)"
     assert bus.of_type("Image Outputs Stored") == []
@@ -237,20 +238,20 @@ def test_an_expired_upscale_is_regenerated_once_and_a_second_expiry_ends_failed(
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     output_queue: FakeOutputQueue,
     bus: FakeEventBus,
     clock: FakeClock,
 ) -> None:
     # Given an upscaled image whose artifact expired before its copy
     upload, _ = an_upscaled_image(submitter, objects, ximilar, recorder)
-    copier = a_copier(repository, FakeArtifacts(), submitter, bus, clock)
+    copier = a_copier(storage, FakeArtifacts(), submitter, bus, clock)
 
     # When the copier meets the expiry, the image is submitted again (the one regeneration)
     first = copier.copy(output_queue.jobs[0])
     assert first.regenerated
     assert len(ximilar.sent) == 2
-    regenerated = image_of(repository, upload)
+    regenerated = image_of(storage, upload)
     assert (regenerated.status, regenerated.output_regenerations) == (Status.SUBMITTING, 1)
 
     # And when the new result's artifact has expired too, the output ends FAILED: no second regeneration
@@ -261,7 +262,7 @@ def test_an_expired_upscale_is_regenerated_once_and_a_second_expiry_ends_failed(
     recorder.record(submission_id(second_sent), parse_outcome(payload))
     second = copier.copy(output_queue.jobs[-1])
 
-    final = image_of(repository, upload)
+    final = image_of(storage, upload)
     assert (second.regenerated, second.failed, len(ximilar.sent)) == (False, ["upscaled"], 2)
     assert (final.status, final.output_regenerations, final.outputs["upscaled"].state) == (
         Status.DONE,
@@ -275,14 +276,14 @@ def test_a_passing_copy_failure_is_retried_and_the_last_attempt_ends_failed(
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     output_queue: FakeOutputQueue,
     bus: FakeEventBus,
     clock: FakeClock,
 ) -> None:
     upload, _ = an_upscaled_image(submitter, objects, ximilar, recorder)
     artifacts = FakeArtifacts({ARTIFACT: (b"jpeg", "image/jpeg")}, failing=3)
-    copier = a_copier(repository, artifacts, submitter, bus, clock)
+    copier = a_copier(storage, artifacts, submitter, bus, clock)
     job = output_queue.jobs[0]
 
     for attempt in (1, 2):
@@ -290,19 +291,19 @@ def test_a_passing_copy_failure_is_retried_and_the_last_attempt_ends_failed(
             copier.copy(job, attempt)
     last = copier.copy(job, 3)
 
-    output = image_of(repository, upload).outputs["upscaled"]
+    output = image_of(storage, upload).outputs["upscaled"]
     assert (last.failed, output.state) == (["upscaled"], OutputState.FAILED)
     assert output.reason is not None
     assert output.reason.startswith("not copied after 3 attempts: ConnectionError")
 
 
 def test_route_options_travel_in_the_submission_body(
-    repository: Repository, ximilar: FakeXimilar, objects: FakeObjectStore, submitter: Submitter
+    storage: Storage, ximilar: FakeXimilar, objects: FakeObjectStore, submitter: Submitter
 ) -> None:
     settings = SweeperSettings.from_env(
         {**SETTINGS_ENVIRONMENT, "ROUTE_OPTIONS": '{"upscaler:upscale_2x": {"mode": "photo"}}'}
     )
-    with_options = Submitter(repository, ximilar, objects, submitter.auth, settings, clock=submitter.clock)
+    with_options = replace(submitter, settings=settings)
     a_submitted_request(with_options, objects, ximilar, CAT)
     assert ximilar.sent[-1].options == {"mode": "photo"}
 

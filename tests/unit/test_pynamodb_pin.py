@@ -31,7 +31,7 @@ def clients(tables: Tables) -> list[Any]:
 
 @pytest.fixture
 def session(monkeypatch: pytest.MonkeyPatch) -> botocore.session.Session:
-    """The functions' session, as `runtime.repository` gives it to `bind_tables`."""
+    """The functions' session, as `runtime.storage` gives it to `bind_tables`."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return coldstart.aws_sessions()[1]
 

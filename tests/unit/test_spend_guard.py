@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal import Storage
 from ximilar_async.settings import SweeperSettings
 from ximilar_async.spend import SpendGuard
 from ximilar_async.statuses import Status
@@ -18,8 +18,8 @@ from ximilar_async.sweeper import Sweeper
 SMALL = b"\x89PNG\r\n\x1a\n" + bytes(40)
 
 
-def guarded(submitter: Submitter, *, limit: int = 0, floor: int = 0) -> Submitter:
-    submitter.guard = SpendGuard(submitter.repository, submitter.ximilar, limit, floor, submitter.clock)
+def guarded(submitter: Submitter, storage: Storage, *, limit: int = 0, floor: int = 0) -> Submitter:
+    submitter.guard = SpendGuard(storage.control, submitter.ximilar, limit, floor, submitter.clock)
     return submitter
 
 
@@ -27,47 +27,47 @@ def plenty_of_time() -> int:
     return 60_000
 
 
-def test_the_daily_count_never_passes_the_limit_and_resume_lifts_it(repository: Repository, clock: FakeClock) -> None:
+def test_the_daily_count_never_passes_the_limit_and_resume_lifts_it(storage: Storage, clock: FakeClock) -> None:
     now = clock()
-    admitted = [repository.reserve_submissions(now.date(), 1, 20, now) for _ in range(25)]
+    admitted = [storage.control.reserve_submissions(now.date(), 1, 20, now) for _ in range(25)]
     assert admitted.count(True) == 20 and admitted[20:] == [False] * 5
-    assert not repository.reserve_submissions(now.date(), 21, 20, now)  # larger than the limit itself
-    assert repository.spend_day(now.date()).submitted == 20
+    assert not storage.control.reserve_submissions(now.date(), 21, 20, now)  # larger than the limit itself
+    assert storage.control.spend_day(now.date()).submitted == 20
 
-    assert repository.resume(now.date(), now)
-    assert repository.reserve_submissions(now.date(), 10, 20, now)
+    assert storage.control.resume(now.date(), now)
+    assert storage.control.reserve_submissions(now.date(), 10, 20, now)
     tomorrow = now + timedelta(days=1)
-    assert repository.spend_day(tomorrow.date()).submitted == 0  # a new day, a new counter
+    assert storage.control.spend_day(tomorrow.date()).submitted == 0  # a new day, a new counter
 
 
 def test_past_the_limit_uploads_are_owned_and_wait_with_the_reason(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage
 ) -> None:
     uploads = [objects.put(f"incoming/photo-{n}.png", SMALL) for n in range(3)]  # upscaler: three requests
 
-    outcome = guarded(submitter, limit=2).submit_uploads(uploads, remaining_millis=plenty_of_time)
+    outcome = guarded(submitter, storage, limit=2).submit_uploads(uploads, remaining_millis=plenty_of_time)
 
     assert (outcome.images_submitted, outcome.paused, outcome.handed_on) == (2, 1, 1)
     assert len(ximilar.sent) == 2
     # Every image stays SUBMITTING until its result; the one held back carries the reason.
-    images = [image for u in uploads if (image := repository.image(u.uri)) and image.status is Status.SUBMITTING]
+    images = [image for u in uploads if (image := storage.images.image(u.uri)) and image.status is Status.SUBMITTING]
     waiting = [image for image in images if image.status_reason]
     assert (len(images), len(waiting)) == (3, 1)
     assert str(waiting[0].status_reason).startswith("waiting to be submitted: daily submit limit of 2 images")
 
 
 def test_under_the_credits_floor_nothing_is_posted_until_resume(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage, clock: FakeClock
 ) -> None:
     ximilar.credits_left = 5
-    guarded(submitter, floor=10)
+    guarded(submitter, storage, floor=10)
     first = objects.put("incoming/flows/a.png", SMALL)
     held = submitter.submit_uploads([first], remaining_millis=plenty_of_time)
     assert (held.paused, ximilar.sent) == (1, [])
-    image = repository.image(first.uri)
+    image = storage.images.image(first.uri)
     assert image is not None and "5 Ximilar credits left, under the floor of 10" in str(image.status_reason)
 
-    repository.resume(clock().date(), clock())
+    storage.control.resume(clock().date(), clock())
     fine = submitter.submit_uploads([objects.put("incoming/flows/b.png", SMALL)], remaining_millis=plenty_of_time)
     assert fine.images_submitted == 1
 
@@ -76,34 +76,34 @@ def test_the_sweeper_leaves_held_requests_alone_while_paused_and_submits_them_af
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
     sweeper: Sweeper,
     settings: SweeperSettings,
 ) -> None:
-    sweeper.guard = guarded(submitter).guard  # one guard, as runtime.sweeper gives both
-    repository.pause("by hand", clock())
+    sweeper.guard = guarded(submitter, storage).guard  # one guard, as runtime.sweeper gives both
+    storage.control.pause("by hand", clock())
     upload = objects.put("incoming/flows/held.png", SMALL)
     assert submitter.submit_uploads([upload], remaining_millis=plenty_of_time).paused == 1
 
     clock.advance(hours=30)  # longer than any age limit: a pause does not age a request out
     paused = sweeper.sweep(plenty_of_time)
     assert (paused.taken, paused.paused, paused.resubmitted_images, ximilar.sent) == (1, 1, 0, [])
-    image = repository.image(upload.uri)
+    image = storage.images.image(upload.uri)
     assert image is not None and image.status is Status.SUBMITTING
 
-    repository.resume(clock().date(), clock())
+    storage.control.resume(clock().date(), clock())
     clock.advance(seconds=settings.first_check_delay_seconds + 1)
     resumed = sweeper.sweep(plenty_of_time)
     assert resumed.resubmitted_images == 1 and len(ximilar.sent) == 1
-    last = repository.last_sweep()
+    last = storage.control.last_sweep()
     assert last is not None and last[1]["resubmitted_images"] == 1
 
 
 @pytest.mark.parametrize("limit", [0, 5])
 def test_without_a_pause_the_guard_reads_one_item_and_says_nothing(
-    repository: Repository, ximilar: FakeXimilar, clock: FakeClock, limit: int
+    storage: Storage, ximilar: FakeXimilar, clock: FakeClock, limit: int
 ) -> None:
-    guard = SpendGuard(repository, replace(ximilar), limit, 0, clock)
+    guard = SpendGuard(storage.control, replace(ximilar), limit, 0, clock)
     assert guard.check() is None and guard.paused() is None
     assert ("remaining_credits", "") not in ximilar.calls

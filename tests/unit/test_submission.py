@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal import Storage
 from ximilar_async.entities import Claim, Image
 from ximilar_async.request_types import RequestType
 from ximilar_async.statuses import Status
@@ -21,19 +21,19 @@ SMALL = b"\x89PNG\r\n\x1a\n" + bytes(40)  # sent inline (settings: up to 100 byt
 LARGE = b"\x89PNG\r\n\x1a\n" + bytes(500)  # sent by URL (and under the 1000-byte maximum)
 
 
-def image_of(repository: Repository, upload: Upload) -> Image:
-    image = repository.image(upload.uri)
+def image_of(storage: Storage, upload: Upload) -> Image:
+    image = storage.images.image(upload.uri)
     assert image is not None, f"no image item for {upload.uri}"
     return image
 
 
-def status_of(repository: Repository, upload: Upload) -> tuple[Status, str | None]:
-    image = image_of(repository, upload)
+def status_of(storage: Storage, upload: Upload) -> tuple[Status, str | None]:
+    image = image_of(storage, upload)
     return image.status, image.status_reason
 
 
 def test_uploads_are_grouped_by_route_and_chunked_by_the_type_limit(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage
 ) -> None:
     # Given twelve uploads routed to flows (10 records a request) and two to the upscaler (1 a request)
     flows = [objects.put(f"incoming/flows/item-{n:02d}.png", SMALL) for n in range(12)]
@@ -53,21 +53,21 @@ def test_uploads_are_grouped_by_route_and_chunked_by_the_type_limit(
     assert all(upload in ximilar for upload in [*flows, *photos])
     assert (outcome.requests_submitted, outcome.images_submitted, outcome.retry) == (4, 14, {})
     # In flight, each image stays as claimed (SUBMITTING) until its result: its request item says CREATED.
-    assert {status_of(repository, upload)[0] for upload in [*flows, *photos]} == {Status.SUBMITTING}
+    assert {status_of(storage, upload)[0] for upload in [*flows, *photos]} == {Status.SUBMITTING}
 
 
 def test_a_submitted_request_is_recorded_created_with_ximilars_id_and_a_webhook_that_authenticates_it(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository, auth: WebhookAuth
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage, auth: WebhookAuth
 ) -> None:
     upload = objects.put("incoming/photo.png", SMALL)
 
     submitter.submit_uploads([upload])
 
     (sent,) = ximilar.sent
-    image = repository.image(upload.uri)
+    image = storage.images.image(upload.uri)
     # The image is not written after the POST: Ximilar's id is on the request item (one write, not 1 + N).
     assert image is not None and (image.status, image.request_id) == (Status.SUBMITTING, None)
-    request = repository.get_request(str(image.submission_id))
+    request = storage.requests.get_request(str(image.submission_id))
     assert request is not None
     assert (request.status, request.request_id) == (Status.CREATED, sent.id)
     assert request.images == {upload.record_id: upload.uri}
@@ -77,7 +77,7 @@ def test_a_submitted_request_is_recorded_created_with_ximilars_id_and_a_webhook_
 
 
 def test_a_repeated_notification_and_a_stale_upload_are_skipped_as_duplicates(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage
 ) -> None:
     # Given an upload, already submitted, and a newer upload of another key submitted before an older one
     first = objects.put("incoming/photo.png", SMALL)
@@ -94,11 +94,11 @@ def test_a_repeated_notification_and_a_stale_upload_are_skipped_as_duplicates(
     assert (outcome.requests_submitted, outcome.retry) == (0, {})
     assert len(ximilar.sent) == 2
     assert older not in ximilar
-    assert image_of(repository, older).record_id == newer.record_id
+    assert image_of(storage, older).record_id == newer.record_id
 
 
 def test_a_notification_repeated_after_the_claims_lease_never_submits_a_posted_image_again(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage, clock: FakeClock
 ) -> None:
     # Given an upload submitted (its image stays SUBMITTING until its result: no write after the POST)
     upload = objects.put("incoming/photo.png", SMALL)
@@ -110,15 +110,15 @@ def test_a_notification_repeated_after_the_claims_lease_never_submits_a_posted_i
 
     # Then the request item shows the image is Ximilar's: it is a duplicate, not sent again
     assert (outcome.duplicates, outcome.requests_submitted, len(ximilar.sent)) == (1, 0, 1)
-    assert image_of(repository, upload).status is Status.SUBMITTING
+    assert image_of(storage, upload).status is Status.SUBMITTING
 
 
 def test_a_claim_left_by_a_submitter_that_died_is_taken_by_the_next_delivery_after_its_lease(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage, clock: FakeClock
 ) -> None:
     # Given an upload claimed by a submitter that died before writing any request item
     upload = objects.put("incoming/photo.png", SMALL)
-    claim = repository.claim_image(upload, "upscaler", "upscale_2x", "died-before-posting", clock(), CLAIM_LEASE)
+    claim = storage.images.claim_image(upload, "upscaler", "upscale_2x", "died-before-posting", clock(), CLAIM_LEASE)
     assert claim is Claim.TAKEN
 
     # When SQS delivers the message again, first within the lease, then after it
@@ -131,7 +131,7 @@ def test_a_claim_left_by_a_submitter_that_died_is_taken_by_the_next_delivery_aft
     # and submitted once
     assert (within.duplicates, within.requests_submitted, set(within.retry)) == (0, 0, {upload.message_id})
     assert (after.duplicates, after.requests_submitted, len(ximilar.sent)) == (0, 1, 1)
-    assert image_of(repository, upload).submission_id != "died-before-posting"
+    assert image_of(storage, upload).submission_id != "died-before-posting"
 
 
 def test_the_same_notification_twice_in_one_batch_is_sent_once(
@@ -158,7 +158,7 @@ def test_a_rejected_upload_is_recorded_failed_with_its_reason_and_never_sent(
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     key: str,
     body: bytes,
     code: str,
@@ -168,7 +168,7 @@ def test_a_rejected_upload_is_recorded_failed_with_its_reason_and_never_sent(
 
     outcome = submitter.submit_uploads([upload])
 
-    assert status_of(repository, upload) == (Status.FAILED, reason)
+    assert status_of(storage, upload) == (Status.FAILED, reason)
     assert outcome.images_failed == {code: 1}
     assert (outcome.retry, ximilar.sent) == ({}, [])
 
@@ -196,7 +196,7 @@ def test_a_transient_ximilar_failure_hands_the_request_to_the_sweeper_with_its_c
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     failure: XimilarTransientError,
     why: str,
     held_back: bool,
@@ -212,9 +212,9 @@ def test_a_transient_ximilar_failure_hands_the_request_to_the_sweeper_with_its_c
     reason = f"waiting to be submitted: {why}"
     assert (outcome.retry, outcome.handed_on, outcome.throttled) == ({}, 3, held_back)
     assert outcome.requests_submitted == 0
-    image = repository.image(uploads[0].uri)
+    image = storage.images.image(uploads[0].uri)
     assert image is not None and (image.status, image.status_reason) == (Status.SUBMITTING, reason)
-    request = repository.get_request(str(image.submission_id))
+    request = storage.requests.get_request(str(image.submission_id))
     assert request is not None and (request.status, request.status_reason) == (Status.SUBMITTING, reason)
     assert request.next_check_at is not None and request.held_back is held_back
     # ... and the claims are released: a redelivered notification takes them at once, without the lease
@@ -224,7 +224,7 @@ def test_a_transient_ximilar_failure_hands_the_request_to_the_sweeper_with_its_c
 
 
 def test_a_refused_request_ends_its_images_failed_without_retry(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage
 ) -> None:
     uploads = [objects.put(f"incoming/flows/bad-{n}.png", SMALL) for n in range(2)]
     ximilar.fail_next(XimilarRequestError(400, "invalid endpoint"), on=["submit"])
@@ -232,15 +232,15 @@ def test_a_refused_request_ends_its_images_failed_without_retry(
     outcome = submitter.submit_uploads(uploads)
 
     reason = "Ximilar refused the request: Ximilar answered 400: invalid endpoint"
-    assert [status_of(repository, upload) for upload in uploads] == [(Status.FAILED, reason)] * 2
+    assert [status_of(storage, upload) for upload in uploads] == [(Status.FAILED, reason)] * 2
     assert (outcome.retry, outcome.images_failed) == ({}, {"refused": 2})
-    submission_id = image_of(repository, uploads[0]).submission_id
+    submission_id = image_of(storage, uploads[0]).submission_id
     # Nothing left for the sweeper: no request item was ever written (the images say why they failed).
-    assert repository.get_request(str(submission_id)) is None
+    assert storage.requests.get_request(str(submission_id)) is None
 
 
 def test_an_object_deleted_before_it_is_read_ends_failed_and_the_rest_is_sent(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage
 ) -> None:
     # Given two uploads of which one was deleted before submit read it
     kept = objects.put("incoming/flows/kept.png", SMALL)
@@ -251,25 +251,25 @@ def test_an_object_deleted_before_it_is_read_ends_failed_and_the_rest_is_sent(
     outcome = submitter.submit_uploads([kept, gone])
 
     # Then the deleted one ends FAILED, the other is sent, and the request names only what was sent
-    assert status_of(repository, gone) == (Status.FAILED, "the object no longer exists")
+    assert status_of(storage, gone) == (Status.FAILED, "the object no longer exists")
     assert (outcome.images_failed, outcome.images_submitted) == ({"object-gone": 1}, 1)
     assert kept in ximilar and gone not in ximilar
-    request = repository.get_request(str(image_of(repository, kept).submission_id))
+    request = storage.requests.get_request(str(image_of(storage, kept).submission_id))
     assert request is not None and request.images == {kept.record_id: kept.uri}
 
 
 def test_a_request_whose_every_object_is_gone_ends_failed_without_a_call(
-    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, repository: Repository
+    submitter: Submitter, objects: FakeObjectStore, ximilar: FakeXimilar, storage: Storage
 ) -> None:
     gone = objects.put("incoming/gone.png", SMALL)
     objects.delete(gone)
 
     outcome = submitter.submit_uploads([gone])
 
-    assert status_of(repository, gone) == (Status.FAILED, "the object no longer exists")
+    assert status_of(storage, gone) == (Status.FAILED, "the object no longer exists")
     assert outcome.images_failed == {"object-gone": 1}
     assert ximilar.calls == []
-    assert repository.get_request(str(image_of(repository, gone).submission_id)) is None  # nothing was sent
+    assert storage.requests.get_request(str(image_of(storage, gone).submission_id)) is None  # nothing was sent
 
 
 def test_small_objects_are_sent_inline_and_large_ones_by_presigned_url(

@@ -11,7 +11,8 @@ from pynamodb.exceptions import QueryError, UpdateError
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, SentRequest, error
 from tests.unit.given import a_submitted_request, image_of, request_of, submission_id
-from ximilar_async.dal.repository import Repository, epoch
+from ximilar_async.dal import ControlStore, ImageStore, RequestStore, Storage
+from ximilar_async.dal.mapping import epoch
 from ximilar_async.entities import DUE_INDEX_LAG, DUE_PASSED_MAX, FULL_PASS_EVERY, DueScan, TrackedRequest
 from ximilar_async.payloads import parse_outcome
 from ximilar_async.results import ResultRecorder
@@ -70,7 +71,7 @@ def test_a_request_not_yet_due_is_not_checked(sweeper: Sweeper, sent: SentReques
 
 
 def test_a_pending_request_is_checked_again_later_with_growing_backoff(
-    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, storage: Storage, clock: FakeClock
 ) -> None:
     # Given a request Ximilar is still processing, past its first check
     ximilar.set_state(sent.id, "PROCESSING")
@@ -78,11 +79,11 @@ def test_a_pending_request_is_checked_again_later_with_growing_backoff(
 
     # When the sweeper runs, and again when the next check is due
     first = sweeper.sweep(plenty_of_time)
-    after_first = request_of(repository, sent)
+    after_first = request_of(storage, sent)
     first_wait = seconds_until(after_first.next_check_at, clock())
     clock.advance(seconds=first_wait)
     second = sweeper.sweep(plenty_of_time)
-    after_second = request_of(repository, sent)
+    after_second = request_of(storage, sent)
     second_wait = seconds_until(after_second.next_check_at, clock())
 
     # Then it is rescheduled each time with Ximilar's state, each wait twice the last (jittered over its upper half)
@@ -98,7 +99,7 @@ def test_a_request_done_at_ximilar_whose_webhook_was_lost_is_recorded_from_its_d
     sweeper: Sweeper,
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     sent, uploads = submitted
@@ -108,8 +109,8 @@ def test_a_request_done_at_ximilar_whose_webhook_was_lost_is_recorded_from_its_d
     outcome = sweeper.sweep(plenty_of_time)
 
     assert (outcome.recorded, outcome.by_state, outcome.api_calls) == (2, {"DONE": 1}, 2)
-    assert [image_of(repository, upload).result for upload in uploads] == details["response"]["records"]
-    assert repository.unfinished_images(request_of(repository, sent)) == {}
+    assert [image_of(storage, upload).result for upload in uploads] == details["response"]["records"]
+    assert storage.images.unfinished_images(request_of(storage, sent)) == {}
     assert sweeper.sweep(plenty_of_time).taken == 0  # nothing left due
     # When its hold ends, a run finds it finished by its images: no call, no write
     clock.advance(HOLD)
@@ -122,7 +123,7 @@ def test_a_request_pending_past_the_maximum_age_ends_failed(
     sweeper: Sweeper,
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     sent, uploads = submitted
@@ -133,10 +134,10 @@ def test_a_request_pending_past_the_maximum_age_ends_failed(
 
     reason = "not finished after 3600 s (last state PROCESSING)"
     assert (outcome.failed_too_old, outcome.rescheduled) == (1, 0)
-    assert [(image_of(repository, u).status, image_of(repository, u).status_reason) for u in uploads] == [
+    assert [(image_of(storage, u).status, image_of(storage, u).status_reason) for u in uploads] == [
         (Status.FAILED, reason)
     ] * 2
-    request = request_of(repository, sent)
+    request = request_of(storage, sent)
     assert (request.status, request.status_reason, request.next_check_at) == (Status.FAILED, reason, None)
 
 
@@ -144,7 +145,7 @@ def test_a_request_ximilar_does_not_know_ends_failed(
     sweeper: Sweeper,
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     sent, uploads = submitted
@@ -154,10 +155,10 @@ def test_a_request_ximilar_does_not_know_ends_failed(
     sweeper.sweep(plenty_of_time)
 
     reason = "Ximilar does not know the request"
-    assert {(image_of(repository, u).status, image_of(repository, u).status_reason) for u in uploads} == {
+    assert {(image_of(storage, u).status, image_of(storage, u).status_reason) for u in uploads} == {
         (Status.FAILED, reason)
     }
-    request = request_of(repository, sent)
+    request = request_of(storage, sent)
     assert (request.status, request.ximilar_status, request.status_reason) == (Status.FAILED, "NOT_FOUND", reason)
 
 
@@ -166,7 +167,7 @@ def test_a_throttled_check_stops_the_run_and_retries_that_request_a_minute_later
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     # Given three requests due, and Ximilar throttling the next call
@@ -180,7 +181,7 @@ def test_a_throttled_check_stops_the_run_and_retries_that_request_a_minute_later
     # Then it stops after that one call; the throttled request waits a minute, the others stay due
     assert (outcome.stopped, outcome.taken, outcome.rescheduled) == ("throttled", 1, 0)
     assert [method for method, _ in ximilar.calls if method != "submit"] == ["status"]
-    next_checks = sorted(seconds_until(request_of(repository, sent).next_check_at, clock()) for sent in requests)
+    next_checks = sorted(seconds_until(request_of(storage, sent).next_check_at, clock()) for sent in requests)
     assert next_checks[-1] == RETRY_AFTER_THROTTLE.total_seconds()
     assert all(wait <= 0 for wait in next_checks[:-1])
 
@@ -206,7 +207,7 @@ def test_a_webhook_finishing_a_request_during_its_check_is_counted_and_the_run_g
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     # Given two pending requests due, and a webhook that finishes the first one checked while /status answers
@@ -218,7 +219,9 @@ def test_a_webhook_finishing_a_request_during_its_check_is_counted_and_the_run_g
     def webhook_finishes_it(request_id: str) -> None:
         if not finished:
             finished.append(request_id)
-            repository.finish_request(submission_id(by_id[request_id]), Status.DONE, clock(), request_id=request_id)
+            storage.requests.finish_request(
+                submission_id(by_id[request_id]), Status.DONE, clock(), request_id=request_id
+            )
 
     ximilar.during_status = webhook_finishes_it
 
@@ -228,8 +231,8 @@ def test_a_webhook_finishing_a_request_during_its_check_is_counted_and_the_run_g
     # Then the lost race is counted (the reschedule did not apply), and the other request is still checked
     assert (outcome.taken, outcome.finished_meanwhile, outcome.rescheduled, outcome.stopped) == (2, 1, 1, None)
     (done,) = finished
-    assert request_of(repository, by_id[done]).status is Status.DONE
-    assert request_of(repository, by_id[done]).next_check_at is None
+    assert request_of(storage, by_id[done]).status is Status.DONE
+    assert request_of(storage, by_id[done]).next_check_at is None
 
 
 def test_a_run_takes_no_work_this_close_to_the_lambda_deadline(
@@ -266,7 +269,7 @@ def test_a_request_ximilar_never_took_is_submitted_again_once_its_submit_timed_o
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     # Given uploads Ximilar did not take (503), and no redelivery of their messages
@@ -282,7 +285,7 @@ def test_a_request_ximilar_never_took_is_submitted_again_once_its_submit_timed_o
     assert outcome.resubmitted_images == 2
     (sent,) = ximilar.sent
     assert sorted(sent.record_ids) == sorted(upload.record_id for upload in uploads)
-    request = request_of(repository, sent)
+    request = request_of(storage, sent)
     assert (request.status, request.request_id, request.submit_attempts) == (Status.CREATED, sent.id, 2)
 
 
@@ -291,7 +294,7 @@ def test_images_whose_download_failed_are_submitted_again_in_a_new_request(
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     # Given a DONE request one of whose images failed to download
@@ -309,9 +312,9 @@ def test_images_whose_download_failed_are_submitted_again_in_a_new_request(
     assert outcome.resubmitted_images == 1
     again = ximilar.sent[-1]
     assert (again.id != sent.id, again.record_ids) == (True, [failed.record_id])
-    assert (image_of(repository, failed).status, image_of(repository, failed).attempts) == (Status.SUBMITTING, 2)
-    assert image_of(repository, fine).status is Status.DONE
-    assert request_of(repository, sent).retry_record_ids == frozenset()
+    assert (image_of(storage, failed).status, image_of(storage, failed).attempts) == (Status.SUBMITTING, 2)
+    assert image_of(storage, fine).status is Status.DONE
+    assert request_of(storage, sent).retry_record_ids == frozenset()
 
 
 class Died(BaseException):
@@ -323,7 +326,7 @@ def test_a_resubmission_whose_sweeper_died_after_its_claims_is_still_submitted(
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -343,7 +346,7 @@ def test_a_resubmission_whose_sweeper_died_after_its_claims_is_still_submitted(
         patched.setattr(Submitter, "post_all", die)
         with pytest.raises(Died):
             sweeper.sweep(plenty_of_time)
-    claimed = image_of(repository, failed)
+    claimed = image_of(storage, failed)
     assert (claimed.status, claimed.submission_id != submission_id(sent)) == (Status.SUBMITTING, True)
 
     # When the sweeper runs after the submitting timeout
@@ -353,7 +356,7 @@ def test_a_resubmission_whose_sweeper_died_after_its_claims_is_still_submitted(
     # Then the image claimed for the new request goes out in it: it was written before the claims
     again = ximilar.sent[-1]
     assert (again.id != sent.id, again.record_ids) == (True, [failed.record_id])
-    assert request_of(repository, again).submission_id == claimed.submission_id
+    assert request_of(storage, again).submission_id == claimed.submission_id
 
 
 def test_a_run_stopped_by_its_budget_leaves_the_rest_to_the_next_run(
@@ -379,14 +382,14 @@ def test_requests_their_webhook_finished_are_read_once_and_never_written_again(
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
     recorder: ResultRecorder,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     # Given three requests whose webhooks recorded every image
     requests = several_requests(submitter, objects, ximilar, 3)
     for sent in requests:
         recorder.record(submission_id(sent), parse_outcome(ximilar.finish(sent.id)))
-    written = {sent.id: request_of(repository, sent) for sent in requests}
+    written = {sent.id: request_of(storage, sent) for sent in requests}
 
     # When runs come from their first check time on
     clock.advance(timedelta(seconds=sweeper.settings.first_check_delay_seconds))
@@ -399,24 +402,24 @@ def test_requests_their_webhook_finished_are_read_once_and_never_written_again(
     # Then the first finds them finished by their images, without a call or a write; the next runs read
     # their index entries while inside the margin behind the last run's mark, and never the requests
     assert (first.found_finished, first.taken, first.api_calls) == (3, 0, 0)
-    assert {sent.id: request_of(repository, sent) for sent in requests} == written
+    assert {sent.id: request_of(storage, sent) for sent in requests} == written
     assert [(run.found_finished, run.items_read) for run in later] == [(0, 3), (0, 3), (0, 0)]
 
 
 def test_an_entry_that_shows_on_the_index_late_is_still_found_inside_the_margin(
-    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, storage: Storage, clock: FakeClock
 ) -> None:
     # Given a run that read every shard through now
     ximilar.set_state(sent.id, "PROCESSING")
     clock.advance(PAST_FIRST_CHECK)
     mark = epoch(clock())
-    request = request_of(repository, sent)
-    repository.take_due(request, clock() + timedelta(hours=1))  # out of this run's sight
+    request = request_of(storage, sent)
+    storage.requests.take_due(request, clock() + timedelta(hours=1))  # out of this run's sight
     assert sweeper.sweep(plenty_of_time).items_read == 0
 
     # When an entry due before that run's reading shows on the index only now (a GSI lags its table)
-    moved = request_of(repository, sent)
-    assert repository.take_due(moved, datetime.fromtimestamp(mark - DUE_INDEX_LAG + 5, UTC))
+    moved = request_of(storage, sent)
+    assert storage.requests.take_due(moved, datetime.fromtimestamp(mark - DUE_INDEX_LAG + 5, UTC))
     clock.advance(timedelta(minutes=1))
     outcome = sweeper.sweep(plenty_of_time)
 
@@ -455,23 +458,21 @@ def test_a_run_stopped_by_the_deadline_leaves_the_rest_to_the_next_run(
     assert {call for call in ximilar.calls if call[0] == "status"} == {("status", sent.id) for sent in requests}
 
 
-def test_a_request_due_far_ahead_is_kept_past_its_check(
-    repository: Repository, sent: SentRequest, clock: FakeClock
-) -> None:
+def test_a_request_due_far_ahead_is_kept_past_its_check(storage: Storage, sent: SentRequest, clock: FakeClock) -> None:
     far = clock() + timedelta(days=90)  # beyond the retention period (30 days here)
-    request = request_of(repository, sent)
+    request = request_of(storage, sent)
 
-    assert repository.take_due(request, far)
+    assert storage.requests.take_due(request, far)
 
-    item = repository.tables.requests.get(submission_id(sent))
-    assert item.expires_at is not None and item.expires_at >= far + repository.request_retention
+    item = storage.tables.requests.get(submission_id(sent))
+    assert item.expires_at is not None and item.expires_at >= far + storage.requests.request_retention
 
 
 def test_a_request_whose_finish_cannot_be_read_is_swept_by_ximilars_answer_and_the_run_goes_on(
     sweeper: Sweeper,
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -479,14 +480,14 @@ def test_a_request_whose_finish_cannot_be_read_is_swept_by_ximilars_answer_and_t
     details = ximilar.finish(sent.id)
     clock.advance(PAST_FIRST_CHECK)
 
-    def unreadable(self: Repository, request: TrackedRequest) -> bool:
+    def unreadable(self: ImageStore, request: TrackedRequest) -> bool:
         raise RuntimeError("throttled after every retry")
 
-    monkeypatch.setattr(type(repository), "request_finished", unreadable)
+    monkeypatch.setattr(ImageStore, "request_finished", unreadable)
     outcome = sweeper.sweep(plenty_of_time)
 
     assert (outcome.recorded, outcome.errors, outcome.api_calls) == (2, 0, 2)
-    assert [image_of(repository, upload).result for upload in uploads] == details["response"]["records"]
+    assert [image_of(storage, upload).result for upload in uploads] == details["response"]["records"]
 
 
 # --- the due index further behind than the margin, and a run's own reads failing ---------------------
@@ -499,19 +500,19 @@ def throttled(operation: str = "Query") -> QueryError:
 
 
 def test_an_entry_that_shows_on_the_index_later_than_the_margin_is_found_by_the_next_full_pass(
-    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, repository: Repository, clock: FakeClock
+    sweeper: Sweeper, sent: SentRequest, ximilar: FakeXimilar, storage: Storage, clock: FakeClock
 ) -> None:
     # Given a run that read every shard through now (the first run, which also began a full pass)
     clock.advance(PAST_FIRST_CHECK)
-    request = request_of(repository, sent)
-    repository.take_due(request, clock() + timedelta(days=30))  # out of this run's sight
+    request = request_of(storage, sent)
+    storage.requests.take_due(request, clock() + timedelta(days=30))  # out of this run's sight
     mark = epoch(clock())
     assert sweeper.sweep(plenty_of_time).items_read == 0
 
     # When its entry, due long before that run's reading, shows on the index only now: later than the
     # margin (no bound is promised), and Ximilar finished it while its webhook was lost
-    moved = request_of(repository, sent)
-    assert repository.take_due(moved, datetime.fromtimestamp(mark - DUE_INDEX_LAG - 600, UTC))
+    moved = request_of(storage, sent)
+    assert storage.requests.take_due(moved, datetime.fromtimestamp(mark - DUE_INDEX_LAG - 600, UTC))
     details = ximilar.finish(sent.id)
     hourly = []
     for _ in range(23):
@@ -531,7 +532,7 @@ def test_a_full_pass_reads_what_the_run_left_over_and_resumes_in_the_next_run(
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
 ) -> None:
     # Given three finished requests whose entries all became visible late, below every run's margin
@@ -540,7 +541,7 @@ def test_a_full_pass_reads_what_the_run_left_over_and_resumes_in_the_next_run(
     sweeper.sweep(plenty_of_time)  # the first run: marks through now, a full pass begun and done
     late = datetime.fromtimestamp(epoch(clock()) - DUE_INDEX_LAG - 600, UTC)
     for sent in requests:
-        repository.take_due(request_of(repository, sent), late)
+        storage.requests.take_due(request_of(storage, sent), late)
         ximilar.finish(sent.id)
 
     # When the full pass is due, and the first run's time runs out after one request
@@ -556,21 +557,21 @@ def test_a_full_pass_reads_what_the_run_left_over_and_resumes_in_the_next_run(
 
 
 def test_a_run_whose_last_sweep_cannot_be_read_ends_cleanly_after_its_retries(
-    sweeper: Sweeper, repository: Repository, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    sweeper: Sweeper, storage: Storage, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a last-sweep item that cannot be read, after the client's retries, for the whole run
     pauses: list[float] = []
     sweeper.sleep = pauses.append
 
-    def unreadable(self: Repository) -> DueScan:
+    def unreadable(self: ControlStore) -> DueScan:
         raise throttled("GetItem")
 
-    monkeypatch.setattr(type(repository), "due_scan", unreadable)
+    monkeypatch.setattr(ControlStore, "due_scan", unreadable)
     outcome = sweeper.sweep(plenty_of_time)
 
     # Then the run raises nothing, tries within its deadline, counts it, and writes nothing
     assert (outcome.stopped, outcome.read_failures, len(pauses)) == ("storage", 1, RUN_CALL_ATTEMPTS - 1)
-    assert repository.last_sweep() is None
+    assert storage.control.last_sweep() is None
 
 
 def test_a_due_index_read_that_fails_is_read_again_where_it_was(
@@ -578,7 +579,7 @@ def test_a_due_index_read_that_fails_is_read_again_where_it_was(
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -586,16 +587,16 @@ def test_a_due_index_read_that_fails_is_read_again_where_it_was(
     requests = pending_requests_due(submitter, objects, ximilar, clock, 3)
     pauses: list[float] = []
     sweeper.sleep = pauses.append
-    real = Repository.get_request
+    real = RequestStore.get_request
     reads: list[str] = []
 
-    def flaky(self: Repository, submission: str) -> TrackedRequest | None:
+    def flaky(self: RequestStore, submission: str) -> TrackedRequest | None:
         reads.append(submission)
         if len(reads) == 2:
             raise throttled("GetItem")
         return real(self, submission)
 
-    monkeypatch.setattr(Repository, "get_request", flaky)
+    monkeypatch.setattr(RequestStore, "get_request", flaky)
     outcome = sweeper.sweep(plenty_of_time)
 
     # Then the run backs off once, reads on from that entry, and checks every request once
@@ -610,7 +611,7 @@ def test_a_due_index_that_cannot_be_read_ends_the_run_with_its_marks_where_the_r
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -618,7 +619,7 @@ def test_a_due_index_that_cannot_be_read_ends_the_run_with_its_marks_where_the_r
     requests = pending_requests_due(submitter, objects, ximilar, clock, 3)
     sweeper.sleep = lambda _: None
     with monkeypatch.context() as patched:
-        patched.setattr(Repository, "due_requests", lambda *_: (_ for _ in ()).throw(throttled()))
+        patched.setattr(RequestStore, "due_requests", lambda *_: (_ for _ in ()).throw(throttled()))
         failed = sweeper.sweep(plenty_of_time)
 
     # When the next run can read it
@@ -634,7 +635,7 @@ def test_dynamodb_failing_a_requests_sweep_is_not_counted_against_the_request(
     sweeper: Sweeper,
     sent: SentRequest,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -645,10 +646,10 @@ def test_dynamodb_failing_a_requests_sweep_is_not_counted_against_the_request(
     def busy(*_: object, **__: object) -> bool:
         raise UpdateError("Failed to update item", throttled("UpdateItem").cause)
 
-    monkeypatch.setattr(Repository, "reschedule", busy)
+    monkeypatch.setattr(RequestStore, "reschedule", busy)
     outcome = sweeper.sweep(plenty_of_time)
 
     # Then it is counted as DynamoDB's failure, not the request's: no step towards giving it up
-    request = request_of(repository, sent)
+    request = request_of(storage, sent)
     assert (outcome.storage_errors, outcome.errors, request.sweep_failures) == (1, 0, 0)
     assert seconds_until(request.next_check_at, clock()) == HOLD.total_seconds()

@@ -12,7 +12,7 @@ import pytest
 from tests.support.fakes import FakeObjectStore, FakeXimilar, SentRequest
 from tests.unit.conftest import RESULTS_BUCKET
 from tests.unit.given import a_submitted_request, image_of, submission_id
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal import RequestStore, Storage
 from ximilar_async.statuses import Status
 from ximilar_async.submission import Submitter
 from ximilar_async.uploads import Upload
@@ -40,7 +40,7 @@ def test_a_valid_signed_delivery_is_recorded(
     receiver: WebhookReceiver,
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
 ) -> None:
     sent, uploads = submitted
     headers, body = delivery(sent, ximilar.finish(sent.id))
@@ -48,33 +48,33 @@ def test_a_valid_signed_delivery_is_recorded(
     receipt = receiver.receive(headers, body)
 
     assert (receipt.outcome.recorded, receipt.stored_at) == (2, None)
-    assert {image_of(repository, upload).status for upload in uploads} == {Status.DONE}
+    assert {image_of(storage, upload).status for upload in uploads} == {Status.DONE}
 
 
 def test_a_webhook_faster_than_the_request_items_write_waits_for_it_and_records(
     receiver: WebhookReceiver,
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
 ) -> None:
     # Given a delivery that comes before the submitter wrote the request item (it writes it after the POST)
     sent, uploads = submitted
     headers, body = delivery(sent, ximilar.finish(sent.id))
-    real_get = Repository.get_request
+    real_get = RequestStore.get_request
     reads: list[str] = []
 
-    def written_a_moment_later(self: Repository, wanted: str) -> Any:
+    def written_a_moment_later(self: RequestStore, wanted: str) -> Any:
         reads.append(wanted)
         return None if len(reads) == 1 else real_get(self, wanted)
 
     # When it is received
-    with mock.patch.object(Repository, "get_request", written_a_moment_later):
+    with mock.patch.object(RequestStore, "get_request", written_a_moment_later):
         receipt = receiver.receive(headers, body)
 
     # Then it looked again, found the item and recorded the results (nothing kept as unmatched)
     assert len(reads) >= 2
     assert (receipt.outcome.recorded, receipt.deferred, receipt.stored_at) == (2, None, None)
-    assert {image_of(repository, upload).status for upload in uploads} == {Status.DONE}
+    assert {image_of(storage, upload).status for upload in uploads} == {Status.DONE}
 
 
 def test_headers_are_read_in_any_letter_case(
@@ -163,7 +163,7 @@ def test_a_token_made_with_another_key_is_refused_and_nothing_is_written(
     receiver: WebhookReceiver,
     submitted: tuple[SentRequest, list[Upload]],
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
 ) -> None:
     sent, uploads = submitted
     payload = ximilar.finish(sent.id)
@@ -171,7 +171,7 @@ def test_a_token_made_with_another_key_is_refused_and_nothing_is_written(
     _, body = delivery(sent, payload)
 
     assert refusal(receiver, forged, body) is Refusal.BAD_TOKEN
-    assert {image_of(repository, upload).status for upload in uploads} == {Status.SUBMITTING}
+    assert {image_of(storage, upload).status for upload in uploads} == {Status.SUBMITTING}
 
 
 def test_a_valid_token_replayed_with_another_requests_records_records_only_what_ximilar_says(
@@ -179,7 +179,7 @@ def test_a_valid_token_replayed_with_another_requests_records_records_only_what_
     submitter: Submitter,
     objects: FakeObjectStore,
     ximilar: FakeXimilar,
-    repository: Repository,
+    storage: Storage,
     submitted: tuple[SentRequest, list[Upload]],
 ) -> None:
     # Given the headers of one request (still processing at Ximilar) and the finished body of another
@@ -193,7 +193,7 @@ def test_a_valid_token_replayed_with_another_requests_records_records_only_what_
 
     # Then the body is only a notification: Ximilar says the signed request is not finished, nothing is recorded
     assert (receipt.outcome.recorded, receipt.deferred is not None) == (0, True)
-    assert {image_of(repository, upload).status for upload in [*uploads, *other_uploads]} == {Status.SUBMITTING}
+    assert {image_of(storage, upload).status for upload in [*uploads, *other_uploads]} == {Status.SUBMITTING}
 
 
 def test_a_signed_delivery_naming_nothing_known_is_kept_for_inspection(

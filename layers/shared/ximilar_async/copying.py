@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Final
 
+from ximilar_async.clock import Clock, utc_now
 from ximilar_async.entities import Image, Output, OutputState
-from ximilar_async.events import CompletionEvents, all_stored
+from ximilar_async.events import NO_EVENTS, all_stored
 from ximilar_async.outputs import (
     ArtifactCopier,
     ArtifactGone,
@@ -35,9 +34,8 @@ from ximilar_async.outputs import (
     clip,
     metadata_for,
 )
-from ximilar_async.ports import Store
+from ximilar_async.ports import ImageEvents, ImageOutputs
 from ximilar_async.request_types import RequestType, parse_request_type
-from ximilar_async.results import utc_now
 from ximilar_async.statuses import Status
 from ximilar_async.submission import Submitter
 from ximilar_async.uploads import Upload
@@ -49,19 +47,19 @@ MAX_REGENERATIONS: Final = 1  # resubmissions of one upload because an artifact 
 
 @dataclass
 class OutputCopier:
-    repository: Store
+    images: ImageOutputs
     copier: ArtifactCopier
     location: OutputLocation
     submitter: Submitter | None  # None: never regenerate
     regenerate_for: frozenset[RequestType]
     max_attempts: int
-    events: CompletionEvents | None = None
-    clock: Callable[[], datetime] = utc_now
+    events: ImageEvents = NO_EVENTS
+    clock: Clock = utc_now
 
     def copy(self, job: OutputJob, attempt: int = 1) -> CopyResult:
         """Copy the job's PENDING outputs; raises on a failure worth another delivery (before the last)."""
         result = CopyResult()
-        image = self.repository.image(job.image_uri)
+        image = self.images.image(job.image_uri)
         if image is None or image.record_id != job.record_id or image.status is not Status.DONE:
             result.skipped = "the image was uploaded or submitted again since"
             return result
@@ -103,13 +101,13 @@ class OutputCopier:
         return result
 
     def _finish(self, image: Image, name: str, output: Output, result: CopyResult) -> None:
-        written = self.repository.set_output(image.uri, image.record_id, name, output, self.clock())
+        written = self.images.set_output(image.uri, image.record_id, name, output, self.clock())
         if written is None:
             return  # a repeat, or the image moved on: its state is someone else's now
         (result.stored if output.state is OutputState.STORED else result.failed).append(name)
         if output.state is OutputState.FAILED:
             logger.warning("output not copied", extra={"image_uri": image.uri, "output": name, "reason": output.reason})
-        if all_stored(written) and self.events is not None:
+        if all_stored(written):
             self.events.outputs_stored(written)
 
     def _regenerate(self, image: Image, name: str, reason: str) -> bool:
@@ -119,7 +117,7 @@ class OutputCopier:
         request_type = parse_request_type(image.request_type)
         if request_type not in self.regenerate_for or image.output_regenerations >= MAX_REGENERATIONS:
             return False
-        counted = self.repository.count_output_regeneration(
+        counted = self.images.count_output_regeneration(
             image, name, clip(f"{reason}; submitted again to regenerate it"), self.clock(), limit=MAX_REGENERATIONS
         )
         if counted is None:

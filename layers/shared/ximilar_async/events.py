@@ -1,8 +1,9 @@
 """Completion events on EventBridge: `Image Finished` once per image reaching DONE, ERROR or FAILED, and
 `Image Outputs Stored` once its outputs are all copied.
 
-Emitted only by a conditional write that applied (the repository reports those, `FinishedImages`),
-so each finish is told once; a repeat of the same write loses its condition and tells nothing.
+Emitted only after a conditional write that applied (the store returns what it wrote, and the service
+that asked tells `ports.ImageEvents`), so each finish is told once; a repeat of the same write loses
+its condition and tells nothing.
 `detail.event_id` (record id, status and Ximilar request id) is the same for the same finish,
 so a consumer can de-duplicate should a PutEvents be retried. The detail never holds the result
 (it may exceed an event's 256 KB) nor any URL of Ximilar's or presigned one: a one-line summary,
@@ -66,7 +67,7 @@ def detail_of(image: Image, detail_type: str) -> dict[str, Any]:
 
 @dataclass
 class CompletionEvents:
-    """What the domain tells the bus: the repository calls `finished` after each finishing write applied."""
+    """`ports.ImageEvents` on a publisher: a service calls `finished` after each finishing write of its applied."""
 
     publisher: EventPublisher
 
@@ -84,6 +85,20 @@ class CompletionEvents:
             logger.exception(
                 "completion event not published", extra={"image_uri": image.uri, "detail_type": detail_type}
             )
+
+
+@dataclass(frozen=True)
+class NoEvents:
+    """`ports.ImageEvents` that tells nobody: a service built without a bus (tools, some tests)."""
+
+    def finished(self, image: Image) -> None:
+        return None
+
+    def outputs_stored(self, image: Image) -> None:
+        return None
+
+
+NO_EVENTS: Final = NoEvents()
 
 
 def all_stored(image: Image) -> bool:

@@ -2,11 +2,15 @@
 
 - `XimilarApi`: `ximilar.XimilarClient` over HTTP;
 - `ObjectStore`: `objects.S3Objects` on a boto3 client;
-- `Store`: `dal.Repository` on the two DynamoDB tables;
+- the storage ports, each the part of one store (`dal`) a service uses: `ImageClaims`, `ImageResults`,
+  `ImageOutputs` (`dal.ImageStore`), `RequestLifecycle`, `RequestOutcomes`, `DueRequests`
+  (`dal.RequestStore`), `SpendLedger`, `SweepLog` (`dal.ControlStore`);
+- `ImageEvents`: `events.CompletionEvents`, told by a service of each image a write of its finished;
 - `SubmissionPause`: `spend.SpendGuard`, as the sweeper asks it.
 
-A `Store` raises `ItemTooLarge` when a write would make an item larger than DynamoDB allows; every
-other refusal of a conditional write is a False, and any other error propagates.
+A store raises `ItemTooLarge` when a write would make an item larger than DynamoDB allows; every
+other refusal of a conditional write is a False (or None), and any other error propagates. A write
+that finishes images returns them as written, for the service to tell `ImageEvents`.
 """
 
 from __future__ import annotations
@@ -60,10 +64,9 @@ class ObjectStore(Protocol):
         ...
 
 
-class Store(Protocol):
-    """The conditional writes and reads of the two tables; each write returns whether it applied."""
+class ImageClaims(Protocol):
+    """The submitter's writes of image items: claims, and what becomes of a claim that is not posted."""
 
-    # images
     def claim_image(
         self,
         upload: Upload,
@@ -76,14 +79,20 @@ class Store(Protocol):
         retry_of: Image | None = None,
     ) -> Claim: ...
 
-    def reject_image(self, upload: Upload, reason: str, now: datetime) -> bool: ...
+    def reject_image(self, upload: Upload, reason: str, now: datetime) -> Image | None: ...
 
     def release_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int: ...
 
-    def fail_claimed_images(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> int: ...
+    def fail_claimed_images(
+        self, submission_id: str, uris: Iterable[str], reason: str, now: datetime
+    ) -> list[Image]: ...
 
-    def record_image_result(self, result: ImageResult, now: datetime) -> datetime | None:
-        """The image's created_at when the result was recorded; None when the write did not apply."""
+
+class ImageResults(Protocol):
+    """Results into image items (the recorder), and the reads that say what still waits (the sweeper)."""
+
+    def record_image_result(self, result: ImageResult, now: datetime) -> Image | None:
+        """The image as written; None when the write did not apply (finished already, or uploaded again)."""
         ...
 
     def fail_unfinished_images(
@@ -93,7 +102,21 @@ class Store(Protocol):
         now: datetime,
         *,
         from_statuses: tuple[Status, ...] = ...,
-    ) -> int: ...
+    ) -> list[Image]: ...
+
+    def unfinished_images(
+        self, request: TrackedRequest, candidates: Mapping[str, str] | None = None, *, consistent: bool = True
+    ) -> dict[str, str]: ...
+
+    def request_finished(self, request: TrackedRequest) -> bool: ...
+
+    def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]: ...
+
+
+class ImageOutputs(Protocol):
+    """The copier's reads and writes of one image's outputs."""
+
+    def image(self, uri: str) -> Image | None: ...
 
     def set_output(self, uri: str, record_id: str, name: str, output: Output, now: datetime) -> Image | None: ...
 
@@ -101,7 +124,41 @@ class Store(Protocol):
         self, image: Image, name: str, reason: str, now: datetime, *, limit: int
     ) -> Image | None: ...
 
-    # requests
+
+class RequestFinish(Protocol):
+    """DONE or FAILED (DONE is never undone), or DONE with images to retry: every service that ends a request."""
+
+    def finish_request(
+        self,
+        submission_id: str,
+        status: Status,
+        now: datetime,
+        *,
+        ximilar_status: str | None = None,
+        request_id: str | None = None,
+        reason: str | None = None,
+        retry_record_ids: Collection[str] = (),
+        retry_at: datetime | None = None,
+    ) -> bool: ...
+
+
+class RequestReschedule(Protocol):
+    """Check a request again later: the webhook (Ximilar not ready) and the sweeper."""
+
+    def reschedule(
+        self,
+        submission_id: str,
+        check_at: datetime,
+        now: datetime,
+        *,
+        ximilar_status: str | None = None,
+        paused: bool = False,
+    ) -> bool: ...
+
+
+class RequestLifecycle(RequestFinish, Protocol):
+    """The submitter's writes of request items, from the first POST's outcome to Ximilar's id."""
+
     def open_request(
         self,
         submission_id: str,
@@ -126,18 +183,9 @@ class Store(Protocol):
 
     def restart_request(self, submission_id: str, now: datetime, check_at: datetime) -> bool: ...
 
-    def finish_request(
-        self,
-        submission_id: str,
-        status: Status,
-        now: datetime,
-        *,
-        ximilar_status: str | None = None,
-        request_id: str | None = None,
-        reason: str | None = None,
-        retry_record_ids: Collection[str] = (),
-        retry_at: datetime | None = None,
-    ) -> bool: ...
+
+class RequestOutcomes(RequestFinish, RequestReschedule, Protocol):
+    """What the recorder and the webhook read and write of a request Ximilar answered (or did not yet)."""
 
     def get_request(self, submission_id: str) -> TrackedRequest | None: ...
 
@@ -153,46 +201,43 @@ class Store(Protocol):
         retry_record_ids: Collection[str] = (),
     ) -> bool: ...
 
-    # the sweeper
-    def due_scan(self) -> DueScan: ...
+
+class DueRequests(RequestFinish, RequestReschedule, Protocol):
+    """The sweeper's reads and writes of the due index and the requests it holds."""
 
     def due_requests(self, shard_order: Iterable[int], now: datetime, scan: DueScan) -> Iterator[TrackedRequest]: ...
 
     def take_due(self, request: TrackedRequest, until: datetime) -> bool: ...
 
-    def reschedule(
-        self,
-        submission_id: str,
-        check_at: datetime,
-        now: datetime,
-        *,
-        ximilar_status: str | None = None,
-        paused: bool = False,
-    ) -> bool: ...
-
     def note_sweep_failure(self, submission_id: str, reason: str, now: datetime, check_at: datetime) -> bool: ...
 
     def clear_retries(self, submission_id: str, now: datetime) -> None: ...
 
-    # the spend guard and the sweeper's own record
-    def pause_reason(self) -> str | None: ...
 
-    def reserve_submissions(self, day: date, images: int, limit: int, now: datetime) -> bool: ...
+class SpendLedger(Protocol):
+    """The spend guard's state: the pause by hand and each day's count."""
+
+    def pause_reason(self) -> str | None: ...
 
     def spend_day(self, day: date) -> SpendDay: ...
 
+    def reserve_submissions(self, day: date, images: int, limit: int, now: datetime) -> bool: ...
+
+
+class SweepLog(Protocol):
+    """Where a sweeper run starts reading the due index, and what it did."""
+
+    def due_scan(self) -> DueScan: ...
+
     def record_sweep(self, outcome: Mapping[str, Any], now: datetime, scan: DueScan) -> None: ...
 
-    # queries
-    def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]: ...
 
-    def unfinished_images(
-        self, request: TrackedRequest, candidates: Mapping[str, str] | None = None, *, consistent: bool = True
-    ) -> dict[str, str]: ...
+class ImageEvents(Protocol):
+    """The bus, as the services tell it of images (after the write that changed them applied)."""
 
-    def request_finished(self, request: TrackedRequest) -> bool: ...
+    def finished(self, image: Image) -> None: ...
 
-    def image(self, uri: str) -> Image | None: ...
+    def outputs_stored(self, image: Image) -> None: ...
 
 
 class SubmissionPause(Protocol):

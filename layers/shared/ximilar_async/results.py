@@ -35,18 +35,20 @@ import contextvars
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
 from ximilar_async import item_size
-from ximilar_async.entities import ImageResult, Output, TrackedRequest
+from ximilar_async.clock import Clock, utc_now
+from ximilar_async.entities import Image, ImageResult, Output, TrackedRequest
+from ximilar_async.events import NO_EVENTS
 from ximilar_async.outputs import OutputJob, OutputLocation, OutputQueue, artifacts_of, split_s3_uri
 from ximilar_async.payloads import RequestOutcome, ResultRecord
-from ximilar_async.ports import ItemTooLarge, ObjectStore, Store
-from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
+from ximilar_async.ports import ImageEvents, ImageResults, ItemTooLarge, ObjectStore, RequestOutcomes
+from ximilar_async.statuses import UNFINISHED, Status, XimilarStateKind, classify_ximilar_state
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +91,6 @@ class RecordingOutcome:
         return not self.request_known or (self.recorded == 0 and self.duplicates == 0)
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 def result_key(record_id: str, request_id: str) -> str:
     """Where a large result of one image from one Ximilar request is stored (see the module's docstring)."""
     return f"results/{record_id}/{request_id}.json"
@@ -108,17 +106,19 @@ def missing_reason(missing: int, unmatched: int) -> str:
 
 @dataclass
 class ResultRecorder:
-    repository: Store
+    images: ImageResults
+    requests: RequestOutcomes
     objects: ObjectStore
     results_bucket: str
-    clock: Callable[[], datetime] = utc_now
+    clock: Clock = utc_now
     inline_max_bytes: int = INLINE_RESULT_MAX_BYTES
     output_location: OutputLocation | None = None  # None: artifacts stay at Ximilar (no copier wired)
     output_queue: OutputQueue | None = None
+    events: ImageEvents = NO_EVENTS  # told of each image a write of this recorder finished
 
     def record(self, submission_id: str, outcome: RequestOutcome) -> RecordingOutcome:
         """Record `outcome` (a webhook payload, or a request's details) for the request `submission_id`."""
-        request = self.repository.get_request(submission_id)
+        request = self.requests.get_request(submission_id)
         if request is None:
             return RecordingOutcome(
                 request_known=False, unmatched=len(outcome.response.records if outcome.response else [])
@@ -135,14 +135,14 @@ class ResultRecorder:
         now = self.clock()
         kind = classify_ximilar_state(outcome.status)
         if kind is XimilarStateKind.FAILED:
-            waiting = self.repository.unfinished_images(request)
+            waiting = self.images.unfinished_images(request)
             if not waiting and request.status is Status.CREATED and not request.retry_record_ids:
                 # Every image had finished (its request with them, though its item was not written again).
                 return RecordingOutcome(duplicates=len(images))
             reason = f"Ximilar ended the request {outcome.status}"
-            recorded = self.repository.fail_unfinished_images(waiting, reason, now)
+            recorded = self.fail_images(waiting, reason, now)
             # False: it became DONE meanwhile, and DONE is never undone.
-            self.repository.finish_request(
+            self.requests.finish_request(
                 submission_id, Status.FAILED, now, ximilar_status=outcome.status, request_id=outcome.id, reason=reason
             )
             return RecordingOutcome(recorded=recorded, duplicates=len(images) - recorded)
@@ -158,14 +158,15 @@ class ResultRecorder:
         result.unmatched = len(outcome.response.records) - len(matched)
         answered = {record.record_id for _, record in matched}
         jobs: list[OutputJob] = []
-        for (_, record), (image_result, uploaded_at) in zip(
+        for (_, record), (image_result, written) in zip(
             matched, self._record_all(matched, outcome.id, now), strict=True
         ):
             if image_result.result_s3_uri:
                 result.stored_in_s3.append(image_result.result_s3_uri)
-            if uploaded_at is not None:
+            if written is not None:
+                self.events.finished(written)
                 result.recorded += 1
-                result.latencies.append((now - uploaded_at).total_seconds())
+                result.latencies.append((now - written.created_at).total_seconds())
                 if image_result.outputs:
                     jobs.append(self._job(image_result, record))
                 if image_result.status is Status.ERROR and is_transient_record_error(
@@ -178,7 +179,7 @@ class ResultRecorder:
         if jobs and self.output_queue is not None:
             self.output_queue.send(jobs)
         unanswered = {record_id: uri for record_id, uri in images.items() if record_id not in answered}
-        unfinished = self.repository.unfinished_images(request, unanswered)
+        unfinished = self.images.unfinished_images(request, unanswered)
         context = {"submission_id": submission_id, "request_id": outcome.id}
         request_reason: str | None = None
         if unfinished:
@@ -187,7 +188,7 @@ class ResultRecorder:
             if answers < MAX_INCOMPLETE_ANSWERS:
                 result.missing = len(unfinished)
                 check_at = now + RECHECK_INCOMPLETE_AFTER * 2**request.incomplete_answers
-                if not self.repository.await_missing_records(
+                if not self.requests.await_missing_records(
                     submission_id,
                     request_reason,
                     now,
@@ -200,7 +201,7 @@ class ResultRecorder:
                 logger.warning("Ximilar's answer is incomplete", extra={**context, "reason": request_reason})
                 return result
             image_reason = f"no record for this image in Ximilar's answer after {answers} checks"
-            result.recorded += self.repository.fail_unfinished_images(unfinished, image_reason, now)
+            result.recorded += self.fail_images(unfinished, image_reason, now)
             request_reason = f"{request_reason} after {answers} checks: their images ended FAILED"
             logger.warning("images without a record given up", extra={**context, "reason": request_reason})
         # Every image is recorded. The request's DONE would only repeat what its images say (none waits
@@ -208,7 +209,7 @@ class ResultRecorder:
         # says more (images to retry, a reason) or changes what the item says (its status, Ximilar's id).
         says_more = bool(retry) or request_reason is not None
         if says_more or request.status is not Status.CREATED or request.request_id != outcome.id:
-            self.repository.finish_request(
+            self.requests.finish_request(
                 submission_id,
                 Status.DONE,
                 now,
@@ -229,9 +230,23 @@ class ResultRecorder:
         )
         return result
 
+    def fail_images(
+        self,
+        record_ids_to_uris: Mapping[str, str],
+        reason: str,
+        now: datetime,
+        *,
+        from_statuses: tuple[Status, ...] = UNFINISHED,
+    ) -> int:
+        """FAILED with `reason`, those of these images still in `from_statuses`: how many (each one told)."""
+        failed = self.images.fail_unfinished_images(record_ids_to_uris, reason, now, from_statuses=from_statuses)
+        for image in failed:
+            self.events.finished(image)
+        return len(failed)
+
     def _record_all(
         self, matched: list[tuple[str, ResultRecord]], request_id: str, now: datetime
-    ) -> list[tuple[ImageResult, datetime | None]]:
+    ) -> list[tuple[ImageResult, Image | None]]:
         """Each image's conditional write, at once: they are independent items (a transaction would bill twice)."""
         if len(matched) <= 1:
             return [self._record_image(uri, request_id, record, now) for uri, record in matched]
@@ -244,9 +259,9 @@ class ResultRecorder:
 
     def _record_image(
         self, uri: str, request_id: str, record: ResultRecord, now: datetime
-    ) -> tuple[ImageResult, datetime | None]:
+    ) -> tuple[ImageResult, Image | None]:
         """Write one image's result (inline, or in S3 with a pointer); returns it and, when the write
-        applied, the image's upload time (None: it had finished already)."""
+        applied, the image as written (None: it had finished already)."""
         stored = without_credentials(record.as_stored(), uri)
         code, text = record.status.code, record.status.text
         status = Status.DONE if code == 200 else Status.ERROR
@@ -255,7 +270,7 @@ class ResultRecorder:
         if item_size.attribute_size("result", stored) <= self.inline_max_bytes:
             inline = ImageResult(uri, record.record_id, request_id, status, reason, stored, outputs=outputs)
             try:
-                return inline, self.repository.record_image_result(inline, now)
+                return inline, self.images.record_image_result(inline, now)
             except ItemTooLarge:
                 # The margin for the item's other attributes was not enough: store less in the item.
                 logger.warning(
@@ -265,7 +280,7 @@ class ResultRecorder:
         body = json.dumps(stored, separators=(",", ":")).encode()
         location = self.objects.put_json(self.results_bucket, result_key(record.record_id, request_id), body)
         pointer = ImageResult(uri, record.record_id, request_id, status, reason, None, location, outputs=outputs)
-        return pointer, self.repository.record_image_result(pointer, now)
+        return pointer, self.images.record_image_result(pointer, now)
 
     def _outputs(self, uri: str, stored: dict[str, object]) -> dict[str, Output]:
         if self.output_location is None:

@@ -2,7 +2,7 @@
 
 Handlers call these factories at import (in `coldstart.cold_start()`); the CLI, tests and benchmarks call
 the same ones. Settings in, services out: each collaborator is built once and handed to every service
-that uses it (the sweeper and the copier get the repository, the Ximilar client and the spend guard
+that uses it (the sweeper and the copier get the stores, the Ximilar client and the spend guard
 themselves, beside the submitter they resubmit through), and nothing here is called back per request.
 The clients a function's typical event uses are built now; the others (`lazy`) on their first use
 (`coldstart.aws_client`). Secrets, and the signing keys' rotation rule, are `secret_store`'s.
@@ -11,8 +11,8 @@ The clients a function's typical event uses are built now; the others (`lazy`) o
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Collection
-from datetime import datetime, timedelta
+from collections.abc import Collection
+from datetime import timedelta
 from typing import Final
 
 from boto3.s3.transfer import TransferConfig
@@ -20,15 +20,15 @@ from botocore.config import Config
 from requests import Session as HttpSession
 
 from ximilar_async import snapstart
+from ximilar_async.clock import Clock, utc_now
 from ximilar_async.coldstart import aws_client, building
 from ximilar_async.copying import OutputCopier
-from ximilar_async.dal.models import bind_tables
-from ximilar_async.dal.repository import Repository
+from ximilar_async.dal import Storage, bind_tables
 from ximilar_async.events import CompletionEvents, EventBridgePublisher
 from ximilar_async.objects import S3ArtifactCopier, S3Objects
 from ximilar_async.outputs import SqsOutputQueue
-from ximilar_async.ports import Store
-from ximilar_async.results import ResultRecorder, utc_now
+from ximilar_async.ports import ImageEvents
+from ximilar_async.results import ResultRecorder
 from ximilar_async.secret_store import SecretSigningKeys, SecretSources
 from ximilar_async.settings import (
     CommonSettings,
@@ -51,24 +51,17 @@ from ximilar_async.ximilar.client import CONNECT_TIMEOUT_SECONDS
 PART_BYTES: Final = 8 * 1024 * 1024
 COPY_CONCURRENCY: Final = 4
 
-Clock = Callable[[], datetime]
-
 
 def completion_events(settings: CommonSettings, *, lazy: Collection[str] = ()) -> CompletionEvents:
     client = aws_client("events", lazy=lazy)
     return CompletionEvents(EventBridgePublisher(client, settings.event_bus_name, settings.event_source))
 
 
-def repository(
-    settings: CommonSettings, events: CompletionEvents | None = None, *, lazy: Collection[str] = ()
-) -> Repository:
-    """The tables; every image a write finishes is told to the event bus (the stack's completion events)."""
+def storage(settings: CommonSettings) -> Storage:
+    """The stores of the two tables, on one client (the services each get the store they use)."""
     with building() as session:
         tables = bind_tables(settings.images_table, settings.requests_table, session=session)
-    events = events or completion_events(settings, lazy=lazy)
-    return Repository(
-        tables, settings.index_shards, timedelta(days=settings.request_retention_days), finished=events.finished
-    )
+    return Storage.of(tables, settings.index_shards, timedelta(days=settings.request_retention_days))
 
 
 def output_queue(settings: OutputSettings, *, lazy: Collection[str] = ()) -> SqsOutputQueue:
@@ -77,20 +70,23 @@ def output_queue(settings: OutputSettings, *, lazy: Collection[str] = ()) -> Sqs
 
 def recorder(
     settings: OutputSettings,
-    store: Store,
+    store: Storage,
     objects: S3Objects,
+    events: ImageEvents,
     *,
     clock: Clock = utc_now,
     lazy: Collection[str] = (),
 ) -> ResultRecorder:
     """The one recording path, with the outputs of DONE results queued for the copier."""
     return ResultRecorder(
-        store,
+        store.images,
+        store.requests,
         objects,
         settings.results_bucket,
         clock=clock,
         output_location=settings.output_location,
         output_queue=output_queue(settings, lazy=lazy),
+        events=events,
     )
 
 
@@ -119,18 +115,21 @@ SUBMIT_LAZY: Final = frozenset({"events"})
 
 
 def _submitting(
-    settings: SubmitSettings, *, clock: Clock, events: CompletionEvents | None = None, lazy: Collection[str]
-) -> tuple[Repository, XimilarClient, SpendGuard, Submitter]:
-    """A submitter and what it is built of, each part once: the repository, the Ximilar client and the spend
+    settings: SubmitSettings, *, clock: Clock, events: ImageEvents, lazy: Collection[str]
+) -> tuple[Storage, XimilarClient, SpendGuard, Submitter]:
+    """A submitter and what it is built of, each part once: the stores, the Ximilar client and the spend
     guard, which the sweeper and the copier are given too (they resubmit through the submitter). A tuple:
     a dataclass compiles its methods at import, most of a millisecond of every cold start."""
     secrets = SecretSources.create(lazy=lazy)
-    store = repository(settings, events, lazy=lazy)
+    store = storage(settings)
     ximilar = ximilar_client(settings, secrets)
-    guard = SpendGuard(store, ximilar, settings.daily_submit_limit, settings.min_remaining_credits, clock)
+    guard = SpendGuard(store.control, ximilar, settings.daily_submit_limit, settings.min_remaining_credits, clock)
     objects = object_store(lazy=lazy)
     auth = webhook_auth(settings.webhook_secret_arn, secrets)
-    return store, ximilar, guard, Submitter(store, ximilar, objects, auth, settings, clock=clock, guard=guard)
+    submit = Submitter(
+        store.images, store.requests, ximilar, objects, auth, settings, clock=clock, guard=guard, events=events
+    )
+    return store, ximilar, guard, submit
 
 
 def submitter(
@@ -140,6 +139,7 @@ def submitter(
     events: CompletionEvents | None = None,
     lazy: Collection[str] = (),
 ) -> Submitter:
+    events = events or completion_events(settings, lazy=lazy)
     *_, submit = _submitting(settings, clock=clock, events=events, lazy=lazy)
     return submit
 
@@ -148,10 +148,13 @@ def webhook_receiver(settings: WebhookSettings) -> WebhookReceiver:
     """The webhook function's service. S3 holds only results too large for their item and payloads of
     unknown requests: its client is built when first used."""
     secrets = SecretSources.create()
-    recording = recorder(settings, repository(settings), object_store(lazy={"s3"}))
+    store = storage(settings)
+    recording = recorder(settings, store, object_store(lazy={"s3"}), completion_events(settings))
     auth = webhook_auth(settings.webhook_secret_arn, secrets, timedelta(seconds=settings.max_request_age_seconds))
     source = ximilar_client(settings, secrets)
-    return WebhookReceiver(recording, auth, settings.max_webhook_body_bytes, source, settings.result_source)
+    return WebhookReceiver(
+        recording, store.requests, auth, settings.max_webhook_body_bytes, source, settings.result_source
+    )
 
 
 # A sweep mostly finds nothing due: it reads the due index and writes its summary, DynamoDB only.
@@ -161,9 +164,12 @@ SWEEP_LAZY: Final = frozenset({"secretsmanager", "ssm", "s3", "sqs", "events"})
 def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
     """The sweeper function's service. What a due request needs (Ximilar's token, the signing key, S3,
     the outputs queue, the event bus) gets its client when first used (`SWEEP_LAZY`)."""
-    store, ximilar, guard, submit = _submitting(settings, clock=clock, lazy=SWEEP_LAZY)
-    recording = recorder(settings, store, object_store(lazy=SWEEP_LAZY), clock=clock, lazy=SWEEP_LAZY)
-    sweeper = Sweeper(store, ximilar, recording, submit, settings, clock=clock, guard=guard)
+    events = completion_events(settings, lazy=SWEEP_LAZY)
+    store, ximilar, guard, submit = _submitting(settings, clock=clock, events=events, lazy=SWEEP_LAZY)
+    recording = recorder(settings, store, object_store(lazy=SWEEP_LAZY), events, clock=clock, lazy=SWEEP_LAZY)
+    sweeper = Sweeper(
+        store.requests, store.images, store.control, ximilar, recording, submit, settings, clock=clock, guard=guard
+    )
     snapstart.reseed(sweeper.rng)
     return sweeper
 
@@ -194,7 +200,7 @@ def output_copier(settings: OutputsSettings, *, clock: Clock = utc_now) -> Outpu
         timeout=(CONNECT_TIMEOUT_SECONDS, settings.ximilar_read_timeout_seconds),
     )
     return OutputCopier(
-        store,
+        store.images,
         copier,
         settings.output_location,
         submit,

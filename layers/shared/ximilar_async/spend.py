@@ -5,7 +5,7 @@ to the sweeper with the reason, as throttled ones are, and nothing is posted unt
 (a new day's counter), or `xasync resume` (which ends a pause by hand and lifts the day's limit and
 the credits floor for that day). The sweeper asks the same guard before it submits anything again.
 
-State lives in two small items of the requests table (`dal.repository`): `control#pause`, and
+State lives in two small items of the requests table (`dal.control`): `control#pause`, and
 `control#spend#<day>`, whose count is one atomic ADD with a condition, so concurrent submitters never
 overshoot the limit. With no limit, no floor and no pause, a check costs one GetItem per invocation.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
 
-from ximilar_async.ports import Store, XimilarApi
+from ximilar_async.ports import SpendLedger, XimilarApi
 from ximilar_async.ximilar import XimilarError
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ CREDITS_MAX_AGE_SECONDS: Final = 60.0  # a warm function asks Ximilar for its cr
 
 @dataclass
 class SpendGuard:
-    repository: Store
+    ledger: SpendLedger  # the pause and each day's count (`dal.ControlStore`)
     ximilar: XimilarApi
     daily_limit: int  # images per UTC day; 0: no limit
     credits_floor: int  # pause when fewer credits remain; 0: never asked
@@ -38,33 +38,35 @@ class SpendGuard:
 
     def paused(self) -> str | None:
         """Why submission is paused now, or None; reads only (the sweeper and `xasync status` ask this)."""
-        reason = self.repository.pause_reason()
-        if reason is not None:
-            return f"submission paused by hand: {reason}"
-        if not self.daily_limit and not self.credits_floor:
-            return None
-        day = self.repository.spend_day(self.clock().date())
-        if day.resumed:
-            return None
-        if self.daily_limit and day.submitted >= self.daily_limit:
-            return self._limit_reason()
-        return self._credits_reason()
+        return self._hold(daily_limit=self.daily_limit)
 
     def check(self) -> str | None:
-        """Why nothing may be posted in this invocation, or None (a pause, or credits under the floor)."""
-        reason = self.repository.pause_reason()
+        """Why nothing may be posted in this invocation, or None (a pause, or credits under the floor).
+
+        The daily limit is not read here: `reserve` checks and counts it in one write."""
+        return self._hold(daily_limit=0)
+
+    def _hold(self, *, daily_limit: int) -> str | None:
+        """The one reading of the guard's state: a pause by hand; else, unless `xasync resume` lifted the
+        day, `daily_limit` reached (0: not asked) or the credits under the floor."""
+        reason = self.ledger.pause_reason()
         if reason is not None:
             return f"submission paused by hand: {reason}"
-        if self.credits_floor and not self.repository.spend_day(self.clock().date()).resumed:
-            return self._credits_reason()
-        return None
+        if not daily_limit and not self.credits_floor:
+            return None
+        day = self.ledger.spend_day(self.clock().date())
+        if day.resumed:
+            return None
+        if daily_limit and day.submitted >= daily_limit:
+            return self._limit_reason()
+        return self._credits_reason()
 
     def reserve(self, images: int) -> str | None:
         """Count `images` against today's limit: None when they fit (counted), else the reason (not counted)."""
         if not self.daily_limit:
             return None
         now = self.clock()
-        if self.repository.reserve_submissions(now.date(), images, self.daily_limit, now):
+        if self.ledger.reserve_submissions(now.date(), images, self.daily_limit, now):
             return None
         return self._limit_reason()
 

@@ -30,6 +30,7 @@ class Status(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({Status.DONE, Status.ERROR, Status.FAILED})
+UNFINISHED = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)  # in the order an image passes them
 
 
 class XimilarStateKind(StrEnum):

@@ -16,7 +16,7 @@ On success the request item is written once, CREATED with Ximilar's id and due f
 first check; the images are not written again until their results (they stay SUBMITTING, owned by
 the request). On a 4xx the images end FAILED with Ximilar's message. Should the invocation die
 between the claims and the request item, SQS delivers the message again after the claims' lease,
-and a claim with no request item is taken again (`Repository.claim_image`); a delivery that finds
+and a claim with no request item is taken again (`ImageStore.claim_image`); a delivery that finds
 such a claim still live is not acknowledged (SQS brings it back after the lease), so no claim
 outlives its messages. A resubmission (the sweeper's, the copier's regenerations) has no message
 behind it: its request item is written before its claims.
@@ -34,12 +34,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
+from ximilar_async.clock import Clock, utc_now
 from ximilar_async.entities import Claim, Image
+from ximilar_async.events import NO_EVENTS
 from ximilar_async.objects import ObjectGone
-from ximilar_async.ports import ObjectStore, Store, XimilarApi
+from ximilar_async.ports import ImageClaims, ImageEvents, ObjectStore, RequestLifecycle, XimilarApi
 from ximilar_async.request_types import RequestType
 from ximilar_async.settings import SubmitSettings
 from ximilar_async.spend import SpendGuard
@@ -63,10 +65,6 @@ T = TypeVar("T")
 def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     """`itertools.batched`, which needs Python 3.12 (the code runs on 3.11 too)."""
     return (items[start : start + size] for start in range(0, len(items), size))
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
@@ -126,13 +124,15 @@ class Breaker:
 
 @dataclass
 class Submitter:
-    repository: Store
+    images: ImageClaims
+    requests: RequestLifecycle
     ximilar: XimilarApi
     objects: ObjectStore  # presigns URLs, reads objects sent inline
     auth: WebhookAuth
     settings: SubmitSettings
-    clock: Callable[[], datetime] = utc_now
+    clock: Clock = utc_now
     guard: SpendGuard | None = None  # the spend guard (daily limit, credits floor, pause); None: unguarded
+    events: ImageEvents = NO_EVENTS  # told of each image this submitter's writes finished (FAILED)
 
     @property
     def start_margin(self) -> float:
@@ -165,8 +165,13 @@ class Submitter:
         self.post_all(owned, deadline, outcome)
         return outcome
 
+    def _fail_claimed(self, submission_id: str, uris: Iterable[str], reason: str, now: datetime) -> None:
+        for image in self.images.fail_claimed_images(submission_id, uris, reason, now):
+            self.events.finished(image)
+
     def _reject(self, upload: Upload, rejection: Rejection, outcome: SubmitOutcome) -> None:
-        if self.repository.reject_image(upload, rejection.text, self.clock()):
+        if rejected := self.images.reject_image(upload, rejection.text, self.clock()):
+            self.events.finished(rejected)
             outcome.images_failed[rejection.code] += 1
             logger.info("upload not submitted", extra={"key": upload.key, "reason": rejection.text})
         else:
@@ -218,7 +223,7 @@ class Submitter:
                 first = Owned(submission_id, request_type, endpoint, uploads)
                 self._open(first, uploads, now, give_up_at, reason="being submitted again")
                 existing = True
-        elif not self.repository.restart_request(submission_id, now, give_up_at):
+        elif not self.requests.restart_request(submission_id, now, give_up_at):
             return []  # it left SUBMITTING meanwhile (finished, or taken by another attempt)
 
         claimed: list[Upload] = []
@@ -227,7 +232,7 @@ class Submitter:
             if upload.record_id in {c.record_id for c in claimed}:
                 outcome.duplicates += 1  # the same notification twice in one batch
                 continue
-            claim = self.repository.claim_image(
+            claim = self.images.claim_image(
                 upload, request_type.value, endpoint, submission_id, now, CLAIM_LEASE, retry_of=retry_of
             )
             if claim is Claim.TAKEN:
@@ -240,12 +245,12 @@ class Submitter:
                 outcome.duplicates += 1
         if not claimed and existing:
             reason = "superseded: its images were submitted in other requests"
-            self.repository.finish_request(submission_id, Status.FAILED, now, reason=reason)
+            self.requests.finish_request(submission_id, Status.FAILED, now, reason=reason)
             return []
         if not claimed:
             return []  # every upload was a duplicate: nothing to send, nothing written
         if existing and len(claimed) != len(uploads):
-            self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in claimed}, now)
+            self.requests.set_request_images(submission_id, {u.record_id: u.uri for u in claimed}, now)
         return [Owned(submission_id, request_type, endpoint, claimed, opened=existing)]
 
     # --- phase 2: post -----------------------------------------------------------------------------------
@@ -312,10 +317,10 @@ class Submitter:
         text = f"waiting to be submitted: {reason}"
         uris = [upload.uri for upload in request.uploads]
         check_at = now + timedelta(seconds=wait_seconds)
-        self.repository.release_images(request.submission_id, uris, text, now)
+        self.images.release_images(request.submission_id, uris, text, now)
         if request.opened:
             # False: the request left SUBMITTING meanwhile; whoever moved it owns it now.
-            self.repository.defer_request(request.submission_id, text, now, check_at, held_back=held_back)
+            self.requests.defer_request(request.submission_id, text, now, check_at, held_back=held_back)
         else:
             self._open(request, request.uploads, now, check_at, reason=text, held_back=held_back)
         logger.warning(
@@ -337,7 +342,7 @@ class Submitter:
         held_back: bool = False,
     ) -> None:
         images = {upload.record_id: upload.uri for upload in uploads}
-        if not self.repository.open_request(
+        if not self.requests.open_request(
             request.submission_id,
             request.request_type.value,
             request.endpoint,
@@ -371,14 +376,14 @@ class Submitter:
         submission_id, now = request.submission_id, self.clock()
         records, gone = self._records(request.uploads)
         for upload in gone:
-            self.repository.fail_claimed_images(submission_id, [upload.uri], "the object no longer exists", now)
+            self._fail_claimed(submission_id, [upload.uri], "the object no longer exists", now)
             outcome.images_failed["object-gone"] += 1
         sent = [upload for upload in request.uploads if upload not in gone]
         if gone and request.opened:
-            self.repository.set_request_images(submission_id, {u.record_id: u.uri for u in sent}, now)
+            self.requests.set_request_images(submission_id, {u.record_id: u.uri for u in sent}, now)
         if not sent:
             if request.opened:
-                self.repository.finish_request(submission_id, Status.FAILED, now, reason="no object could be read")
+                self.requests.finish_request(submission_id, Status.FAILED, now, reason="no object could be read")
             return outcome
 
         uris = [upload.uri for upload in sent]
@@ -397,9 +402,9 @@ class Submitter:
         except (XimilarRequestError, InvalidRequest) as error:
             reason = f"Ximilar refused the request: {error}"
             logger.warning("Ximilar refused the request", extra={**log_context, "reason": reason})
-            self.repository.fail_claimed_images(submission_id, uris, reason, now)
+            self._fail_claimed(submission_id, uris, reason, now)
             if request.opened:
-                self.repository.finish_request(submission_id, Status.FAILED, now, reason=reason)
+                self.requests.finish_request(submission_id, Status.FAILED, now, reason=reason)
             outcome.images_failed["refused"] += len(sent)
             return outcome
 
@@ -409,7 +414,7 @@ class Submitter:
         if not request.opened:
             # The request's one write before its result: Ximilar's id, and due for the sweeper's first check.
             self._open(sending, sent, accepted_at, check_at, request_id=request_id)
-        elif not self.repository.mark_request_created(submission_id, request_id, accepted_at, check_at):
+        elif not self.requests.mark_request_created(submission_id, request_id, accepted_at, check_at):
             # The request left SUBMITTING while the POST was out (the sweeper gave up on it): Ximilar
             # has it all the same; say so for whoever looks.
             logger.warning("request was finished while it was being submitted", extra=log_context)

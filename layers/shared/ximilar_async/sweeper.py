@@ -36,14 +36,15 @@ from datetime import datetime, timedelta
 from typing import Final, TypeVar
 
 from ximilar_async import schedule
+from ximilar_async.clock import Clock, utc_now
 from ximilar_async.dal.writes import is_transient_storage_error
 from ximilar_async.entities import DueScan, Image, TrackedRequest
 from ximilar_async.payloads import PayloadError, RequestOutcome, parse_outcome
-from ximilar_async.ports import Store, SubmissionPause, XimilarApi
+from ximilar_async.ports import DueRequests, ImageResults, SubmissionPause, SweepLog, XimilarApi
 from ximilar_async.request_types import parse_request_type
-from ximilar_async.results import ResultRecorder, utc_now
+from ximilar_async.results import ResultRecorder
 from ximilar_async.settings import SweeperSettings
-from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
+from ximilar_async.statuses import UNFINISHED, Status, XimilarStateKind, classify_ximilar_state
 from ximilar_async.submission import SubmitOutcome, Submitter, chunks
 from ximilar_async.uploads import Upload
 from ximilar_async.ximilar import XimilarAuthError, XimilarNotFound, XimilarThrottled, XimilarTransientError
@@ -98,12 +99,14 @@ class SweepOutcome:
 
 @dataclass
 class Sweeper:
-    repository: Store
+    requests: DueRequests
+    images: ImageResults
+    sweep_log: SweepLog
     ximilar: XimilarApi
     recorder: ResultRecorder
     submitter: Submitter
     settings: SweeperSettings
-    clock: Callable[[], datetime] = utc_now
+    clock: Clock = utc_now
     rng: random.Random = field(default_factory=random.Random)
     sleep: Callable[[float], None] = time.sleep  # between a run's own reads that failed
     guard: SubmissionPause | None = None  # the spend guard, asked before submitting again; None: unguarded
@@ -113,7 +116,7 @@ class Sweeper:
 
     def sweep(self, remaining_millis: Callable[[], int]) -> SweepOutcome:
         outcome = SweepOutcome()
-        scan = self._with_retries(self.repository.due_scan, remaining_millis, outcome, "reading the last sweep")
+        scan = self._with_retries(self.sweep_log.due_scan, remaining_millis, outcome, "reading the last sweep")
         if scan is None:
             return outcome  # nothing read, so no mark to move
         shards = list(range(self.settings.index_shards))
@@ -147,7 +150,7 @@ class Sweeper:
         counts = {key: value for key, value in summary.items() if value is not None}
 
         def keep() -> bool:
-            self.repository.record_sweep(counts, self.clock(), scan)
+            self.sweep_log.record_sweep(counts, self.clock(), scan)
             return True
 
         self._with_retries(keep, remaining_millis, outcome, "keeping where the reading got to")
@@ -177,7 +180,7 @@ class Sweeper:
         within the run's deadline, then the run ends with what it read (its marks go no further)."""
         for attempt in range(1, RUN_CALL_ATTEMPTS + 1):
             try:
-                yield from self.repository.due_requests(shards, now, scan)
+                yield from self.requests.due_requests(shards, now, scan)
                 return
             except Exception as error:
                 if not self._may_try_again(attempt, remaining_millis, outcome, "reading the due index", error):
@@ -201,7 +204,7 @@ class Sweeper:
     def _take(self, request: TrackedRequest, outcome: SweepOutcome) -> bool:
         """`take_due`; a write that fails (after the client's retries) takes nothing: the entry stays due."""
         try:
-            return self.repository.take_due(request, self.clock() + HOLD)
+            return self.requests.take_due(request, self.clock() + HOLD)
         except Exception as error:
             outcome.storage_errors += 1
             logger.warning("taking a due request failed", extra=self._context(request, error))
@@ -215,7 +218,7 @@ class Sweeper:
         if request.status is not Status.CREATED or request.retry_record_ids:
             return False
         try:
-            return self.repository.request_finished(request)
+            return self.images.request_finished(request)
         except Exception as error:
             logger.warning(
                 "reading whether a request is finished failed; sweeping it", extra=self._context(request, error)
@@ -263,7 +266,7 @@ class Sweeper:
             first = timedelta(seconds=self.settings.first_check_delay_seconds)
             check_at = self.clock() + schedule.next_check_delay(first, failures, self.rng)
             reason = f"sweep failed ({failures} of {MAX_SWEEP_FAILURES}): {cause}"
-            if not self.repository.note_sweep_failure(request.submission_id, reason, self.clock(), check_at):
+            if not self.requests.note_sweep_failure(request.submission_id, reason, self.clock(), check_at):
                 outcome.finished_meanwhile += 1
             return
         reason = f"gave up after {failures} failed sweeps: {cause}"
@@ -274,8 +277,8 @@ class Sweeper:
                 record_id: uri for record_id, uri in request.images.items() if record_id in request.retry_record_ids
             }
             logger.warning("retries given up", extra={**self._context(request), "reason": reason})
-            self.repository.fail_unfinished_images(waiting, reason, self.clock(), from_statuses=(Status.ERROR,))
-            self.repository.clear_retries(request.submission_id, self.clock())
+            self.recorder.fail_images(waiting, reason, self.clock(), from_statuses=(Status.ERROR,))
+            self.requests.clear_retries(request.submission_id, self.clock())
             return
         self._give_up(request, request.ximilar_status or request.status.value, reason, outcome)
 
@@ -369,7 +372,7 @@ class Sweeper:
         self, request: TrackedRequest, at: datetime, state: str | None, outcome: SweepOutcome, *, paused: bool = False
     ) -> bool:
         """Check again at `at`; a lost race means a webhook finished the request meanwhile: nothing to do."""
-        if self.repository.reschedule(request.submission_id, at, self.clock(), ximilar_status=state, paused=paused):
+        if self.requests.reschedule(request.submission_id, at, self.clock(), ximilar_status=state, paused=paused):
             return True
         logger.info("request finished while it was being checked", extra=self._context(request))
         outcome.finished_meanwhile += 1
@@ -378,9 +381,9 @@ class Sweeper:
     def _give_up(self, request: TrackedRequest, state: str, reason: str, outcome: SweepOutcome) -> None:
         now = self.clock()
         logger.warning("request given up", extra={**self._context(request), "reason": reason})
-        outcome.images_failed += self.repository.fail_unfinished_images(request.images, reason, now)
+        outcome.images_failed += self.recorder.fail_images(request.images, reason, now)
         # False: it became DONE meanwhile, and DONE is never undone.
-        self.repository.finish_request(
+        self.requests.finish_request(
             request.submission_id,
             Status.FAILED,
             now,
@@ -395,7 +398,7 @@ class Sweeper:
         wanted = {
             record_id: uri for record_id, uri in request.images.items() if record_ids is None or record_id in record_ids
         }
-        found = self.repository.images_by_uri(wanted.values())
+        found = self.images.images_by_uri(wanted.values())
         return [
             image for record_id, uri in wanted.items() if (image := found.get(uri)) and image.record_id == record_id
         ]
@@ -427,11 +430,10 @@ class Sweeper:
 
     def _resubmit_elsewhere(self, request: TrackedRequest, state: str, outcome: SweepOutcome) -> None:
         """Ximilar will not finish this request (quota): its unfinished images go out in new requests."""
-        pending = (Status.SUBMITTING, Status.CREATED, Status.PROCESSING)
-        images = [image for image in self._images(request) if image.status in pending]
+        images = [image for image in self._images(request) if image.status in UNFINISHED]
         self._submit_images(request, images, outcome)
         reason = f"Ximilar state {state}: its images were submitted again"
-        self.repository.finish_request(
+        self.requests.finish_request(
             request.submission_id,
             Status.FAILED,
             self.clock(),
@@ -446,11 +448,11 @@ class Sweeper:
         for image in images:
             if image not in again:
                 reason = f"gave up after {image.attempts} attempts: {image.status_reason}"
-                outcome.images_failed += self.repository.fail_unfinished_images(
+                outcome.images_failed += self.recorder.fail_images(
                     {image.record_id: image.uri}, reason, self.clock(), from_statuses=(Status.ERROR,)
                 )
         self._submit_images(request, again, outcome)
-        self.repository.clear_retries(request.submission_id, self.clock())
+        self.requests.clear_retries(request.submission_id, self.clock())
 
     def _submit_images(self, request: TrackedRequest, images: list[Image], outcome: SweepOutcome) -> None:
         request_type = parse_request_type(request.request_type)

@@ -33,7 +33,7 @@ from ximilar_async.payloads import (
     parse_outcome,
     requested_record_ids,
 )
-from ximilar_async.ports import XimilarApi
+from ximilar_async.ports import RequestOutcomes, XimilarApi
 from ximilar_async.results import RecordingOutcome, ResultRecorder
 from ximilar_async.settings import ResultSource
 from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
@@ -90,6 +90,7 @@ class WebhookReceipt:
 @dataclass
 class WebhookReceiver:
     recorder: ResultRecorder
+    requests: RequestOutcomes
     auth: WebhookAuth
     max_body_bytes: int
     source: XimilarApi
@@ -129,7 +130,7 @@ class WebhookReceiver:
     def _request_item(self, submission_id: str) -> TrackedRequest | None:
         """The request item, waited for a moment (`REQUEST_ITEM_WAIT_SECONDS`) when it is not there yet."""
         give_up_at = time.monotonic() + REQUEST_ITEM_WAIT_SECONDS
-        while (request := self.recorder.repository.get_request(submission_id)) is None:
+        while (request := self.requests.get_request(submission_id)) is None:
             if time.monotonic() >= give_up_at:
                 return None
             time.sleep(REQUEST_ITEM_POLL_SECONDS)
@@ -205,7 +206,7 @@ class WebhookReceiver:
         if request.request_id is not None and request.status in (Status.CREATED, Status.PROCESSING):
             now = self.recorder.clock()
             # False: it finished meanwhile (it left the due index); nothing to do.
-            self.recorder.repository.reschedule(request.submission_id, now + RECHECK_WHEN_UNAVAILABLE, now)
+            self.requests.reschedule(request.submission_id, now + RECHECK_WHEN_UNAVAILABLE, now)
         return WebhookReceipt(RecordingOutcome(), Deferral.SOURCE_UNAVAILABLE)
 
 

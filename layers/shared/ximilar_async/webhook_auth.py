@@ -26,10 +26,12 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final, Protocol
+
+from ximilar_async.clock import Clock, utc_now
 
 # Hyphens, not underscores: many proxies drop header names with underscores.
 SUBMISSION_HEADER: Final = "X-Xasync-Submission"
@@ -73,10 +75,6 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"xasync-webhook-kid\0" + key).hexdigest()[:_KID_LENGTH]
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class WebhookAuth:
     """Signs a request's webhook headers and verifies a delivery's.
@@ -87,7 +85,7 @@ class WebhookAuth:
 
     keys: SigningKeys
     max_age: timedelta | None = None
-    clock: Callable[[], datetime] = utc_now
+    clock: Clock = utc_now
 
     def webhook(self, url: str, submission_id: str) -> dict[str, Any]:
         """The `webhook` object of a submission."""
