@@ -10,20 +10,18 @@ import contextlib
 import csv
 import json
 import logging
-import os
 import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
 import click
-from botocore.config import Config
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import Progress
@@ -34,83 +32,17 @@ from xasync.dynamodb_faults import DynamoFaults
 from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.local_stack import RUNTIMES, Runtime, freshly_signed
 from xasync.servers import wait_for
+from xasync.target import Target, target_for
 from xasync.template import PROJECT_ROOT, load_template
-from ximilar_async import keys, runtime
-from ximilar_async.dal import Storage
-from ximilar_async.dal.models import bind_tables
+from ximilar_async import keys
 from ximilar_async.entities import OutputState
 from ximilar_async.outputs import split_s3_uri
-from ximilar_async.settings import SweeperSettings
 from ximilar_async.statuses import TERMINAL_STATUSES, Status
-from ximilar_async.sweeper import Sweeper
 from ximilar_async.ximilar import XimilarClient
 
 # Wide enough for the results table when the output is a log rather than a terminal.
 console = Console(width=None if sys.stdout.isatty() else 150)
 SAMPLES = PROJECT_ROOT / "samples"
-
-
-@dataclass
-class Target:
-    """Where the commands act: the local stack (its endpoint) or a deployed one (real AWS)."""
-
-    outputs: dict[str, str]
-    index_shards: int
-    endpoint: str | None = None
-    environments: dict[str, dict[str, str]] = field(default_factory=dict)
-    stack_name: str | None = None  # a deployed stack
-
-    def client(self, service: str, **options: Any) -> Any:
-        factory: Any = boto3.client
-        return factory(service, endpoint_url=self.endpoint, **options) if self.endpoint else factory(service, **options)
-
-    def page_source(self) -> ui.PageSource:
-        """What `xasync ui` reads: the tables, and S3 with the user's own credentials for presigned GETs."""
-        # SigV4: what every region and SSE-KMS objects accept (botocore may presign with SigV2 otherwise).
-        s3 = self.client("s3", config=Config(signature_version="s3v4"))
-        return ui.PageSource(self.storage().queries, s3, self.outputs["InputBucketName"])
-
-    def storage(self) -> Storage:
-        tables = bind_tables(self.outputs["ImagesTableName"], self.outputs["RequestsTableName"], host=self.endpoint)
-        # Retention only matters to writes of requests; the CLI's writes are control items with their own.
-        return Storage.of(tables, self.index_shards, timedelta(days=1))
-
-    def environment(self, function: str) -> dict[str, str]:
-        """A function's environment: the local stack's, or the deployed function's configuration."""
-        if function not in self.environments and self.stack_name:
-            resource = self.client("cloudformation").describe_stack_resource(
-                StackName=self.stack_name, LogicalResourceId=function
-            )["StackResourceDetail"]
-            configuration = self.client("lambda").get_function_configuration(
-                FunctionName=resource["PhysicalResourceId"]
-            )
-            self.environments[function] = dict(configuration.get("Environment", {}).get("Variables", {}))
-        return self.environments[function]
-
-    @contextlib.contextmanager
-    def services(self) -> Iterator[Sweeper]:
-        """The sweeper and its collaborators (submitter, recorder, Ximilar client) as `runtime` builds them,
-        with the sweeper function's settings, run here with the caller's credentials (or the local stack's)."""
-        environment = self.environment("SweeperFunction")
-        saved = dict(os.environ)
-        os.environ.update(environment)  # the factories' boto3 and pynamodb clients read the endpoint from it
-        try:
-            yield runtime.sweeper(SweeperSettings.from_env(environment))
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-
-
-def target_for(stack_name: str | None) -> Target:
-    if stack_name:
-        stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
-        outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-        parameters = {p["ParameterKey"]: p["ParameterValue"] for p in stack.get("Parameters", [])}
-        return Target(outputs, int(parameters.get("IndexShards", 8)), stack_name=stack_name)
-    state = local_stack.read_state()
-    local_stack.use_local_credentials()
-    shards = int(state["environments"]["SweeperFunction"]["INDEX_SHARDS"])
-    return Target(state["outputs"], shards, state["aws_endpoint"], state["environments"])
 
 
 @contextlib.contextmanager
@@ -799,6 +731,15 @@ def demo(timeout: float, samples: Path, with_page: bool, port: int, runtime: Run
             console.print("See them in a browser, inputs beside outputs: .venv/bin/xasync demo --ui")
         if pending:
             sys.exit(1)
+
+
+from xasync.export_cmd import export_command  # noqa: E402 - its own module (results out for SQL)
+
+main.add_command(export_command)
+
+from xasync.buckets import connect_bucket_command  # noqa: E402 - its own module (buckets the stack did not create)
+
+main.add_command(connect_bucket_command)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@
   the template's batch size, batching window and partial batch responses (redrive to the DLQ is
   SQS's own); HttpApi events are served on a local port as payload 2.0 events; Schedule events run on
   a timer (faster locally);
+- the buckets of `WatchedBuckets`: moto's EventBridge rules of the template deliver S3's events to the
+  submit queue through a relay that puts them in AWS's documented shape (`s3_eventbridge.py`);
 - the completion events the functions put on the stack's bus (EventBusName) are delivered by moto's
   EventBridge, through a rule on `source` = the stack's name, to a local queue (`LocalEventsQueueUrl`
   in the outputs): what a user's rule to SQS would receive; `xasync events --follow` reads it;
@@ -47,6 +49,7 @@ from xasync import lambda_rie
 from xasync.dynamodb_faults import DynamoFaultProxy, DynamoFaults, dynamodb_fault_proxy
 from xasync.http_api import LocalHttpApi, Route
 from xasync.lambda_runtime import LocalLambdaContext, lambda_sqs_record, load_function
+from xasync.s3_eventbridge import relay_s3_rules, s3_rules
 from xasync.servers import Server, run_emulator, run_moto
 from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
 from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, WebhookAuth, static_keys
@@ -79,6 +82,9 @@ DYNAMODB_ENDPOINT_VARIABLE = "AWS_ENDPOINT_URL_DYNAMODB"
 NOT_NEEDED_LOCALLY = {
     "AWS::CloudWatch::Alarm": "nothing evaluates metrics locally: the functions print EMF to stdout (tests read it)",
     "AWS::SNS::Subscription": "no one to e-mail locally (and only with AlertEmail set)",
+    # moto 5.2's CloudFormation has no Glue resources; DuckDB reads the export's files instead (docs/sql.md).
+    "AWS::Glue::Database": "no Athena locally (and only with ExportGlueDatabaseName set)",
+    "AWS::Glue::Table": "no Athena locally: DuckDB reads the exported files (docs/sql.md)",
 }
 
 # Where the functions run: imported into this process, or built by `sam build` and run under Lambda's runtime
@@ -271,6 +277,11 @@ def deploy_resources(
         resolver.attributes[f"{logical_id}.Arn"] = (
             f"arn:aws:dynamodb:us-east-1:123456789012:table/{physical[logical_id]}"
         )
+    for logical_id in resources_of_type(template, "AWS::Events::Rule"):
+        if logical_id in physical:  # created: its condition held
+            resolver.attributes[f"{logical_id}.Arn"] = (
+                f"arn:aws:events:us-east-1:123456789012:rule/{physical[logical_id]}"
+            )
     secrets = _aws(endpoint, "secretsmanager")
     for logical_id in resources_of_type(template, "AWS::SecretsManager::Secret"):
         # The local key is fixed, so the signed examples in events/ verify (signed again) against a local stack.
@@ -314,6 +325,12 @@ def deploy_resources(
             )
         resources[logical_id] = f"moto: policy of {', '.join(properties['Queues'])}"
     return resolver
+
+
+def _created(template: dict[str, Any], resolver: Resolver, logical_id: str) -> bool:
+    """Whether the template creates a resource with these parameters (its `Condition`, if any, holds)."""
+    condition = template["Resources"][logical_id].get("Condition")
+    return condition is None or resolver.condition(condition)
 
 
 LOCAL_EVENTS_QUEUE = f"{STACK_NAME}-events"
@@ -520,11 +537,24 @@ def running(
         resources: dict[str, str] = {}
         resolver = deploy_resources(endpoint, template, values, resources)
         events_queue_url = deliver_events_locally(endpoint, resolver)
+        relays = relay_s3_rules(
+            _aws(endpoint, "sqs"), _aws(endpoint, "events"), template, resolver.physical_ids, STACK_NAME
+        )
+        for logical_id, relay in relays.items():
+            resources[logical_id] += " (S3's events relayed to its target in AWS's documented shape: moto 5.2's differ)"
+            relay.thread.start()
+            stack.callback(relay.thread.join, 10)
+            stack.callback(relay.stopping.set)
+        for logical_id in [name for name in s3_rules(template) if name not in relays]:
+            resources[logical_id] = "not created: its condition is false (WatchedBuckets has no entry for its slot)"
         _aws(endpoint, "ssm").put_parameter(
             Name=resolver.parameter("XimilarTokenParameterName"), Value=token, Type="SecureString", Overwrite=True
         )
         invocations = Invocations()
         specs = functions(template, resolver)
+        for logical_id in [name for name in specs if not _created(template, resolver, name)]:
+            del specs[logical_id]  # a function under a false condition (ExportFunction without ExportSchedule)
+            resources[logical_id] = "not created: its condition is false"
         http_routes: list[tuple[str, str, str]] = []
         for logical_id, spec in specs.items():
             for event in spec.events.values():

@@ -51,6 +51,8 @@ OPERATIONS: Mapping[str, frozenset[str]] = {
             "CompleteMultipartUpload",
             "AbortMultipartUpload",
             "HeadBucket",  # botocore's own, to find a bucket's region after a wrong-region answer
+            "HeadObject",  # the export: the stored size of each copied output
+            "DeleteObject",  # the export: a day's parts past its new count
         }
     ),
     "secretsmanager": frozenset({"GetSecretValue"}),

@@ -2,8 +2,8 @@
 
 Tests and local tooling read the template instead of keeping a second list of resources, so the
 two cannot drift. The resolver covers the intrinsics the template uses (Ref, Sub, GetAtt, If, Join,
-Select, Split, Equals, Not); anything deployed-only (physical ids, ARNs) resolves to a stable placeholder
-or to what the caller passes in `physical_ids`.
+Select, Split, Equals, Not, and AWS::NoValue); anything deployed-only (physical ids, ARNs) resolves to
+a stable placeholder or to what the caller passes in `physical_ids`.
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)
     return value
+
+
+NO_VALUE: Any = type("NoValue", (), {"__repr__": lambda self: "AWS::NoValue"})()
 
 
 @dataclass
@@ -90,13 +93,17 @@ class Resolver:
         return bool(self.resolve(self.template["Conditions"][name]))
 
     def resolve(self, value: Any) -> Any:
+        """The value with its intrinsics resolved; what resolves to `AWS::NoValue` is left out of its list or map."""
         if isinstance(value, list):
-            return [self.resolve(item) for item in value]
+            return [item for item in (self.resolve(item) for item in value) if item is not NO_VALUE]
         if not isinstance(value, dict):
             return value
         if len(value) != 1:
-            return {key: self.resolve(item) for key, item in value.items()}
+            resolved = {key: self.resolve(item) for key, item in value.items()}
+            return {key: item for key, item in resolved.items() if item is not NO_VALUE}
         ((name, argument),) = value.items()
+        if name == "Ref" and argument == "AWS::NoValue":
+            return NO_VALUE
         if name == "Ref":
             return self.ref(argument)
         if name == "Fn::GetAtt":

@@ -15,6 +15,7 @@ from xasync import cli, local_stack, ui
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
+from xasync.target import Target
 from xasync.template import PROJECT_ROOT
 from ximilar_async import keys
 from ximilar_async.dal.models import bind_tables
@@ -41,18 +42,18 @@ def local() -> Iterator[LocalStack]:
 
 
 @pytest.fixture(scope="module")
-def target(local: LocalStack) -> cli.Target:
-    return cli.Target(local.outputs, int(local.environments["SweeperFunction"]["INDEX_SHARDS"]), local.aws_endpoint)
+def target(local: LocalStack) -> Target:
+    return Target(local.outputs, int(local.environments["SweeperFunction"]["INDEX_SHARDS"]), local.aws_endpoint)
 
 
 @pytest.fixture(scope="module")
-def page_url(target: cli.Target) -> Iterator[str]:
+def page_url(target: Target) -> Iterator[str]:
     with ui.serving(ui.create_app(target.page_source())) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def uploaded(local: LocalStack, target: cli.Target) -> list[str]:
+def uploaded(local: LocalStack, target: Target) -> list[str]:
     """The demo's samples and a key holding a script, uploaded slowly enough to be seen in flight."""
     control = EmulatorControl(local.ximilar_url)
     control.set_knobs(processing_delay_seconds=4.0)
@@ -70,7 +71,7 @@ def uploaded(local: LocalStack, target: cli.Target) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def finished(local: LocalStack, target: cli.Target, uploaded: list[str]) -> list[str]:
+def finished(local: LocalStack, target: Target, uploaded: list[str]) -> list[str]:
     storage = target.storage()
 
     def all_finished() -> bool:
@@ -129,7 +130,7 @@ def loaded_images(page: Any, selector: str) -> list[tuple[str, int]]:
     return [(str(alt), int(width)) for alt, width in found]
 
 
-def seed_outputs(local: LocalStack, target: cli.Target) -> None:
+def seed_outputs(local: LocalStack, target: Target) -> None:
     """Once the output copier has stored the upscaled copies, turn two of them into the other states a
     person must see: one PENDING, one FAILED with a reason holding markup. City at night keeps its copy."""
     tables = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"], host=local.aws_endpoint)
@@ -194,7 +195,7 @@ def test_every_image_has_its_thumbnail_and_failures_show_their_reason(
 
 
 def test_the_upscaled_output_is_shown_beside_its_input(
-    page: Any, page_url: str, local: LocalStack, target: cli.Target, finished: list[str]
+    page: Any, page_url: str, local: LocalStack, target: Target, finished: list[str]
 ) -> None:
     seed_outputs(local, target)
     page.goto(page_url)

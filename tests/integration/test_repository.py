@@ -19,9 +19,9 @@ import pytest
 from tests.conftest import DynamoDBBackend
 from tests.support.aws import create_table_from_template
 from ximilar_async import keys
-from ximilar_async.dal.models import Tables, bind_tables
 from ximilar_async.dal import Storage
 from ximilar_async.dal.mapping import epoch
+from ximilar_async.dal.models import Tables, bind_tables
 from ximilar_async.entities import (
     DUE_INDEX_LAG,
     FULL_PASS_EVERY,

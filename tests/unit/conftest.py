@@ -64,6 +64,7 @@ SETTINGS_ENVIRONMENT = {
     "OUTPUT_BUCKET_NAME": "",
     "OUTPUT_PREFIX": "outputs/",
     "INPUT_PREFIX": "incoming/",
+    "WATCHED_BUCKETS": "",
     "OUTPUTS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/outputs",
     "ROUTE_OPTIONS": "",
 }

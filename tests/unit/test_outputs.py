@@ -24,7 +24,7 @@ from tests.unit.conftest import SETTINGS_ENVIRONMENT
 from tests.unit.given import a_submitted_request, image_of, submission_id
 from ximilar_async.copying import OutputCopier
 from ximilar_async.dal import Storage
-from ximilar_async.entities import OutputState
+from ximilar_async.entities import Output, OutputState
 from ximilar_async.events import CompletionEvents
 from ximilar_async.outputs import OutputJob, OutputLocation, OutputLocationError, artifact_name, extension_of
 from ximilar_async.payloads import parse_outcome
@@ -36,6 +36,7 @@ from ximilar_async.submission import Submitter
 from ximilar_async.uploads import Upload
 
 CAT = "incoming/cats/cat.jpg"
+INPUT = "input-bucket"  # the stack's own (FakeObjectStore's)
 ARTIFACT = "https://images.ximilar.example/upscaled/abc.jpg"
 LOCATION = OutputLocation("results-bucket", "outputs/", "incoming/")
 
@@ -52,9 +53,24 @@ def test_artifact_names_come_from_url_fields_and_the_inputs_own_url_is_not_one(f
 
 
 def test_an_output_key_mirrors_the_input_key_with_the_artifact_before_the_extension() -> None:
-    assert LOCATION.key(CAT, "upscaled", ".png") == "outputs/cats/cat.upscaled.png"
-    assert LOCATION.key("incoming/no-extension", "upscaled", ".jpg") == "outputs/no-extension.upscaled.jpg"
-    assert LOCATION.key("incoming/a.b/c d.tif", "crop", ".png") == "outputs/a.b/c d.crop.png"
+    assert LOCATION.key(INPUT, CAT, "upscaled", ".png") == "outputs/cats/cat.upscaled.png"
+    assert LOCATION.key(INPUT, "incoming/no-extension", "upscaled", ".jpg") == "outputs/no-extension.upscaled.jpg"
+    assert LOCATION.key(INPUT, "incoming/a.b/c d.tif", "crop", ".png") == "outputs/a.b/c d.crop.png"
+
+
+def test_a_watched_buckets_copies_go_under_its_name_so_the_same_key_elsewhere_never_shares_them() -> None:
+    location = replace(LOCATION, watched_buckets=frozenset({"archive", "photos"}))
+    copies = {
+        location.key(bucket, "incoming/cats/cat.jpg", "upscaled", ".png") for bucket in (INPUT, "archive", "photos")
+    }
+    assert copies == {
+        "outputs/cats/cat.upscaled.png",
+        "outputs/archive/incoming/cats/cat.upscaled.png",
+        "outputs/photos/incoming/cats/cat.upscaled.png",
+    }
+    assert location.pending("s3://archive/incoming/cats/cat.jpg", {"upscaled": "https://x/a.png?sig=1"}) == {
+        "upscaled": Output("s3://results-bucket/outputs/archive/incoming/cats/cat.upscaled.png", OutputState.PENDING)
+    }
 
 
 def test_the_extension_is_the_content_types_then_the_urls_then_the_inputs() -> None:

@@ -37,6 +37,7 @@ VALID_SUBMIT_ENV = {
     "DAILY_SUBMIT_LIMIT": "0",
     "MIN_REMAINING_CREDITS": "0",
     "ROUTE_OPTIONS": "",
+    "WATCHED_BUCKETS": "",
     "EVENT_BUS_NAME": "default",
     "EVENT_SOURCE": "ximilar-async",
 }

@@ -77,7 +77,7 @@ class OutputCopier:
                 copied = self.copier.copy(
                     url,
                     self.location.bucket,
-                    functools.partial(self.location.key, image.key, name),
+                    functools.partial(self.location.key, image.bucket, image.key, name),
                     metadata_for(image, job.request_id),
                 )
             except ArtifactGone as gone:

@@ -92,3 +92,37 @@ class _CountingReader:
         chunk: bytes = self.raw.read(size)
         self.read_bytes += len(chunk)
         return chunk
+
+
+NOT_MISSING_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+@dataclass(frozen=True)
+class S3ExportObjects:
+    """`exporting.ExportObjects` on a boto3 S3 client: the export's parts and state, results and output sizes."""
+
+    s3: Any
+
+    def get(self, bucket: str, key: str) -> bytes | None:
+        try:
+            body: bytes = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as error:
+            if error.response["Error"]["Code"] in NOT_MISSING_CODES:
+                return None
+            raise
+        return body
+
+    def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
+        self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.s3.delete_object(Bucket=bucket, Key=key)
+
+    def size(self, bucket: str, key: str) -> int | None:
+        try:
+            return int(self.s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        except ClientError as error:
+            # An output bucket the caller may not list answers 403 for an object deleted since: unknown too.
+            if error.response["Error"]["Code"] in NOT_MISSING_CODES | {"403", "AccessDenied"}:
+                return None
+            raise

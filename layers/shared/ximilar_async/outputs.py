@@ -83,11 +83,14 @@ def extension_of(content_type: str | None, url: str | None, input_key: str) -> s
 
 @dataclass(frozen=True)
 class OutputLocation:
-    """Where copies go: `bucket` under `prefix`, mirroring input keys below `input_prefix`."""
+    """Where copies go: `bucket` under `prefix`, mirroring the input bucket's keys below `input_prefix`, and
+    a watched bucket's (one the stack did not create) whole keys under a folder named after the bucket,
+    so that the same key in two buckets never makes the same copy."""
 
     bucket: str
     prefix: str
     input_prefix: str
+    watched_buckets: frozenset[str] = frozenset()
 
     def check(self, input_bucket_prefix: str = "xasync-in-") -> None:
         """Refuse a location inside the input bucket (the template refuses it too; this is the cold start's check).
@@ -103,19 +106,23 @@ class OutputLocation:
         if self.prefix.startswith("/") or not self.prefix.endswith("/"):
             raise OutputLocationError(f"output prefix {self.prefix!r} must end with / and not start with one")
 
-    def key(self, input_key: str, artifact: str, extension: str) -> str:
-        relative = input_key.removeprefix(self.input_prefix)
+    def key(self, input_bucket: str, input_key: str, artifact: str, extension: str) -> str:
+        if input_bucket in self.watched_buckets:
+            relative = f"{input_bucket}/{input_key}"
+        else:
+            relative = input_key.removeprefix(self.input_prefix)
         path = PurePosixPath(relative)
         stem = str(path.with_suffix("")) if path.suffix else relative
         return f"{self.prefix}{stem}.{artifact}{extension}"
 
-    def uri(self, input_key: str, artifact: str, extension: str) -> str:
-        return f"s3://{self.bucket}/{self.key(input_key, artifact, extension)}"
+    def uri(self, input_bucket: str, input_key: str, artifact: str, extension: str) -> str:
+        return f"s3://{self.bucket}/{self.key(input_bucket, input_key, artifact, extension)}"
 
-    def pending(self, input_key: str, artifacts: Mapping[str, str]) -> dict[str, Output]:
+    def pending(self, input_uri: str, artifacts: Mapping[str, str]) -> dict[str, Output]:
         """The outputs of a DONE result as the recorder writes them: PENDING, where they will be."""
+        bucket, key = split_s3_uri(input_uri)
         return {
-            name: Output(self.uri(input_key, name, extension_of(None, url, input_key)), OutputState.PENDING)
+            name: Output(self.uri(bucket, key, name, extension_of(None, url, key)), OutputState.PENDING)
             for name, url in artifacts.items()
         }
 

@@ -45,7 +45,7 @@ from ximilar_async import item_size
 from ximilar_async.clock import Clock, utc_now
 from ximilar_async.entities import Image, ImageResult, Output, TrackedRequest
 from ximilar_async.events import NO_EVENTS
-from ximilar_async.outputs import OutputJob, OutputLocation, OutputQueue, artifacts_of, split_s3_uri
+from ximilar_async.outputs import OutputJob, OutputLocation, OutputQueue, artifacts_of
 from ximilar_async.payloads import RequestOutcome, ResultRecord
 from ximilar_async.ports import ImageEvents, ImageResults, ItemTooLarge, ObjectStore, RequestOutcomes
 from ximilar_async.statuses import UNFINISHED, Status, XimilarStateKind, classify_ximilar_state
@@ -285,7 +285,7 @@ class ResultRecorder:
     def _outputs(self, uri: str, stored: dict[str, object]) -> dict[str, Output]:
         if self.output_location is None:
             return {}
-        return self.output_location.pending(split_s3_uri(uri)[1], artifacts_of(stored))
+        return self.output_location.pending(uri, artifacts_of(stored))
 
     def _job(self, image_result: ImageResult, record: ResultRecord) -> OutputJob:
         artifacts = artifacts_of(record.as_stored())

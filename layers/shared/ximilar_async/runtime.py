@@ -25,13 +25,16 @@ from ximilar_async.coldstart import aws_client, building
 from ximilar_async.copying import OutputCopier
 from ximilar_async.dal import Storage, bind_tables
 from ximilar_async.events import CompletionEvents, EventBridgePublisher
-from ximilar_async.objects import S3ArtifactCopier, S3Objects
+from ximilar_async.export_layout import ExportLocation
+from ximilar_async.exporting import Exporter
+from ximilar_async.objects import S3ArtifactCopier, S3ExportObjects, S3Objects
 from ximilar_async.outputs import SqsOutputQueue
 from ximilar_async.ports import ImageEvents
 from ximilar_async.results import ResultRecorder
 from ximilar_async.secret_store import SecretSigningKeys, SecretSources
 from ximilar_async.settings import (
     CommonSettings,
+    ExportSettings,
     OutputSettings,
     OutputsSettings,
     SubmitSettings,
@@ -172,6 +175,16 @@ def sweeper(settings: SweeperSettings, *, clock: Clock = utc_now) -> Sweeper:
     )
     snapstart.reseed(sweeper.rng)
     return sweeper
+
+
+def exporter(settings: ExportSettings, *, clock: Clock = utc_now) -> Exporter:
+    """The export function's service: the images table's index and items, and S3, both used by every run."""
+    return Exporter(
+        storage(settings).queries,
+        S3ExportObjects(aws_client("s3")),
+        ExportLocation(settings.results_bucket, settings.export_prefix),
+        clock=clock,
+    )
 
 
 def copy_transfer_config() -> TransferConfig:

@@ -20,6 +20,7 @@ from typing import Any, Final, Self
 from ximilar_async.outputs import OutputLocation
 from ximilar_async.request_types import RequestType, parse_request_type, records_per_request
 from ximilar_async.routing import Route, parse_routes
+from ximilar_async.watched import WatchedPrefix, parse_watched_buckets, routes_with_watched
 
 # Lambda takes at most 6 MB of event; a binary body arrives base64-encoded (4/3 larger) inside the
 # HTTP API's event, with its headers and request context around it (64 KB is generous for those).
@@ -164,11 +165,12 @@ class _Settings:
         problems: list[str] = []
         for each in dataclasses.fields(cls):
             name = each.metadata["env"]
-            if name not in source:
+            text = source.get(name)
+            if text is None:
                 problems.append(f"{name}: missing")
                 continue
             try:
-                values[each.name] = each.metadata["parse"](source[name])
+                values[each.name] = each.metadata["parse"](text)
             except SettingsProblem as error:
                 problems.append(f"{name}: {error}")
             except ValueError as error:
@@ -204,6 +206,9 @@ class CommonSettings(_Settings):
     request_retention_days: int = env("REQUEST_RETENTION_DAYS", _integer(1))
     event_bus_name: str = env("EVENT_BUS_NAME", _non_empty)
     event_source: str = env("EVENT_SOURCE", _non_empty)  # the stack's name
+    # Buckets the stack did not create (`bucket:prefix,...`): their uncovered prefixes join the submitter's
+    # routes (watched.py), and their copies go under a folder of their own (`OutputLocation`).
+    watched_buckets: tuple[WatchedPrefix, ...] = env("WATCHED_BUCKETS", parse_watched_buckets)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,7 +223,12 @@ class OutputSettings(CommonSettings):
 
     @property
     def output_location(self) -> OutputLocation:
-        return OutputLocation(self.output_bucket_name or self.results_bucket, self.output_prefix, self.input_prefix)
+        return OutputLocation(
+            self.output_bucket_name or self.results_bucket,
+            self.output_prefix,
+            self.input_prefix,
+            frozenset(each.bucket for each in self.watched_buckets),
+        )
 
     def _check(self) -> None:
         super()._check()
@@ -244,6 +254,9 @@ class SubmitSettings(CommonSettings):
     min_remaining_credits: int = env("MIN_REMAINING_CREDITS", _integer(0))  # Ximilar credits floor; 0: none
     route_options: dict[tuple[RequestType, str], dict[str, Any]] = env("ROUTE_OPTIONS", _parse_route_options)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "routes", routes_with_watched(self.routes, self.watched_buckets))
+
 
 @dataclass(frozen=True, kw_only=True)
 class WebhookSettings(OutputSettings):
@@ -267,3 +280,23 @@ class OutputsSettings(SubmitSettings, OutputSettings):
 
     regenerate_outputs_for: frozenset[RequestType] = env("REGENERATE_OUTPUTS_FOR", _parse_types)
     outputs_max_receive_count: int = env("OUTPUTS_MAX_RECEIVE_COUNT", _integer(1))
+
+    def _check(self) -> None:
+        super()._check()
+        # The copier writes: never into a bucket the stack only reads (a watched prefix would submit it again).
+        if self.output_location.bucket in {each.bucket for each in self.watched_buckets}:
+            watched = self.output_location.bucket
+            raise ValueError(f"OUTPUT_BUCKET_NAME, WATCHED_BUCKETS: {watched!r} is watched: outputs never go there")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportSettings(CommonSettings):
+    """The scheduled export of finished images to S3 for Athena (`exporting`)."""
+
+    results_bucket: str = env("RESULTS_BUCKET", _non_empty)
+    export_prefix: str = env("EXPORT_PREFIX", _any_text)  # under the results bucket; ends with /
+
+    def _check(self) -> None:
+        super()._check()
+        if self.export_prefix.startswith("/") or (self.export_prefix and not self.export_prefix.endswith("/")):
+            raise ValueError(f"EXPORT_PREFIX: {self.export_prefix!r} must end with / and not start with one")

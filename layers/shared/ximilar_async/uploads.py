@@ -1,4 +1,10 @@
-"""Uploads: what an S3 ObjectCreated notification says about one new object, and the checks before submitting."""
+"""Uploads: what an S3 ObjectCreated notification says about one new object, and the checks before submitting.
+
+Two shapes say it, and both give the same `Upload` (so the same record id, dedupe and ordering): S3's
+own event notification (`Records`, the stack's input bucket) and S3's EventBridge `Object Created`
+event (`detail-type`, `detail`), which the rules of `WatchedBuckets` send for buckets the stack did
+not create.
+"""
 
 from __future__ import annotations
 
@@ -72,7 +78,11 @@ def _sequencer_from_time(event_time: str) -> str:
 
 
 class NotAnS3Notification(ValueError):
-    """The message body is neither an S3 event notification nor S3's test event."""
+    """The message body is neither an S3 event notification, S3's test event, nor S3's EventBridge event."""
+
+
+EVENTBRIDGE_SOURCE = "aws.s3"
+OBJECT_CREATED = "Object Created"
 
 
 def uploads_from_notification(message_id: str, body: str | dict[str, Any]) -> Iterator[Upload]:
@@ -84,6 +94,9 @@ def uploads_from_notification(message_id: str, body: str | dict[str, Any]) -> It
     if not isinstance(notification, dict):
         raise NotAnS3Notification("message body is not a JSON object")
     if notification.get("Event") == "s3:TestEvent":
+        return
+    if "detail-type" in notification:
+        yield from uploads_from_eventbridge(message_id, notification)
         return
     if not isinstance(notification.get("Records"), list):
         raise NotAnS3Notification("message body has no S3 Records")
@@ -102,6 +115,36 @@ def uploads_from_notification(message_id: str, body: str | dict[str, Any]) -> It
             version_id=s3_object.get("versionId"),
             sequencer=normalize_sequencer(s3_object.get("sequencer") or _sequencer_from_time(record["eventTime"])),
         )
+
+
+def uploads_from_eventbridge(message_id: str, event: dict[str, Any]) -> Iterator[Upload]:
+    """The upload of one S3 EventBridge event (an EventBridge rule's target receives the whole event).
+
+    The fields are S3's documented ones (`detail.bucket.name`, `detail.object.key`, `size`, `etag`,
+    `version-id`, `sequencer`); the key is read as the notification's is, URL-decoded, as Powertools'
+    S3EventBridgeNotificationObject reads it. Other S3 detail-types (Object Deleted, ...) give nothing.
+    """
+    if event.get("source") != EVENTBRIDGE_SOURCE:
+        raise NotAnS3Notification(f"EventBridge event from {event.get('source')!r}, not from aws.s3")
+    if event["detail-type"] != OBJECT_CREATED:
+        return
+    try:
+        detail = event["detail"]
+        s3_object = detail["object"]
+        upload = Upload(
+            message_id=message_id,
+            bucket=detail["bucket"]["name"],
+            key=unquote_plus(s3_object["key"]),
+            size=int(s3_object["size"]),
+            etag=(s3_object.get("etag") or "").strip('"'),
+            version_id=s3_object.get("version-id") or None,
+            sequencer=normalize_sequencer(s3_object.get("sequencer") or _sequencer_from_time(event["time"])),
+        )
+    except KeyError as error:
+        raise NotAnS3Notification(f"S3 Object Created event without {error}") from None
+    except (TypeError, ValueError) as error:
+        raise NotAnS3Notification(f"S3 Object Created event with a malformed field: {error}") from None
+    yield upload
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,4 +167,12 @@ def rejection_of(upload: Upload, route: Route | None, max_image_bytes: int) -> R
     return None
 
 
-__all__ = ["Rejection", "Upload", "normalize_sequencer", "rejection_of", "route_for", "uploads_from_notification"]
+__all__ = [
+    "Rejection",
+    "Upload",
+    "normalize_sequencer",
+    "rejection_of",
+    "route_for",
+    "uploads_from_eventbridge",
+    "uploads_from_notification",
+]

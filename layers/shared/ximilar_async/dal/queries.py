@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Final, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Final, TypeVar
 
 from ximilar_async import keys
 from ximilar_async.dal.control import ControlStore
@@ -23,7 +23,7 @@ from ximilar_async.dal.images import ImageStore
 from ximilar_async.dal.mapping import EPOCH, as_known, to_request, waiting_images
 from ximilar_async.dal.models import Tables
 from ximilar_async.entities import Image, TrackedRequest
-from ximilar_async.statuses import UNFINISHED, Status
+from ximilar_async.statuses import TERMINAL_STATUSES, UNFINISHED, Status
 
 PARALLEL_QUERIES: Final = 16  # index queries of one page read in flight at once
 T = TypeVar("T")
@@ -43,6 +43,27 @@ class ResultQueries:
 
     def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]:
         return self._images.images_by_uri(uris, consistent=consistent)
+
+    def finished_between(
+        self, start: datetime | None, end: datetime | None, *, workers: int = PARALLEL_QUERIES
+    ) -> list[tuple[str, datetime]]:
+        """(uri, updated_at) of every finished image updated in [start, end) (None: unbounded), from
+        every shard of `by_status`, `workers` queries at once (the export)."""
+        images = self.tables.images
+        shards = [
+            shard for status in sorted(TERMINAL_STATUSES) for shard in keys.all_status_shards(status, self.shards)
+        ]
+
+        def query(shard: str) -> list[tuple[str, datetime]]:
+            condition: Any = None
+            if start is not None and end is not None:
+                condition = images.updated_at.between(start, end - timedelta(microseconds=1))
+            elif start is not None:
+                condition = images.updated_at >= start
+            return [(item.image_uri, item.updated_at) for item in images.by_status.query(shard, condition)]
+
+        with ThreadPoolExecutor(max_workers=min(workers, len(shards))) as pool:
+            return [entry for found in pool.map(query, shards) for entry in found]
 
     def image_uris_of_request(self, request_id: str) -> list[str]:
         """Every image of one Ximilar request: those answered (`by_request`), else those still in flight."""
