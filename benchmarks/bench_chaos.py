@@ -43,10 +43,10 @@ from xasync.dynamodb_faults import DynamoFaults
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import load_template
-from ximilar_async import keys
-from ximilar_async.dal.models import Tables, bind_tables
-from ximilar_async.entities import ImageResult
-from ximilar_async.statuses import TERMINAL_STATUSES
+from ximilar_async.adapters.dynamodb.models import Tables, bind_tables
+from ximilar_async.values import identity
+from ximilar_async.values.entities import ImageResult
+from ximilar_async.values.statuses import TERMINAL_STATUSES
 from ximilar_emulator import EmulatorControl
 
 
@@ -254,7 +254,7 @@ def main() -> int:
         for key in keys_:
             s3.put_object(Bucket=bucket, Key=key, Body=body)
         terminal = {status.value for status in TERMINAL_STATUSES}
-        uris = [keys.image_uri(bucket, key) for key in keys_]
+        uris = [identity.image_uri(bucket, key) for key in keys_]
 
         def statuses() -> Counter[str]:
             found = Counter(item.status for item in images.batch_get(uris))

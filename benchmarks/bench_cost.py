@@ -42,10 +42,10 @@ from xasync import local_stack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import load_template, resources_of_type
-from ximilar_async import keys
-from ximilar_async.dal.control import LAST_SWEEP_KEY
-from ximilar_async.dal.models import bind_tables
-from ximilar_async.statuses import TERMINAL_STATUSES
+from ximilar_async.adapters.dynamodb.control import LAST_SWEEP_KEY
+from ximilar_async.adapters.dynamodb.models import bind_tables
+from ximilar_async.values import identity
+from ximilar_async.values.statuses import TERMINAL_STATUSES
 from ximilar_emulator import EmulatorControl
 
 KB = 1024
@@ -60,7 +60,7 @@ DYNAMODB_ITEM_OVERHEAD = 100
 # Lambda's SQS event source polls an idle queue with 5 long polls (20 s each) at once.
 SQS_IDLE_POLLERS, SQS_LONG_POLL_SECONDS = 5, 20
 PER_RUN = "per-run."  # usage of a sweeper run whatever the images (its last-run record), not per image
-SECRET_MAX_AGE = 300  # ximilar_async.secret_store caches the token and the key this long (per warm container)
+SECRET_MAX_AGE = 300  # ximilar_async.adapters.secrets caches the token and the key this long (per warm container)
 # Values of the HTTP API's access-log variables with typical lengths, to size one access-log line.
 ACCESS_LOG_SAMPLE = {
     "requestId": "ABCDEFGHIJKLMNO=",
@@ -550,7 +550,7 @@ def run_route(local: local_stack.LocalStack, meter: Meter, prefix: str, images: 
     usage["s3.stored_bytes"] += images * len(body)
 
     def finished() -> bool:
-        found = model.batch_get([keys.image_uri(bucket, key) for key in keys_])
+        found = model.batch_get([identity.image_uri(bucket, key) for key in keys_])
         return sum(1 for item in found if item.status in terminal) == len(keys_)
 
     wait_for(finished, timeout=900, interval=0.5, what=f"every {name} image")

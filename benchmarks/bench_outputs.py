@@ -30,7 +30,7 @@ import json, resource, sys, time, tracemalloc
 import boto3, requests
 from botocore.config import Config
 from ximilar_async import runtime
-from ximilar_async.objects import S3ArtifactCopier
+from ximilar_async.adapters.s3 import S3ArtifactCopier
 
 url, bucket = sys.argv[1], sys.argv[2]
 copier = S3ArtifactCopier(

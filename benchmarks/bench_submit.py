@@ -21,7 +21,7 @@ from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server
 from xasync.template import load_template
-from ximilar_async.submission import SubmitOutcome
+from ximilar_async.values.submissions import SubmitOutcome
 from ximilar_emulator import EmulatorControl
 
 TOKEN = "bench-token"  # noqa: S105 - the local emulator's token

@@ -30,9 +30,10 @@ from xasync import ui
 from xasync.sample_images import png_bytes
 from xasync.servers import moto_server, wait_for
 from xasync.template import load_template
-from ximilar_async import keys
-from ximilar_async.dal.queries import ResultQueries
-from ximilar_async.statuses import Status
+from ximilar_async.adapters.dynamodb import keys
+from ximilar_async.adapters.dynamodb.queries import ResultQueries
+from ximilar_async.values import identity
+from ximilar_async.values.statuses import Status
 
 STATUS_MIX = [Status.DONE] * 90 + [Status.FAILED] * 5 + [Status.ERROR] * 3 + [Status.PROCESSING] * 2
 TYPES = ["upscaler", "flows", "card-grader", "collectibles-recognition"]
@@ -45,7 +46,7 @@ def seed(queries: ResultQueries, bucket: str, count: int, now: datetime) -> list
     with images.batch_write() as batch:
         for n in range(count):
             key = f"incoming/bench/{n:06d} photo+ü.png"
-            uri = keys.image_uri(bucket, key)
+            uri = identity.image_uri(bucket, key)
             status = STATUS_MIX[n % len(STATUS_MIX)]
             at = now - timedelta(seconds=5 * n)
             done = status is Status.DONE
@@ -56,7 +57,7 @@ def seed(queries: ResultQueries, bucket: str, count: int, now: datetime) -> list
                     key=key,
                     version="etag",
                     sequencer="0" * 64,
-                    record_id=keys.record_id(bucket, key, "etag"),
+                    record_id=identity.record_id(bucket, key, "etag"),
                     status=status.value,
                     status_reason=None if done else "bench: not done",
                     status_shard=keys.status_shard(status, uri, queries.shards),

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from xasync import local_stack
 from xasync.servers import wait_for
-from ximilar_async import keys
-from ximilar_async.dal.models import ImageItem, bind_tables
-from ximilar_async.statuses import TERMINAL_STATUSES
+from ximilar_async.adapters.dynamodb.models import ImageItem, bind_tables
+from ximilar_async.values import identity
+from ximilar_async.values.statuses import TERMINAL_STATUSES
 
 TERMINAL = frozenset(status.value for status in TERMINAL_STATUSES)
 
@@ -70,7 +70,7 @@ def images_model(local: local_stack.LocalStack) -> type[ImageItem]:
 
 def image_items(local: local_stack.LocalStack, keys_: Sequence[str]) -> list[ImageItem]:
     bucket = local.outputs["InputBucketName"]
-    return list(images_model(local).batch_get([keys.image_uri(bucket, key) for key in keys_]))
+    return list(images_model(local).batch_get([identity.image_uri(bucket, key) for key in keys_]))
 
 
 def statuses(local: local_stack.LocalStack, keys_: Sequence[str]) -> Counter[str]:

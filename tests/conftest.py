@@ -16,7 +16,7 @@ from tests.support import iam_audit
 from tests.support.aws import AwsStack, create_stack, create_table_from_template
 from xasync.servers import dynalite_server, emulator_process, moto_server
 from xasync.template import load_template
-from ximilar_async.dal.models import Tables, bind_tables
+from ximilar_async.adapters.dynamodb.models import Tables, bind_tables
 from ximilar_emulator import EmulatorControl
 
 # Tests never reach AWS: fake credentials, a fixed region.

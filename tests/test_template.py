@@ -12,7 +12,7 @@ import pytest
 from cfnlint.api import lint_all
 
 from xasync.template import PROJECT_ROOT, TEMPLATE_PATH, Resolver, functions, resources_of_type
-from ximilar_async.dal.models import ImageItem, RequestItem, bind_tables
+from ximilar_async.adapters.dynamodb.models import ImageItem, RequestItem, bind_tables
 from ximilar_async.settings import (
     MAX_WEBHOOK_BODY_LIMIT,
     CommonSettings,

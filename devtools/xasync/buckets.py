@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from xasync.target import target_for
-from ximilar_async.watched import parse_watched_buckets
+from ximilar_async.values.watched import parse_watched_buckets
 
 # The destinations a notification configuration may hold, besides EventBridge (kept as they are).
 DESTINATIONS = ("QueueConfigurations", "TopicConfigurations", "LambdaFunctionConfigurations")

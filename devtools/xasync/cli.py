@@ -34,11 +34,11 @@ from xasync.local_stack import RUNTIMES, Runtime, freshly_signed
 from xasync.servers import wait_for
 from xasync.target import Target, target_for
 from xasync.template import PROJECT_ROOT, load_template
-from ximilar_async import keys
-from ximilar_async.entities import OutputState
-from ximilar_async.outputs import split_s3_uri
-from ximilar_async.statuses import TERMINAL_STATUSES, Status
-from ximilar_async.ximilar import XimilarClient
+from ximilar_async.adapters.ximilar import XimilarClient
+from ximilar_async.values import identity
+from ximilar_async.values.entities import OutputState
+from ximilar_async.values.outputs import split_s3_uri
+from ximilar_async.values.statuses import TERMINAL_STATUSES, Status
 
 # Wide enough for the results table when the output is a log rather than a terminal.
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -243,7 +243,7 @@ def find_items(
 ) -> list[dict[str, Any]]:
     storage = target.storage()
     if key:
-        uris = [keys.image_uri(target.outputs["InputBucketName"], key)]
+        uris = [identity.image_uri(target.outputs["InputBucketName"], key)]
     elif request_id:
         uris = storage.queries.image_uris_of_request(request_id)
     else:
@@ -288,7 +288,7 @@ def results(
 def fetch(key: str, destination: Path, stack_name: str | None) -> None:
     """Download the stored outputs of one image (its upscaled copy, ...) from the output location."""
     target = target_for(stack_name)
-    image = target.storage().queries.image(keys.image_uri(target.outputs["InputBucketName"], key))
+    image = target.storage().queries.image(identity.image_uri(target.outputs["InputBucketName"], key))
     if image is None:
         raise click.ClickException(f"no image item for {key}")
     stored = {name: output for name, output in image.outputs.items() if output.state is OutputState.STORED}
@@ -568,7 +568,7 @@ def reprocess(
     if prefix and not request_id:
         bucket = target.outputs["InputBucketName"]
         uris = [
-            keys.image_uri(bucket, found.key)
+            identity.image_uri(bucket, found.key)
             for page in ops.listed_objects(target.client("s3"), bucket, prefix)
             for found in page
         ]
@@ -695,7 +695,9 @@ def demo(timeout: float, samples: Path, with_page: bool, port: int, runtime: Run
         terminal = set(TERMINAL_STATUSES)
 
         def statuses() -> dict[str, Status]:
-            found = storage.queries.images_by_uri([keys.image_uri(bucket, key) for key in uploaded], consistent=False)
+            found = storage.queries.images_by_uri(
+                [identity.image_uri(bucket, key) for key in uploaded], consistent=False
+            )
             # An image whose outputs are still being copied is not finished for the demo.
             return {
                 image.key: Status.PROCESSING

@@ -1,6 +1,6 @@
 """`xasync export`: finished images to S3 as JSON Lines by day, for Athena (or DuckDB on a laptop).
 
-What is exported, and how, is `ximilar_async.exporting`'s (the scheduled function runs the same code);
+What is exported, and how, is `ximilar_async.services.exporter`'s (the scheduled function runs the same code);
 this is the command: where the stack is, its options, and a download of the files for DuckDB.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 import click
 
 from xasync.target import Target, target_for
-from ximilar_async.export_layout import DEFAULT_PREFIX, ExportLocation
-from ximilar_async.exporting import Exporter, ExportOutcome
-from ximilar_async.objects import S3ExportObjects
+from ximilar_async.adapters.s3 import S3ExportObjects
+from ximilar_async.services.exporter import Exporter, ExportOutcome
+from ximilar_async.values.export_layout import DEFAULT_PREFIX, ExportLocation
 
 
 def exporter(target: Target, location: ExportLocation) -> Exporter:

@@ -52,7 +52,7 @@ from xasync.lambda_runtime import LocalLambdaContext, lambda_sqs_record, load_fu
 from xasync.s3_eventbridge import relay_s3_rules, s3_rules
 from xasync.servers import Server, run_emulator, run_moto
 from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
-from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, WebhookAuth, static_keys
+from ximilar_async.services.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, WebhookAuth, static_keys
 
 logger = logging.getLogger("xasync.local")
 

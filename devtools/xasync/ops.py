@@ -19,16 +19,17 @@ from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote_plus, unquote_plus, urlsplit
 
-from ximilar_async import keys
-from ximilar_async.dal import Storage
-from ximilar_async.entities import Image
-from ximilar_async.payloads import parse_outcome
-from ximilar_async.request_types import parse_request_type
-from ximilar_async.results import ResultRecorder
-from ximilar_async.statuses import TERMINAL_STATUSES, UNFINISHED, Status
-from ximilar_async.submission import SubmitOutcome, Submitter, chunks
-from ximilar_async.uploads import Upload, rejection_of, route_for
-from ximilar_async.ximilar import XimilarClient
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.adapters.ximilar import XimilarClient
+from ximilar_async.services.result_recorder import ResultRecorder
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.values import identity
+from ximilar_async.values.entities import Image
+from ximilar_async.values.request_types import parse_request_type
+from ximilar_async.values.statuses import TERMINAL_STATUSES, UNFINISHED, Status
+from ximilar_async.values.submissions import SubmitOutcome, chunks
+from ximilar_async.values.uploads import Rejection, Upload, admit
+from ximilar_async.values.ximilar_payloads import parse_outcome
 
 QUEUE_ATTRIBUTES: Final = [
     "ApproximateNumberOfMessages",
@@ -121,7 +122,7 @@ class ExistingObject:
 
     @property
     def record_id(self) -> str:
-        return keys.record_id(self.bucket, self.key, self.version_id or self.etag)
+        return identity.record_id(self.bucket, self.key, self.version_id or self.etag)
 
 
 def listed_objects(s3: Any, bucket: str, prefix: str) -> Iterator[list[ExistingObject]]:
@@ -228,11 +229,13 @@ def backfill(
     for page in pages:
         for batch in chunks(page, BATCH_GET_SIZE):
             outcome.listed += len(batch)
-            known = storage.queries.images_by_uri([keys.image_uri(o.bucket, o.key) for o in batch], consistent=False)
+            known = storage.queries.images_by_uri(
+                [identity.image_uri(o.bucket, o.key) for o in batch], consistent=False
+            )
             new = [
                 o
                 for o in batch
-                if (image := known.get(keys.image_uri(o.bucket, o.key))) is None or image.record_id != o.record_id
+                if (image := known.get(identity.image_uri(o.bucket, o.key))) is None or image.record_id != o.record_id
             ]
             outcome.already_known += len(batch) - len(new)
             for group in chunks(new, SQS_BATCH_SIZE):
@@ -294,10 +297,9 @@ def plan_reprocess(images: Iterable[Image], submitter: Submitter) -> list[Planne
         if image.status not in TERMINAL_STATUSES:
             planned.append(Planned(image, None, f"{image.status.value}: not finished, left alone"))
             continue
-        route = route_for(image.key, settings.routes)
-        rejection = rejection_of(Upload.of_image(image), route, settings.max_image_bytes)
-        if rejection is not None or route is None:
-            planned.append(Planned(image, None, rejection.text if rejection else "no route"))
+        route = admit(Upload.of_image(image), settings.routes, settings.max_image_bytes)
+        if isinstance(route, Rejection):
+            planned.append(Planned(image, None, route.text))
             continue
         request_type = image.request_type or route.request_type.value
         planned.append(Planned(image, (request_type, image.endpoint or route.endpoint)))

@@ -14,10 +14,10 @@ from botocore.config import Config
 
 from xasync import local_stack, ui
 from ximilar_async import runtime
-from ximilar_async.dal import Storage
-from ximilar_async.dal.models import bind_tables
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.adapters.dynamodb.models import bind_tables
+from ximilar_async.services.sweeper import Sweeper
 from ximilar_async.settings import SweeperSettings
-from ximilar_async.sweeper import Sweeper
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Safe by default: it listens on 127.0.0.1 only and answers only to a Host of 127.0.0.1 or localhost (a
 page elsewhere cannot rebind its name to it and read it), has GET routes only, and shows every value
 through Jinja's autoescaping (keys and results are user data). Presigned GETs are made per render with
-the credentials of whoever runs it and are never stored. Reads go through `dal.queries`' index
+the credentials of whoever runs it and are never stored. Reads go through `adapters.dynamodb.queries`' index
 queries, one page at a time, so the page costs the same with 10 or 10 million images.
 """
 
@@ -26,12 +26,12 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.serving import make_server
 
 from xasync import views
-from ximilar_async import summaries
-from ximilar_async.dal.queries import ImagePage, PagePosition, ResultQueries
-from ximilar_async.entities import Image, OutputState
-from ximilar_async.request_types import RequestType
-from ximilar_async.statuses import TERMINAL_STATUSES, Status
-from ximilar_async.uploads import IMAGE_EXTENSIONS
+from ximilar_async.adapters.dynamodb.queries import ImagePage, PagePosition, ResultQueries
+from ximilar_async.values import summaries
+from ximilar_async.values.entities import Image, OutputState
+from ximilar_async.values.request_types import RequestType
+from ximilar_async.values.statuses import TERMINAL_STATUSES, Status
+from ximilar_async.values.uploads import IMAGE_EXTENSIONS
 
 PAGE_SIZE = 48
 MAX_PAGE_SIZE = 200
@@ -46,7 +46,7 @@ LOOPBACK = "127.0.0.1"
 
 @dataclass(frozen=True)
 class PageSource:
-    """What the page reads: the images table (through `dal.queries`) and S3 (to presign GETs)."""
+    """What the page reads: the images table (through `adapters.dynamodb.queries`) and S3 (to presign GETs)."""
 
     queries: ResultQueries
     s3: Any  # a boto3 S3 client with the user's own credentials

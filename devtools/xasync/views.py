@@ -6,8 +6,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ximilar_async.entities import Image
-from ximilar_async.summaries import summary
+from ximilar_async.values.entities import Image
+from ximilar_async.values.summaries import summary
 
 COLUMNS = ("key", "status", "request_id", "summary", "outputs")
 

@@ -18,7 +18,7 @@ import requests
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from ximilar_async.request_types import DOCUMENTED_ENDPOINTS as DOCUMENTED
+from ximilar_async.values.request_types import DOCUMENTED_ENDPOINTS as DOCUMENTED
 from ximilar_emulator.processing import process_record
 from ximilar_emulator.state import (
     REQUEST_TYPES,

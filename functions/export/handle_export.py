@@ -1,7 +1,7 @@
 """Entry point of the export function: finished images to S3 as JSON Lines by day, for Athena, on a schedule.
 
 Only with the `ExportSchedule` parameter set. Each run exports what changed since the last one
-(`ximilar_async.exporting`); by hand, `xasync export` (`--full` rewrites every day).
+(`ximilar_async.services.exporter`); by hand, `xasync export` (`--full` rewrites every day).
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
+from ximilar_async.adapters.sqs import Record, process_records
 from ximilar_async.coldstart import cold_start
 from ximilar_async.handler_setup import function_setup
-from ximilar_async.outputs import OutputJob
 from ximilar_async.settings import OutputsSettings
-from ximilar_async.sqs_batch import Record, process_records
+from ximilar_async.values.outputs import OutputJob
 
 settings, logger, metrics = function_setup(OutputsSettings)
 with cold_start():

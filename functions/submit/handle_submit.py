@@ -19,12 +19,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from ximilar_async import runtime
+from ximilar_async.adapters.sqs import partial_batch_response
 from ximilar_async.coldstart import cold_start
 from ximilar_async.handler_setup import function_setup
 from ximilar_async.settings import SubmitSettings
-from ximilar_async.sqs_batch import partial_batch_response
-from ximilar_async.submission import SubmitOutcome
-from ximilar_async.uploads import NotAnS3Notification, Upload, uploads_from_notification
+from ximilar_async.values.submissions import SubmitOutcome
+from ximilar_async.values.uploads import NotAnS3Notification, Upload, uploads_from_notification
 
 settings, logger, metrics = function_setup(SubmitSettings)
 with cold_start():

@@ -21,7 +21,7 @@ from ximilar_async import runtime
 from ximilar_async.coldstart import cold_start
 from ximilar_async.handler_setup import function_setup
 from ximilar_async.settings import SweeperSettings
-from ximilar_async.sweeper import SweepOutcome
+from ximilar_async.values.sweeps import SweepOutcome
 
 settings, logger, metrics = function_setup(SweeperSettings)
 with cold_start():

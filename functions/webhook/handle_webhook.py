@@ -25,8 +25,8 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from ximilar_async import runtime
 from ximilar_async.coldstart import cold_start
 from ximilar_async.handler_setup import function_setup
+from ximilar_async.services.webhook_receiver import Refusal, WebhookRefused
 from ximilar_async.settings import WebhookSettings
-from ximilar_async.webhook import Refusal, WebhookRefused
 
 ROUTE = ("POST", "/webhook")
 STATUS_OF: dict[Refusal, int] = {

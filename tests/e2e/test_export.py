@@ -30,10 +30,11 @@ from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import PROJECT_ROOT
-from ximilar_async import keys
-from ximilar_async.dal.models import bind_tables
-from ximilar_async.export_layout import COLUMNS, ExportLocation
-from ximilar_async.statuses import Status
+from ximilar_async.adapters.dynamodb import keys
+from ximilar_async.adapters.dynamodb.models import bind_tables
+from ximilar_async.values import identity
+from ximilar_async.values.export_layout import COLUMNS, ExportLocation
+from ximilar_async.values.statuses import Status
 from ximilar_emulator.processing import card_grader_result
 
 CARDS = [f"incoming/cards/card-{n}.png" for n in range(8)]  # card-grader (the local stack's routes)
@@ -89,7 +90,7 @@ def seed_through_the_models(local: LocalStack, now: datetime) -> dict[str, Any]:
         (2, "old/d.png", Status.FAILED, "request FAILED at Ximilar"),
     ]
     big = "incoming/cards/big-result.png"
-    record_id, request_id = keys.record_id(bucket, big, "v1"), "req-big"
+    record_id, request_id = identity.record_id(bucket, big, "v1"), "req-big"
     result_key = f"results/{record_id}/{request_id}.json"
     record = {"_id": record_id, "_width": 600, "_height": 800, "grades": {"final": 9.5, "condition": "Mint"}}
     local.client("s3").put_object(Bucket=results_bucket, Key=result_key, Body=json.dumps(record).encode())
@@ -98,7 +99,7 @@ def seed_through_the_models(local: LocalStack, now: datetime) -> dict[str, Any]:
     ]
     seeded.append((0, big, Status.DONE, None, f"s3://{results_bucket}/{result_key}"))
     for days, key, status, reason, result_s3_uri in seeded:
-        uri, when = keys.image_uri(bucket, key), now - timedelta(days=days)
+        uri, when = identity.image_uri(bucket, key), now - timedelta(days=days)
         tables.images(
             uri,
             bucket=bucket,
@@ -106,7 +107,7 @@ def seed_through_the_models(local: LocalStack, now: datetime) -> dict[str, Any]:
             version="v1",
             sequencer="0" * 16,
             size_bytes=100,
-            record_id=keys.record_id(bucket, key, "v1"),
+            record_id=identity.record_id(bucket, key, "v1"),
             status=status.value,
             status_reason=reason,
             status_shard=keys.status_shard(status, uri, shards),

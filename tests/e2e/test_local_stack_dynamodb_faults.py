@@ -12,7 +12,7 @@ from xasync import cli, local_stack
 from xasync.dynamodb_faults import APPLIED_THEN_500, DynamoFaults
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async import keys
+from ximilar_async.values import identity
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_the_functions_reach_dynamodb_through_the_proxy_and_their_images_end_don
 
         def status(key: str) -> str | None:
             answer = local.client("dynamodb").get_item(
-                TableName=images_table, Key={"image_uri": {"S": keys.image_uri(bucket, key)}}, ConsistentRead=True
+                TableName=images_table, Key={"image_uri": {"S": identity.image_uri(bucket, key)}}, ConsistentRead=True
             )
             return answer["Item"]["status"]["S"] if "Item" in answer else None
 

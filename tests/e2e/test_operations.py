@@ -17,7 +17,7 @@ from xasync import local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async.ximilar import XimilarClient, make_session
+from ximilar_async.adapters.ximilar import XimilarClient, make_session
 from ximilar_emulator import EmulatorControl
 
 

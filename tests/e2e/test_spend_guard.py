@@ -14,7 +14,7 @@ from xasync import local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async import keys
+from ximilar_async.values import identity
 from ximilar_emulator import EmulatorControl
 
 LIMIT = 20
@@ -46,7 +46,7 @@ def states(local: LocalStack, keys_: list[str]) -> Counter[str]:
     for key in keys_:
         item = dynamodb.get_item(
             TableName=local.outputs["ImagesTableName"],
-            Key={"image_uri": {"S": keys.image_uri(local.outputs["InputBucketName"], key)}},
+            Key={"image_uri": {"S": identity.image_uri(local.outputs["InputBucketName"], key)}},
             ConsistentRead=True,
         ).get("Item", {})
         status = item.get("status", {}).get("S", "none")

@@ -17,10 +17,10 @@ from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.target import Target
 from xasync.template import PROJECT_ROOT
-from ximilar_async import keys
-from ximilar_async.dal.models import bind_tables
-from ximilar_async.entities import OutputState
-from ximilar_async.statuses import TERMINAL_STATUSES
+from ximilar_async.adapters.dynamodb.models import bind_tables
+from ximilar_async.values import identity
+from ximilar_async.values.entities import OutputState
+from ximilar_async.values.statuses import TERMINAL_STATUSES
 from ximilar_emulator import EmulatorControl
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -60,7 +60,7 @@ def uploaded(local: LocalStack, target: Target) -> list[str]:
     cli.upload_files(target, [SAMPLES], "")
     local.client("s3").put_object(Bucket=local.outputs["InputBucketName"], Key=SCRIPT_KEY, Body=png_bytes(20, 14))
     storage = target.storage()
-    uris = [keys.image_uri(local.outputs["InputBucketName"], key) for key in ALL_KEYS]
+    uris = [identity.image_uri(local.outputs["InputBucketName"], key) for key in ALL_KEYS]
     wait_for(
         lambda: len(storage.images.images_by_uri(uris)) == len(uris),
         timeout=60,
@@ -139,7 +139,7 @@ def seed_outputs(local: LocalStack, target: Target) -> None:
     upscaled = ["incoming/photos/city at night.png", "incoming/photos/sunset.png", "incoming/photos/forest.jpg"]
 
     def copied() -> bool:
-        images = [storage.images.image(keys.image_uri(bucket, key)) for key in upscaled]
+        images = [storage.images.image(identity.image_uri(bucket, key)) for key in upscaled]
         return all(
             image is not None and image.outputs and {o.state for o in image.outputs.values()} == {OutputState.STORED}
             for image in images
@@ -157,7 +157,7 @@ def seed_outputs(local: LocalStack, target: Target) -> None:
         },
     }
     for key, output in outputs.items():
-        tables.images(keys.image_uri(bucket, key)).update(actions=[tables.images.outputs.set({"upscaled": output})])
+        tables.images(identity.image_uri(bucket, key)).update(actions=[tables.images.outputs.set({"upscaled": output})])
 
 
 def test_the_page_refreshes_itself_while_images_are_in_flight(page: Any, page_url: str, uploaded: list[str]) -> None:

@@ -26,7 +26,7 @@ from xasync import local_stack
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async import keys
+from ximilar_async.values import identity
 
 BUCKET = f"photos-archive-{uuid.uuid4().hex[:8]}"
 PREFIX = "photos/"
@@ -52,7 +52,7 @@ def versions(s3: Any, bucket: str) -> set[tuple[str, str, str]]:
 def item(local: LocalStack, bucket: str, key: str) -> dict[str, Any]:
     answer = local.client("dynamodb").get_item(
         TableName=local.outputs["ImagesTableName"],
-        Key={"image_uri": {"S": keys.image_uri(bucket, key)}},
+        Key={"image_uri": {"S": identity.image_uri(bucket, key)}},
         ConsistentRead=True,
     )
     return dict(answer.get("Item", {}))

@@ -17,11 +17,11 @@ import pytest
 
 from tests.support.aws import create_table_from_template
 from xasync.dynamodb_faults import DynamoFaultProxy, DynamoFaults, dynamodb_fault_proxy
-from ximilar_async.dal import Storage
-from ximilar_async.dal.models import Tables, bind_tables
-from ximilar_async.entities import Claim, DueScan, ImageResult
-from ximilar_async.statuses import Status
-from ximilar_async.uploads import Upload
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.adapters.dynamodb.models import Tables, bind_tables
+from ximilar_async.values.entities import Claim, DueScan, ImageResult
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.uploads import Upload
 
 SHARDS = 4
 LEASE = timedelta(minutes=2)

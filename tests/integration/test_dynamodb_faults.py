@@ -30,7 +30,7 @@ from xasync.dynamodb_faults import (
     DynamoFaults,
     dynamodb_fault_proxy,
 )
-from ximilar_async.dal.models import bind_tables
+from ximilar_async.adapters.dynamodb.models import bind_tables
 
 THROTTLING_ERRORS = {"ProvisionedThroughputExceededException", "ThrottlingException"}
 NEW_IMAGE = "attribute_not_exists(image_uri)"

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ximilar_async import keys
-from ximilar_async.dal import Storage
-from ximilar_async.dal.models import Tables
-from ximilar_async.entities import Image
-from ximilar_async.statuses import Status
+from ximilar_async.adapters.dynamodb import Storage, keys
+from ximilar_async.adapters.dynamodb.models import Tables
+from ximilar_async.values import identity
+from ximilar_async.values.entities import Image
+from ximilar_async.values.statuses import Status
 
 # The data layer's expressions meet DynamoDB's own validation too (dynalite), not only moto's leniency.
 pytestmark = pytest.mark.parametrize("dynamodb_backend", ["moto", "dynalite"], indirect=True)
@@ -27,7 +27,7 @@ def seed(tables: Tables, rows: Sequence[Row]) -> None:
     """(key, status, updated_at, request type, request id) per image, written in one batch."""
     with tables.images.batch_write() as batch:
         for key, status, at, request_type, request_id in rows:
-            uri = keys.image_uri("input", key)
+            uri = identity.image_uri("input", key)
             batch.save(
                 tables.images(
                     uri,
@@ -35,7 +35,7 @@ def seed(tables: Tables, rows: Sequence[Row]) -> None:
                     key=key,
                     version="etag",
                     sequencer="0" * 64,
-                    record_id=keys.record_id("input", key, "etag"),
+                    record_id=identity.record_id("input", key, "etag"),
                     status=status.value,
                     status_shard=keys.status_shard(status, uri, SHARDS),
                     request_type=request_type,

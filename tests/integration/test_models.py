@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pynamodb.exceptions import PutError
 
-from ximilar_async import keys
-from ximilar_async.dal.models import ImageItem, Tables
-from ximilar_async.statuses import Status
+from ximilar_async.adapters.dynamodb import keys
+from ximilar_async.adapters.dynamodb.models import ImageItem, Tables
+from ximilar_async.values import identity
+from ximilar_async.values.statuses import Status
 
 # The data layer's expressions meet DynamoDB's own validation too (dynalite), not only moto's leniency.
 pytestmark = pytest.mark.parametrize("dynamodb_backend", ["moto", "dynalite"], indirect=True)
@@ -18,14 +19,14 @@ SHARDS = 4
 
 
 def make_image(tables: Tables, key: str, status: Status, at: datetime, request_id: str | None = None) -> ImageItem:
-    uri = keys.image_uri("input", key)
+    uri = identity.image_uri("input", key)
     image = tables.images(
         uri,
         bucket="input",
         key=key,
         version="etag-1",
         sequencer="0" * 64,
-        record_id=keys.record_id("input", key, "etag-1"),
+        record_id=identity.record_id("input", key, "etag-1"),
         status=status.value,
         status_shard=keys.status_shard(status, uri, SHARDS),
         request_id=request_id,
@@ -39,7 +40,7 @@ def make_image(tables: Tables, key: str, status: Status, at: datetime, request_i
 def test_an_image_is_one_getitem_by_bucket_and_key(tables: Tables) -> None:
     now = datetime.now(UTC)
     make_image(tables, "incoming/a b+c/ünï.jpg", Status.DONE, now)
-    found = tables.images.get(keys.image_uri("input", "incoming/a b+c/ünï.jpg"))
+    found = tables.images.get(identity.image_uri("input", "incoming/a b+c/ünï.jpg"))
     assert (found.key, found.status, found.attempts) == ("incoming/a b+c/ünï.jpg", "DONE", 0)
 
 
@@ -51,7 +52,7 @@ def test_all_images_of_a_request_come_from_the_by_request_index(tables: Tables) 
     make_image(tables, "incoming/unsent.jpg", Status.SUBMITTING, now)
     found = list(tables.images.by_request.query("request-1"))
     assert sorted(item.image_uri for item in found) == [
-        keys.image_uri("input", f"incoming/r1-{n}.jpg") for n in range(3)
+        identity.image_uri("input", f"incoming/r1-{n}.jpg") for n in range(3)
     ]
     assert {item.status for item in found} == {"CREATED"}
 
@@ -69,7 +70,7 @@ def test_recent_results_by_status_and_time_read_every_shard(tables: Tables) -> N
         for item in tables.images.by_status.query(shard, tables.images.updated_at >= since)
     ]
     assert sorted(item.image_uri for item in found) == sorted(
-        keys.image_uri("input", f"incoming/new-{n}.jpg") for n in range(10)
+        identity.image_uri("input", f"incoming/new-{n}.jpg") for n in range(10)
     )
 
 
@@ -109,7 +110,7 @@ def test_the_due_index_is_sparse_and_read_by_time(tables: Tables) -> None:
 def test_a_conditional_put_does_not_overwrite_an_existing_image(tables: Tables) -> None:
     now = datetime.now(UTC)
     make_image(tables, "incoming/once.jpg", Status.DONE, now)
-    again = tables.images.get(keys.image_uri("input", "incoming/once.jpg"))
+    again = tables.images.get(identity.image_uri("input", "incoming/once.jpg"))
     again.status = Status.SUBMITTING.value
     with pytest.raises(PutError) as raised:
         again.save(condition=tables.images.image_uri.does_not_exist())

@@ -18,11 +18,10 @@ import pytest
 
 from tests.conftest import DynamoDBBackend
 from tests.support.aws import create_table_from_template
-from ximilar_async import keys
-from ximilar_async.dal import Storage
-from ximilar_async.dal.mapping import epoch
-from ximilar_async.dal.models import Tables, bind_tables
-from ximilar_async.entities import (
+from ximilar_async.adapters.dynamodb import Storage, keys
+from ximilar_async.adapters.dynamodb.mapping import epoch
+from ximilar_async.adapters.dynamodb.models import Tables, bind_tables
+from ximilar_async.values.entities import (
     DUE_INDEX_LAG,
     FULL_PASS_EVERY,
     Claim,
@@ -34,8 +33,8 @@ from ximilar_async.entities import (
     SpendDay,
     TrackedRequest,
 )
-from ximilar_async.statuses import Status
-from ximilar_async.uploads import Upload
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.uploads import Upload
 
 # The data layer's expressions meet DynamoDB's own validation too (dynalite), not only moto's leniency.
 pytestmark = pytest.mark.parametrize("dynamodb_backend", ["moto", "dynalite"], indirect=True)
@@ -110,9 +109,7 @@ def a_result(
     return ImageResult(upload.uri, upload.record_id, request_id, status, reason, record, outputs=outputs or {})
 
 
-def open_created(
-    storage: Storage, submission_id: str, *uploads: Upload, check_at: datetime = FIRST_CHECK
-) -> None:
+def open_created(storage: Storage, submission_id: str, *uploads: Upload, check_at: datetime = FIRST_CHECK) -> None:
     """A request Ximilar took (its id "x1"), due for the sweeper at `check_at`."""
     images = {upload.record_id: upload.uri for upload in uploads}
     opened = storage.requests.open_request(submission_id, "flows", "my-flow", images, NOW, check_at, request_id="x1")

@@ -17,8 +17,8 @@ from tests.support.receiver import Receiver, webhook_receiver
 from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async import keys
-from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, Credentials, InvalidToken
+from ximilar_async.services.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, Credentials, InvalidToken
+from ximilar_async.values import identity
 
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/cards/=card-grader:grade;incoming/flows/=flows:my-flow"
 
@@ -76,7 +76,7 @@ def ximilar_request(emulator: RunningEmulator, request_id: str) -> dict[str, Any
 
 
 def image(stack: AwsStack, key: str) -> Any:
-    return stack.tables.images.get(keys.image_uri(stack.bucket, key))
+    return stack.tables.images.get(identity.image_uri(stack.bucket, key))
 
 
 def state(stack: AwsStack, key: str) -> tuple[str, str]:
@@ -130,7 +130,7 @@ def test_keys_that_need_decoding_are_stored_decoded_and_really_fetched(
     invoke(handler, records)
     stored = image(aws_stack, key)
     assert (stored.key, state(aws_stack, key)) == (key, ("SUBMITTING", "CREATED"))
-    assert stored.record_id == keys.record_id(aws_stack.bucket, key, stored.version)
+    assert stored.record_id == identity.record_id(aws_stack.bucket, key, stored.version)
 
     def fetched() -> dict[str, Any] | None:
         details = ximilar_request(emulator, request_id(aws_stack, key))
@@ -320,7 +320,7 @@ def test_request_items_record_what_was_sent(
     sent = ximilar_request(emulator, request.request_id)["request"]["records"]
     assert sorted(record["_id"] for record in sent) == sorted(request.images.as_dict())
     assert sorted(request.images.as_dict().values()) == sorted(
-        keys.image_uri(aws_stack.bucket, k) for k in ("incoming/flows/r1.png", "incoming/flows/r2.png")
+        identity.image_uri(aws_stack.bucket, k) for k in ("incoming/flows/r1.png", "incoming/flows/r2.png")
     )
     assert request.due_shard is not None and request.next_check_at is not None
     # The image is not written after the POST: in no status index until its result (one write saved, and

@@ -19,9 +19,9 @@ from tests.support.aws import AwsStack, sqs_event, time_shifted
 from tests.support.receiver import Receiver, webhook_receiver
 from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
-from ximilar_async import keys
-from ximilar_async.dal import Storage
-from ximilar_async.sweeper import SweepOutcome
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.values import identity
+from ximilar_async.values.sweeps import SweepOutcome
 
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/flows/=flows:my-flow"
 LATER = timedelta(minutes=5)  # past any hand-on delay
@@ -64,7 +64,7 @@ def upload(stack: AwsStack, keys_: list[str]) -> list[dict[str, Any]]:
 def statuses(stack: AwsStack, keys_: list[str]) -> list[tuple[str, str | None]]:
     """(status, reason) of each image as reported: one in flight takes its request's status."""
     storage = Storage.of(stack.tables, shards=1, request_retention=timedelta(days=1))  # no index is read
-    uris = [keys.image_uri(stack.bucket, key) for key in keys_]
+    uris = [identity.image_uri(stack.bucket, key) for key in keys_]
     found = storage.queries.images_as_known(uris)
     return [(found[uri].status.value, found[uri].status_reason) for uri in uris]
 

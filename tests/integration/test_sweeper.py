@@ -21,13 +21,14 @@ from tests.support.pipeline import Pipeline, start_pipeline
 from xasync.lambda_runtime import LocalLambdaContext
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async import keys
-from ximilar_async.entities import Claim
-from ximilar_async.results import MAX_INCOMPLETE_ANSWERS
-from ximilar_async.statuses import Status
-from ximilar_async.submission import CLAIM_LEASE
-from ximilar_async.sweeper import HOLD, MAX_IMAGE_ATTEMPTS, MAX_SWEEP_FAILURES
-from ximilar_async.uploads import Upload, uploads_from_notification
+from ximilar_async.adapters.dynamodb import keys
+from ximilar_async.services.resubmission import MAX_IMAGE_ATTEMPTS
+from ximilar_async.services.result_recorder import MAX_INCOMPLETE_ANSWERS
+from ximilar_async.services.submitter import CLAIM_LEASE
+from ximilar_async.services.sweeper import HOLD, MAX_SWEEP_FAILURES
+from ximilar_async.values.entities import Claim
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.uploads import Upload, uploads_from_notification
 
 LATER = timedelta(minutes=3)  # past the first check of a fresh request
 

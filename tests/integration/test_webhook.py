@@ -20,8 +20,8 @@ from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.local_stack import LOCAL_SIGNING_KEY, freshly_signed
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from ximilar_async import item_size
-from ximilar_async.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER
+from ximilar_async.adapters.dynamodb import item_size
+from ximilar_async.services.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from tests.conftest import EMULATOR_TOKEN, RunningEmulator
 from tests.support.aws import AwsStack, create_stack
 from tests.support.pipeline import Pipeline, as_kept, start_pipeline
 from xasync.lambda_runtime import LocalLambdaContext
-from ximilar_async.webhook_auth import CLOCK_SKEW, WebhookAuth, static_keys
+from ximilar_async.services.webhook_auth import CLOCK_SKEW, WebhookAuth, static_keys
 
 
 @pytest.fixture

@@ -10,16 +10,14 @@ import requests
 from tests.conftest import RunningEmulator
 from xasync.sample_images import png_base64
 from xasync.servers import free_port, wait_for
-from ximilar_async.ximilar import (
+from ximilar_async.adapters.ximilar import XimilarClient, default_retry, make_session
+from ximilar_async.services.errors import (
     InvalidRequest,
     XimilarAuthError,
-    XimilarClient,
     XimilarNotFound,
     XimilarRequestError,
     XimilarThrottled,
     XimilarTransientError,
-    default_retry,
-    make_session,
 )
 
 

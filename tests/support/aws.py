@@ -20,9 +20,9 @@ import boto3
 from xasync.lambda_runtime import lambda_sqs_record
 from xasync.servers import wait_for
 from xasync.template import Resolver, functions
-from ximilar_async.dal.models import Tables, bind_tables
-from ximilar_async.entities import DueScan
-from ximilar_async.webhook_auth import WebhookAuth, static_keys
+from ximilar_async.adapters.dynamodb.models import Tables, bind_tables
+from ximilar_async.services.webhook_auth import WebhookAuth, static_keys
+from ximilar_async.values.entities import DueScan
 
 
 @dataclass

@@ -5,7 +5,7 @@
 - `FakeObjectStore` (`ports.ObjectStore`): S3 as a dict; putting an object gives the `Upload` its S3
   notification would describe, deleting it makes `read` raise `ObjectGone`.
 - `FakeClock`: the injected clock, moved by the test instead of waiting.
-- The stores are NOT faked here: `in_process_tables` gives the real `dal.Storage` its tables on moto's
+- The stores are NOT faked here: `in_process_tables` gives the real `dynamodb.Storage` its tables on moto's
   in-process DynamoDB (`moto.mock_aws`: no server, no socket), created from template.yaml. Its
   conditional writes (leases, sequencers, "DONE is never undone") are the rules the domain leans on;
   re-implementing them in a fake would test the fake. Measured on this 2-core machine: creating the two
@@ -30,13 +30,13 @@ import boto3
 from moto import mock_aws
 
 from tests.support.aws import create_table_from_template
-from ximilar_async import keys
-from ximilar_async.dal.models import Tables, bind_tables
-from ximilar_async.entities import ObjectLocation
-from ximilar_async.objects import ObjectGone
-from ximilar_async.request_types import RequestType, parse_request_type
-from ximilar_async.uploads import Upload, normalize_sequencer
-from ximilar_async.ximilar import XimilarError, XimilarNotFound, validate_records
+from ximilar_async.adapters.dynamodb.models import Tables, bind_tables
+from ximilar_async.adapters.ximilar import validate_records
+from ximilar_async.services.errors import ObjectGone, XimilarError, XimilarNotFound
+from ximilar_async.values import identity
+from ximilar_async.values.entities import ObjectLocation
+from ximilar_async.values.request_types import RequestType, parse_request_type
+from ximilar_async.values.uploads import Upload, normalize_sequencer
 
 # --- the clock -----------------------------------------------------------------------------------------
 
@@ -224,7 +224,7 @@ class FakeObjectStore:
 
     def put(self, key: str, body: bytes, *, bucket: str = "input-bucket") -> Upload:
         """Store an object; returns the upload its ObjectCreated notification describes (unversioned bucket)."""
-        self.objects[keys.image_uri(bucket, key)] = body
+        self.objects[identity.image_uri(bucket, key)] = body
         return Upload(
             message_id=f"message-{next(self._messages):04d}",
             bucket=bucket,
@@ -248,7 +248,7 @@ class FakeObjectStore:
     # the ObjectStore
     def read(self, location: ObjectLocation) -> bytes:
         try:
-            return self.objects[keys.image_uri(location.bucket, location.key)]
+            return self.objects[identity.image_uri(location.bucket, location.key)]
         except KeyError:
             raise ObjectGone(location.key) from None
 
@@ -322,7 +322,7 @@ class FakeArtifacts:
     failing: int = 0  # copies that raise a passing error first
 
     def copy(self, url: str, bucket: str, key_for: Callable[[str], str], metadata: Mapping[str, str]) -> Any:
-        from ximilar_async.outputs import ArtifactGone, CopiedArtifact, extension_of
+        from ximilar_async.values.outputs import ArtifactGone, CopiedArtifact, extension_of
 
         if self.failing:
             self.failing -= 1

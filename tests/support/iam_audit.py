@@ -36,7 +36,7 @@ from typing import Any
 from tests.support import botocore_calls
 from tests.support.botocore_calls import ACTING, BotocoreCall, acting_as
 from xasync.template import Resolver, functions
-from ximilar_async.watched import WatchedPrefix, parse_watched_buckets
+from ximilar_async.values.watched import WatchedPrefix, parse_watched_buckets
 
 # What `WatchedBuckets` stands for in the grants: one `bucket:prefix` entry.
 WATCHED_STAND_IN = WatchedPrefix("@WatchedBucket", "@watched/")

@@ -20,9 +20,10 @@ from xasync.lambda_runtime import LocalLambdaContext, load_function
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
 from xasync.template import functions
-from ximilar_async import keys
-from ximilar_async.dal import Storage
-from ximilar_async.sweeper import Sweeper, SweepOutcome
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.services.sweeper import Sweeper
+from ximilar_async.values import identity
+from ximilar_async.values.sweeps import SweepOutcome
 
 ROUTES = "incoming/=upscaler:upscale_2x;incoming/flows/=flows:my-flow"
 
@@ -56,7 +57,7 @@ class Pipeline:
 
     def image(self, key: str) -> Any:
         """The image item as the pipeline reports it (`AsReported`)."""
-        uri = keys.image_uri(self.stack.bucket, key)
+        uri = identity.image_uri(self.stack.bucket, key)
         reported = self.storage.queries.images_as_known([uri])[uri]
         item = self.stack.tables.images.get(uri)  # read after: finished meanwhile, it speaks for itself
         if item.status != "SUBMITTING":

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from xasync.local_stack import LocalStack
-from ximilar_async import keys
+from ximilar_async.values import identity
 
 
 def image(local: LocalStack, key: str) -> dict[str, Any]:
     """The image item of an input key, as DynamoDB holds it ({} when there is none)."""
     answer = local.client("dynamodb").get_item(
         TableName=local.outputs["ImagesTableName"],
-        Key={"image_uri": {"S": keys.image_uri(local.outputs["InputBucketName"], key)}},
+        Key={"image_uri": {"S": identity.image_uri(local.outputs["InputBucketName"], key)}},
         ConsistentRead=True,
     )
     return dict(answer.get("Item", {}))

@@ -23,15 +23,15 @@ from tests.support.fakes import (
     empty_tables,
     in_process_tables,
 )
-from ximilar_async.dal import Storage
-from ximilar_async.dal.models import Tables
-from ximilar_async.events import CompletionEvents
-from ximilar_async.results import ResultRecorder
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.adapters.dynamodb.models import Tables
+from ximilar_async.services.completion_events import CompletionEvents
+from ximilar_async.services.result_recorder import ResultRecorder
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.services.sweeper import Sweeper
+from ximilar_async.services.webhook_auth import WebhookAuth, static_keys
+from ximilar_async.services.webhook_receiver import WebhookReceiver
 from ximilar_async.settings import SweeperSettings
-from ximilar_async.submission import Submitter
-from ximilar_async.sweeper import Sweeper
-from ximilar_async.webhook import WebhookReceiver
-from ximilar_async.webhook_auth import WebhookAuth, static_keys
 
 RESULTS_BUCKET = "results-bucket"
 SIGNING_KEY = b"unit-test-signing-key"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from tests.support.fakes import FakeObjectStore, FakeXimilar, SentRequest
-from ximilar_async.dal import Storage
-from ximilar_async.entities import Image, TrackedRequest
-from ximilar_async.submission import Submitter
-from ximilar_async.uploads import Upload
-from ximilar_async.webhook_auth import SUBMISSION_HEADER
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.services.webhook_auth import SUBMISSION_HEADER
+from ximilar_async.values.entities import Image, TrackedRequest
+from ximilar_async.values.uploads import Upload
 
 SMALL_PNG = b"\x89PNG\r\n\x1a\n" + bytes(40)
 

@@ -9,10 +9,17 @@ from typing import Any
 
 import pytest
 
-from ximilar_async.entities import Image, Output, OutputState
-from ximilar_async.export_layout import COLUMNS, PARTITION_COLUMN, ExportLocation, export_row, part_body, without_query
-from ximilar_async.exporting import ExportState
-from ximilar_async.statuses import Status
+from ximilar_async.services.exporter import ExportState
+from ximilar_async.values.entities import Image, Output, OutputState
+from ximilar_async.values.export_layout import (
+    COLUMNS,
+    PARTITION_COLUMN,
+    ExportLocation,
+    export_row,
+    part_body,
+    without_query,
+)
+from ximilar_async.values.statuses import Status
 
 FINISHED = datetime(2026, 11, 29, 23, 59, 59, 999999, tzinfo=UTC)
 

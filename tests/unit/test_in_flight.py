@@ -6,11 +6,11 @@ from datetime import timedelta
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
 from tests.unit.given import a_submitted_request, image_of, submission_id
-from ximilar_async.dal import Storage
-from ximilar_async.payloads import parse_outcome
-from ximilar_async.results import ResultRecorder
-from ximilar_async.statuses import Status
-from ximilar_async.submission import Submitter
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.services.result_recorder import ResultRecorder
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.ximilar_payloads import parse_outcome
 
 
 def test_an_image_in_flight_is_reported_with_its_requests_status_and_id_and_counted_under_it(

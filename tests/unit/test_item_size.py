@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from ximilar_async.item_size import ITEM_MAX_BYTES, attribute_size, item_size, number_size, value_size
+from ximilar_async.adapters.dynamodb.item_size import ITEM_MAX_BYTES, attribute_size, item_size, number_size, value_size
 
 
 def test_a_string_counts_its_name_and_its_utf8_bytes_not_its_characters() -> None:

@@ -22,18 +22,18 @@ from tests.support.fakes import (
 )
 from tests.unit.conftest import SETTINGS_ENVIRONMENT
 from tests.unit.given import a_submitted_request, image_of, submission_id
-from ximilar_async.copying import OutputCopier
-from ximilar_async.dal import Storage
-from ximilar_async.entities import Output, OutputState
-from ximilar_async.events import CompletionEvents
-from ximilar_async.outputs import OutputJob, OutputLocation, OutputLocationError, artifact_name, extension_of
-from ximilar_async.payloads import parse_outcome
-from ximilar_async.request_types import RequestType
-from ximilar_async.results import ResultRecorder
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.services.completion_events import CompletionEvents
+from ximilar_async.services.output_copier import OutputCopier
+from ximilar_async.services.result_recorder import ResultRecorder
+from ximilar_async.services.submitter import Submitter
 from ximilar_async.settings import SettingsError, SweeperSettings
-from ximilar_async.statuses import Status
-from ximilar_async.submission import Submitter
-from ximilar_async.uploads import Upload
+from ximilar_async.values.entities import Output, OutputState
+from ximilar_async.values.outputs import OutputJob, OutputLocation, OutputLocationError, artifact_name, extension_of
+from ximilar_async.values.request_types import RequestType
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.uploads import Upload
+from ximilar_async.values.ximilar_payloads import parse_outcome
 
 CAT = "incoming/cats/cat.jpg"
 INPUT = "input-bucket"  # the stack's own (FakeObjectStore's)

@@ -20,7 +20,7 @@ import botocore.session
 import pytest
 
 from ximilar_async import coldstart
-from ximilar_async.dal.models import CONNECTIONS, Tables, bind_tables
+from ximilar_async.adapters.dynamodb.models import CONNECTIONS, Tables, bind_tables
 
 REQUIREMENTS = Path(__file__).parents[2] / "layers" / "shared" / "requirements.txt"
 

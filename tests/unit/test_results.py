@@ -7,12 +7,12 @@ from datetime import timedelta
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, error, ok
 from tests.unit.conftest import RESULTS_BUCKET
 from tests.unit.given import a_submitted_request, image_of, request_of, submission_id
-from ximilar_async.dal import Storage
-from ximilar_async.dal.mapping import epoch
-from ximilar_async.payloads import RequestOutcome, parse_outcome
-from ximilar_async.results import RETRY_ERRORS_AFTER, ResultRecorder
-from ximilar_async.statuses import Status
-from ximilar_async.submission import Submitter
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.adapters.dynamodb.mapping import epoch
+from ximilar_async.services.result_recorder import RETRY_ERRORS_AFTER, ResultRecorder
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.ximilar_payloads import RequestOutcome, parse_outcome
 
 TWO_FLOWS = ("incoming/flows/a.png", "incoming/flows/b.png")
 

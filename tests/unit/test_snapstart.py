@@ -7,7 +7,7 @@ import random
 import pytest
 
 from ximilar_async import snapstart
-from ximilar_async.secret_store import SecretSources
+from ximilar_async.adapters.secrets import SecretSources
 
 
 def test_generators_made_at_cold_start_are_seeded_again_after_a_restore() -> None:

@@ -8,12 +8,12 @@ from datetime import timedelta
 import pytest
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
-from ximilar_async.dal import Storage
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.services.spend_guard import SpendGuard
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.services.sweeper import Sweeper
 from ximilar_async.settings import SweeperSettings
-from ximilar_async.spend import SpendGuard
-from ximilar_async.statuses import Status
-from ximilar_async.submission import Submitter
-from ximilar_async.sweeper import Sweeper
+from ximilar_async.values.statuses import Status
 
 SMALL = b"\x89PNG\r\n\x1a\n" + bytes(40)
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ximilar_async.sqs_batch import BatchFailed, Record, partial_batch_response, process_records
+from ximilar_async.adapters.sqs import BatchFailed, Record, partial_batch_response, process_records
 
 
 def event(*message_ids: str) -> dict[str, Any]:

@@ -8,14 +8,14 @@ from datetime import timedelta
 import pytest
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar
-from ximilar_async.dal import Storage
-from ximilar_async.entities import Claim, Image
-from ximilar_async.request_types import RequestType
-from ximilar_async.statuses import Status
-from ximilar_async.submission import CLAIM_LEASE, Submitter
-from ximilar_async.uploads import Upload
-from ximilar_async.webhook_auth import WebhookAuth
-from ximilar_async.ximilar import XimilarRequestError, XimilarThrottled, XimilarTransientError
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.services.errors import XimilarRequestError, XimilarThrottled, XimilarTransientError
+from ximilar_async.services.submitter import CLAIM_LEASE, Submitter
+from ximilar_async.services.webhook_auth import WebhookAuth
+from ximilar_async.values.entities import Claim, Image
+from ximilar_async.values.request_types import RequestType
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.uploads import Upload
 
 SMALL = b"\x89PNG\r\n\x1a\n" + bytes(40)  # sent inline (settings: up to 100 bytes)
 LARGE = b"\x89PNG\r\n\x1a\n" + bytes(500)  # sent by URL (and under the 1000-byte maximum)

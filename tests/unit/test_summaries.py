@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from ximilar_async.summaries import summary
+from ximilar_async.values.summaries import summary
 
 
 @pytest.mark.parametrize(

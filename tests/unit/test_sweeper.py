@@ -11,16 +11,16 @@ from pynamodb.exceptions import QueryError, UpdateError
 
 from tests.support.fakes import FakeClock, FakeObjectStore, FakeXimilar, SentRequest, error
 from tests.unit.given import a_submitted_request, image_of, request_of, submission_id
-from ximilar_async.dal import ControlStore, ImageStore, RequestStore, Storage
-from ximilar_async.dal.mapping import epoch
-from ximilar_async.entities import DUE_INDEX_LAG, DUE_PASSED_MAX, FULL_PASS_EVERY, DueScan, TrackedRequest
-from ximilar_async.payloads import parse_outcome
-from ximilar_async.results import ResultRecorder
-from ximilar_async.statuses import Status
-from ximilar_async.submission import Submitter
-from ximilar_async.sweeper import HOLD, RETRY_AFTER_THROTTLE, RUN_CALL_ATTEMPTS, Sweeper
-from ximilar_async.uploads import Upload
-from ximilar_async.ximilar import XimilarThrottled, XimilarTransientError
+from ximilar_async.adapters.dynamodb import ControlStore, ImageStore, RequestStore, Storage
+from ximilar_async.adapters.dynamodb.mapping import epoch
+from ximilar_async.services.errors import XimilarThrottled, XimilarTransientError
+from ximilar_async.services.result_recorder import ResultRecorder
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.services.sweeper import HOLD, RETRY_AFTER_THROTTLE, RUN_CALL_ATTEMPTS, Sweeper
+from ximilar_async.values.entities import DUE_INDEX_LAG, DUE_PASSED_MAX, FULL_PASS_EVERY, DueScan, TrackedRequest
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.uploads import Upload
+from ximilar_async.values.ximilar_payloads import parse_outcome
 
 PAST_FIRST_CHECK = timedelta(minutes=3)  # the first check is due 120 s after submission
 

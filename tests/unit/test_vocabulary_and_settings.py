@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ximilar_async import keys
-from ximilar_async.request_types import RequestType, records_per_request
-from ximilar_async.routing import parse_routes, route_for
+from ximilar_async.adapters.dynamodb import keys
 from ximilar_async.settings import (
     MAX_WEBHOOK_BODY_LIMIT,
     ResultSource,
@@ -14,7 +12,10 @@ from ximilar_async.settings import (
     SubmitSettings,
     WebhookSettings,
 )
-from ximilar_async.statuses import Status, XimilarStateKind, classify_ximilar_state
+from ximilar_async.values import identity
+from ximilar_async.values.request_types import RequestType, records_per_request
+from ximilar_async.values.routing import parse_routes, route_for
+from ximilar_async.values.statuses import Status, XimilarStateKind, classify_ximilar_state
 
 VALID_SUBMIT_ENV = {
     "IMAGES_TABLE": "images",
@@ -151,10 +152,10 @@ def test_the_webhook_result_source_is_ximilar_or_payload_and_the_body_limit_fits
 
 
 def test_record_ids_are_stable_per_upload_and_new_per_version() -> None:
-    first = keys.record_id("bucket", "incoming/a b.jpg", "etag-1")
-    assert first == keys.record_id("bucket", "incoming/a b.jpg", "etag-1")
-    assert first != keys.record_id("bucket", "incoming/a b.jpg", "etag-2")
-    assert first != keys.record_id("bucket", "incoming/a+b.jpg", "etag-1")
+    first = identity.record_id("bucket", "incoming/a b.jpg", "etag-1")
+    assert first == identity.record_id("bucket", "incoming/a b.jpg", "etag-1")
+    assert first != identity.record_id("bucket", "incoming/a b.jpg", "etag-2")
+    assert first != identity.record_id("bucket", "incoming/a+b.jpg", "etag-1")
 
 
 def test_shards_spread_and_stay_in_range() -> None:

@@ -17,13 +17,13 @@ from tests.unit.conftest import SETTINGS_ENVIRONMENT
 from xasync.buckets import ConfigurationLost, connect_bucket
 from xasync.s3_eventbridge import documented
 from xasync.template import Resolver
-from ximilar_async.dal import Storage
-from ximilar_async.request_types import RequestType
-from ximilar_async.routing import parse_routes, route_for
+from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.services.submitter import Submitter
 from ximilar_async.settings import OutputsSettings, SettingsError, SweeperSettings
-from ximilar_async.submission import Submitter
-from ximilar_async.uploads import NotAnS3Notification, Upload, uploads_from_notification
-from ximilar_async.watched import MAX_WATCHED, WatchedPrefix, parse_watched_buckets, routes_with_watched
+from ximilar_async.values.request_types import RequestType
+from ximilar_async.values.routing import parse_routes, route_for
+from ximilar_async.values.uploads import NotAnS3Notification, Upload, uploads_from_notification
+from ximilar_async.values.watched import MAX_WATCHED, WatchedPrefix, parse_watched_buckets, routes_with_watched
 
 
 def eventbridge_body(upload: Upload) -> str:

@@ -12,12 +12,12 @@ import pytest
 from tests.support.fakes import FakeObjectStore, FakeXimilar, SentRequest
 from tests.unit.conftest import RESULTS_BUCKET
 from tests.unit.given import a_submitted_request, image_of, submission_id
-from ximilar_async.dal import RequestStore, Storage
-from ximilar_async.statuses import Status
-from ximilar_async.submission import Submitter
-from ximilar_async.uploads import Upload
-from ximilar_async.webhook import Refusal, WebhookReceiver, WebhookRefused
-from ximilar_async.webhook_auth import WebhookAuth, static_keys
+from ximilar_async.adapters.dynamodb import RequestStore, Storage
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.services.webhook_auth import WebhookAuth, static_keys
+from ximilar_async.services.webhook_receiver import Refusal, WebhookReceiver, WebhookRefused
+from ximilar_async.values.statuses import Status
+from ximilar_async.values.uploads import Upload
 
 
 @pytest.fixture

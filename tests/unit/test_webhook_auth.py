@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ximilar_async.secret_store import KEY_REFRESH_INTERVAL, SECRET_MAX_AGE, SecretSigningKeys
-from ximilar_async.webhook_auth import TOKEN_HEADER, Credentials, InvalidToken, WebhookAuth, static_keys
+from ximilar_async.adapters.secrets import KEY_REFRESH_INTERVAL, SECRET_MAX_AGE, SecretSigningKeys
+from ximilar_async.services.webhook_auth import TOKEN_HEADER, Credentials, InvalidToken, WebhookAuth, static_keys
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

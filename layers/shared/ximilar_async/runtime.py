@@ -20,19 +20,25 @@ from botocore.config import Config
 from requests import Session as HttpSession
 
 from ximilar_async import snapstart
-from ximilar_async.clock import Clock, utc_now
+from ximilar_async.adapters.dynamodb import Storage, bind_tables
+from ximilar_async.adapters.eventbridge import EventBridgePublisher
+from ximilar_async.adapters.s3 import S3ArtifactCopier, S3ExportObjects, S3Objects
+from ximilar_async.adapters.secrets import SecretSigningKeys, SecretSources
+from ximilar_async.adapters.sqs import SqsOutputQueue
+from ximilar_async.adapters.ximilar import XimilarClient, make_session
 from ximilar_async.coldstart import aws_client, building
-from ximilar_async.copying import OutputCopier
-from ximilar_async.dal import Storage, bind_tables
-from ximilar_async.events import CompletionEvents, EventBridgePublisher
-from ximilar_async.export_layout import ExportLocation
-from ximilar_async.exporting import Exporter
-from ximilar_async.objects import S3ArtifactCopier, S3ExportObjects, S3Objects
-from ximilar_async.outputs import SqsOutputQueue
-from ximilar_async.ports import ImageEvents
-from ximilar_async.results import ResultRecorder
-from ximilar_async.secret_store import SecretSigningKeys, SecretSources
+from ximilar_async.services.completion_events import CompletionEvents
+from ximilar_async.services.exporter import Exporter
+from ximilar_async.services.output_copier import OutputCopier
+from ximilar_async.services.ports import ImageEvents
+from ximilar_async.services.result_recorder import ResultRecorder
+from ximilar_async.services.spend_guard import SpendGuard
+from ximilar_async.services.submitter import Submitter
+from ximilar_async.services.sweeper import Sweeper
+from ximilar_async.services.webhook_auth import WebhookAuth
+from ximilar_async.services.webhook_receiver import WebhookReceiver
 from ximilar_async.settings import (
+    CONNECT_TIMEOUT_SECONDS,
     CommonSettings,
     ExportSettings,
     OutputSettings,
@@ -41,13 +47,8 @@ from ximilar_async.settings import (
     SweeperSettings,
     WebhookSettings,
 )
-from ximilar_async.spend import SpendGuard
-from ximilar_async.submission import Submitter
-from ximilar_async.sweeper import Sweeper
-from ximilar_async.webhook import WebhookReceiver
-from ximilar_async.webhook_auth import WebhookAuth
-from ximilar_async.ximilar import XimilarClient, make_session
-from ximilar_async.ximilar.client import CONNECT_TIMEOUT_SECONDS
+from ximilar_async.values.clock import Clock, utc_now
+from ximilar_async.values.export_layout import ExportLocation
 
 # A copy holds at most PART_BYTES x COPY_CONCURRENCY of the artifact in memory, whatever its size
 # (benchmarks/bench_outputs.py measures it); 8 MB parts reach S3's 10,000-part limit at 80 GB.

@@ -17,16 +17,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Self
 
-from ximilar_async.outputs import OutputLocation
-from ximilar_async.request_types import RequestType, parse_request_type, records_per_request
-from ximilar_async.routing import Route, parse_routes
-from ximilar_async.watched import WatchedPrefix, parse_watched_buckets, routes_with_watched
+from ximilar_async.values.outputs import OutputLocation
+from ximilar_async.values.request_types import RequestType, parse_request_type, records_per_request
+from ximilar_async.values.routing import Route, parse_routes
+from ximilar_async.values.watched import WatchedPrefix, parse_watched_buckets, routes_with_watched
 
 # Lambda takes at most 6 MB of event; a binary body arrives base64-encoded (4/3 larger) inside the
 # HTTP API's event, with its headers and request context around it (64 KB is generous for those).
 LAMBDA_EVENT_MAX_BYTES: Final = 6 * 1024 * 1024
 EVENT_ENVELOPE_BYTES: Final = 64 * 1024
 MAX_WEBHOOK_BODY_LIMIT: Final = (LAMBDA_EVENT_MAX_BYTES - EVENT_ENVELOPE_BYTES) * 3 // 4
+
+
+# Ximilar calls connect within this (a little over a TCP retransmission window); the read timeout is a setting.
+CONNECT_TIMEOUT_SECONDS: Final = 3.05
 
 
 class ResultSource(StrEnum):

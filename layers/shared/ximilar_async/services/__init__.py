@@ -1,0 +1,1 @@
+"""The domain's services and the ports (`ports`) they are given: what the functions do."""
