@@ -15,6 +15,7 @@ from xasync.template import PROJECT_ROOT, TEMPLATE_PATH, Resolver, functions, re
 from ximilar_async.adapters.dynamodb.models import ImageItem, RequestItem, bind_tables
 from ximilar_async.settings import (
     MAX_WEBHOOK_BODY_LIMIT,
+    BackfillSettings,
     CommonSettings,
     ExportSettings,
     OutputsSettings,
@@ -30,6 +31,7 @@ SETTINGS_OF: dict[str, type[CommonSettings]] = {
     "SweeperFunction": SweeperSettings,
     "OutputsFunction": OutputsSettings,
     "ExportFunction": ExportSettings,  # only with ExportSchedule set (its condition)
+    "BackfillFunction": BackfillSettings,
 }
 READ_BY_POWERTOOLS = {"POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
 

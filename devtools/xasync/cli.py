@@ -13,12 +13,14 @@ import logging
 import signal
 import sys
 import time
+import uuid
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import click
@@ -36,9 +38,11 @@ from xasync.target import Target, target_for
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async.adapters.ximilar import XimilarClient
 from ximilar_async.values import identity
+from ximilar_async.values.backfill import BackfillRun, BatchOutcome
 from ximilar_async.values.entities import OutputState
 from ximilar_async.values.outputs import split_s3_uri
 from ximilar_async.values.statuses import TERMINAL_STATUSES, Status
+from ximilar_async.values.watched import parse_watched_buckets
 
 # Wide enough for the results table when the output is a log rather than a terminal.
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -161,7 +165,7 @@ def up(
             console.print(f"  {name:<18} {local.outputs[name]}")
         console.print(f"  {'Ximilar API':<18} {local.ximilar_url}")
         pids = ", ".join(f"{name} {server.pid}" for name, server in local.servers.items())
-        console.print(f"  {'Server pids':<18} {pids}")
+        console.print(f"  {'Server pids':<18} {pids}", soft_wrap=True)  # one line, for scripts that read it
         console.print(f"  {'Functions':<18} {runtime_line(local)}")
         if local.lambda_functions:
             console.print(f"  {'Runtime logs':<18} {log_dir}/<function>.log (START, END, REPORT, init reports)")
@@ -471,7 +475,29 @@ def status_tables(report: dict[str, Any]) -> Group:
     failures = Table("images", "top failure reasons", title="FAILED and ERROR")
     for reason, count in report["top_failure_reasons"]:
         failures.add_row(str(count), reason)
-    return Group(overview, requests_, queues, facts, failures)
+    backfills = Table(
+        "run",
+        "source",
+        "total",
+        "enqueued",
+        "already known",
+        "failed",
+        "updated",
+        "engine run id",
+        title="Backfills (latest first)",
+    )
+    for run in report.get("backfills", []):
+        backfills.add_row(
+            run["name"],
+            run["source"],
+            str(run["total"]),
+            str(run["enqueued"]),
+            str(run["already_known"] + run["already_queued"]),
+            str(run["failed"]) + (f" ({run['last_failure']})" if run["failed"] and run["last_failure"] else ""),
+            str(run["updated_at"])[:19],
+            run["engine_id"],
+        )
+    return Group(overview, requests_, queues, facts, failures, backfills)
 
 
 def build_status(target: Target, since: datetime) -> dict[str, Any]:
@@ -508,39 +534,135 @@ def status(since: str, watch: float | None, output: str, stack_name: str | None)
             live.update(status_tables(report()))
 
 
+def new_run_name() -> str:
+    """A run's name: the execution's in AWS (at most 80 characters), the key of its progress item."""
+    return f"backfill-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def start_backfill_in_aws(
+    target: Target, bucket: str, prefix: str, inventory: str | None, concurrency: int
+) -> tuple[str, str]:
+    """StartExecution of the stack's backfill state machine; (run name, execution ARN)."""
+    name = new_run_name()
+    execution_input: dict[str, Any] = {"prefix": prefix, "max_concurrency": concurrency}
+    if inventory is not None:
+        parts = urlsplit(inventory)
+        if parts.scheme != "s3" or not parts.path.strip("/"):
+            raise click.UsageError("with --stack-name, --inventory is the s3:// URI of the inventory's manifest.json")
+        execution_input |= {
+            "source": "inventory",
+            "manifest_bucket": parts.netloc,
+            "manifest_key": parts.path.lstrip("/"),
+            "source_uri": inventory,
+        }
+    else:
+        execution_input |= {"source": "listing", "bucket": bucket, "source_uri": f"s3://{bucket}/{prefix}"}
+    answer = target.client("stepfunctions").start_execution(
+        stateMachineArn=target.outputs["BackfillStateMachineArn"], name=name, input=json.dumps(execution_input)
+    )
+    return name, str(answer["executionArn"])
+
+
+def backfill_locally(
+    target: Target,
+    bucket: str,
+    prefix: str,
+    inventory: Path | None,
+    *,
+    retry: ops.HeldRetry | None = None,
+    stop_after: int | None = None,
+    progress: Callable[[dict[str, Any]], None] = lambda _: None,
+) -> tuple[BackfillRun, BatchOutcome]:
+    """The local stack's backfill: the Distributed Map's batches, made here from the same listing (or inventory),
+    handed to BackfillFunction's own handler (a cold start of it, as `xasync invoke` does)."""
+    s3 = target.client("s3")
+    name = new_run_name()
+    if inventory is not None:
+        run = BackfillRun(name, f"local:{name}", str(inventory))
+        pages = ops.inventory_objects(s3, json.loads(inventory.read_text()), prefix)
+        batches = ops.engine_batches(pages, run, "inventory", None, prefix)
+    else:
+        run = BackfillRun(name, f"local:{name}", f"s3://{bucket}/{prefix}")
+        batches = ops.engine_batches(ops.listed_objects(s3, bucket, prefix), run, "listing", bucket, prefix)
+    module = load_function(load_template(), "BackfillFunction", target.environments["BackfillFunction"])
+
+    def handler(event: dict[str, Any]) -> dict[str, Any]:
+        answer: dict[str, Any] = module.lambda_handler(event, LocalLambdaContext(function_name="BackfillFunction"))
+        return answer
+
+    outcome = ops.drive_backfill(
+        handler,
+        batches,
+        retry or ops.HeldRetry.from_definition(),
+        is_held=lambda error: type(error).__name__ == "BackfillHeld",
+        progress=progress,
+        stop_after=stop_after,
+    )
+    return run, outcome
+
+
+def backfill_summary(outcome: BatchOutcome) -> str:
+    known = outcome.already_known + outcome.already_queued
+    failed = f", {outcome.failed} failed ({'; '.join(outcome.reasons[:2])})" if outcome.failed else ""
+    return f"listed {outcome.total}, sent {outcome.enqueued} to the submit queue, skipped {known} already known{failed}"
+
+
 @main.command()
-@click.option("--prefix", required=True, help="objects under this key prefix (inside the watched InputPrefix)")
+@click.option("--prefix", default="", help="objects under this key prefix (with --inventory: only those)")
 @click.option(
     "--inventory",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="an S3 Inventory manifest.json (CSV) instead of listing the bucket",
+    help="an S3 Inventory manifest.json (CSV) instead of listing: its s3:// URI with --stack-name, a file locally",
 )
+@click.option("--bucket", help="a bucket named in WatchedBuckets (default: the stack's input bucket)")
+@click.option("--concurrency", default=2, show_default=True, help="batches of 100 at once in AWS (MaxConcurrency)")
+@click.option("--laptop", is_flag=True, help="list and send from this machine, without the function (small prefixes)")
 @stack_option
-def backfill(prefix: str, inventory: Path | None, stack_name: str | None) -> None:
-    """Objects already in the input bucket enter the pipeline as uploads do (skipping those it knows)."""
+def backfill(
+    prefix: str, inventory: str | None, bucket: str | None, concurrency: int, laptop: bool, stack_name: str | None
+) -> None:
+    """Objects already in a bucket enter the pipeline as uploads do (each version once, skipping those it knows).
+
+    With --stack-name, starts the stack's backfill state machine (a Distributed Map) and returns its run id;
+    locally, drives BackfillFunction with the same batches here. --laptop sends from here instead."""
+    if not prefix and inventory is None:
+        raise click.UsageError("name the objects: --prefix, or --inventory")
     target = target_for(stack_name)
-    s3 = target.client("s3")
-    bucket = target.outputs["InputBucketName"]
-    if inventory is not None:
-        pages: Iterable[list[ops.ExistingObject]] = ops.inventory_objects(s3, json.loads(inventory.read_text()), prefix)
-    else:
-        pages = ops.listed_objects(s3, bucket, prefix)
-    region = s3.meta.region_name or "us-east-1"
-    with Progress(console=console) as progress:
-        task = progress.add_task(f"backfilling {prefix}", total=None)
-        outcome = ops.backfill(
-            target.storage(),
-            target.client("sqs"),
-            target.outputs["SubmitQueueUrl"],
-            region,
-            pages,
-            lambda done: progress.advance(task, done),
+    bucket = bucket or target.outputs["InputBucketName"]
+    if stack_name and not laptop:
+        name, arn = start_backfill_in_aws(target, bucket, prefix, inventory, concurrency)
+        console.print(
+            f"started backfill run {name}\nexecution: {arn}\nprogress: xasync status --stack-name {stack_name}"
         )
-        progress.update(task, total=outcome.listed, completed=outcome.listed)
-    console.print(
-        f"listed {outcome.listed}, sent {outcome.sent} to the submit queue, "
-        f"skipped {outcome.already_known} already known"
-    )
+        return
+    manifest = None if inventory is None else Path(inventory)
+    if manifest is not None and not manifest.is_file():
+        raise click.UsageError(f"{inventory}: no such manifest file")
+    with Progress(console=console) as progress, runtime_errors():
+        task = progress.add_task(f"backfilling {prefix or bucket}", total=None)
+        if laptop:
+            s3 = target.client("s3")
+            pages = (
+                ops.inventory_objects(s3, json.loads(manifest.read_text()), prefix)
+                if manifest is not None
+                else ops.listed_objects(s3, bucket, prefix)
+            )
+            name = new_run_name()
+            backfiller = ops.laptop_backfiller(
+                target.storage(),
+                target.client("sqs"),
+                target.outputs["SubmitQueueUrl"],
+                s3.meta.region_name or "us-east-1",
+                target.outputs["InputBucketName"],
+                parse_watched_buckets(target.environment("SubmitFunction").get("WATCHED_BUCKETS", "")),
+            )
+            run = BackfillRun(name, f"laptop:{name}", str(manifest or f"s3://{bucket}/{prefix}"))
+            outcome = ops.backfill(backfiller, run, pages, lambda done: progress.advance(task, done))
+        else:
+            run, outcome = backfill_locally(
+                target, bucket, prefix, manifest, progress=lambda answer: progress.advance(task, answer.get("total", 0))
+            )
+        progress.update(task, total=outcome.total, completed=outcome.total)
+    console.print(f"run {run.name}: {backfill_summary(outcome)}")
 
 
 @main.command()

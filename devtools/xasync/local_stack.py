@@ -51,7 +51,15 @@ from xasync.http_api import LocalHttpApi, Route
 from xasync.lambda_runtime import LocalLambdaContext, lambda_sqs_record, load_function
 from xasync.s3_eventbridge import relay_s3_rules, s3_rules
 from xasync.servers import Server, run_emulator, run_moto
-from xasync.template import PROJECT_ROOT, FunctionSpec, Resolver, functions, load_template, resources_of_type
+from xasync.template import (
+    PROJECT_ROOT,
+    FunctionSpec,
+    Resolver,
+    created_functions,
+    functions,
+    load_template,
+    resources_of_type,
+)
 from ximilar_async.services.webhook_auth import SUBMISSION_HEADER, TOKEN_HEADER, WebhookAuth, static_keys
 
 logger = logging.getLogger("xasync.local")
@@ -85,6 +93,9 @@ NOT_NEEDED_LOCALLY = {
     # moto 5.2's CloudFormation has no Glue resources; DuckDB reads the export's files instead (docs/sql.md).
     "AWS::Glue::Database": "no Athena locally (and only with ExportGlueDatabaseName set)",
     "AWS::Glue::Table": "no Athena locally: DuckDB reads the exported files (docs/sql.md)",
+    # moto 5.2's Step Functions grammar has no ItemBatcher or ProcessorConfig: no Distributed Map runs there.
+    "AWS::Serverless::StateMachine": "moto 5.2 cannot run a Distributed Map: `xasync backfill` drives BackfillFunction "
+    "with the Map's batches itself (docs/operations.md#backfill-in-aws)",
 }
 
 # Where the functions run: imported into this process, or built by `sam build` and run under Lambda's runtime
@@ -327,12 +338,6 @@ def deploy_resources(
     return resolver
 
 
-def _created(template: dict[str, Any], resolver: Resolver, logical_id: str) -> bool:
-    """Whether the template creates a resource with these parameters (its `Condition`, if any, holds)."""
-    condition = template["Resources"][logical_id].get("Condition")
-    return condition is None or resolver.condition(condition)
-
-
 LOCAL_EVENTS_QUEUE = f"{STACK_NAME}-events"
 
 
@@ -551,9 +556,8 @@ def running(
             Name=resolver.parameter("XimilarTokenParameterName"), Value=token, Type="SecureString", Overwrite=True
         )
         invocations = Invocations()
-        specs = functions(template, resolver)
-        for logical_id in [name for name in specs if not _created(template, resolver, name)]:
-            del specs[logical_id]  # a function under a false condition (ExportFunction without ExportSchedule)
+        specs = created_functions(template, resolver)
+        for logical_id in set(functions(template, resolver)) - set(specs):
             resources[logical_id] = "not created: its condition is false"
         http_routes: list[tuple[str, str, str]] = []
         for logical_id, spec in specs.items():

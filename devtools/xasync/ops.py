@@ -9,26 +9,44 @@ through the ResultRecorder, exactly as the functions do it.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import io
 import json
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote_plus, unquote_plus, urlsplit
+from urllib.parse import unquote_plus, urlsplit
 
+from xasync.template import PROJECT_ROOT
 from ximilar_async.adapters.dynamodb import Storage
+from ximilar_async.adapters.sqs import SqsSubmitQueue
 from ximilar_async.adapters.ximilar import XimilarClient
+from ximilar_async.services.backfiller import Backfiller
 from ximilar_async.services.result_recorder import ResultRecorder
 from ximilar_async.services.submitter import Submitter
-from ximilar_async.values import identity
+from ximilar_async.values.backfill import (
+    LISTING,
+    MAX_ITEMS_PER_BATCH,
+    BackfillRun,
+    Batch,
+    BatchOutcome,
+    ExistingObject,
+    allowed,
+    batch_input,
+    inventory_item,
+    listing_item,
+)
 from ximilar_async.values.entities import Image
 from ximilar_async.values.request_types import parse_request_type
 from ximilar_async.values.statuses import TERMINAL_STATUSES, UNFINISHED, Status
 from ximilar_async.values.submissions import SubmitOutcome, chunks
 from ximilar_async.values.uploads import Rejection, Upload, admit
+from ximilar_async.values.watched import WatchedPrefix
 from ximilar_async.values.ximilar_payloads import parse_outcome
 
 QUEUE_ATTRIBUTES: Final = [
@@ -38,6 +56,7 @@ QUEUE_ATTRIBUTES: Final = [
 ]
 BATCH_GET_SIZE: Final = 100  # DynamoDB's BatchGetItem limit
 SQS_BATCH_SIZE: Final = 10  # SendMessageBatch's limit
+BACKFILL_DEFINITION: Final = PROJECT_ROOT / "statemachines" / "backfill.asl.json"
 
 
 def utc_now() -> datetime:
@@ -75,7 +94,12 @@ def status_report(
     day = storage.control.spend_day(now.date())
     paused_by_hand = storage.control.pause_reason()
     limit_reached = bool(daily_limit) and day.submitted >= daily_limit and not day.resumed
+    backfills = [
+        {**asdict(run), "started_at": run.started_at.isoformat(), "updated_at": run.updated_at.isoformat()}
+        for run in storage.control.backfill_runs()
+    ]
     return {
+        "backfills": backfills,
         "since": since.isoformat(),
         "images_by_status": {status.value: count for status, count in counts.items()},
         "requests_unfinished": dict(sorted(in_flight.items())),
@@ -111,20 +135,6 @@ def status_report(
 
 
 # --- backfill -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ExistingObject:
-    bucket: str
-    key: str
-    size: int
-    etag: str
-    version_id: str | None
-    last_modified: datetime
-
-    @property
-    def record_id(self) -> str:
-        return identity.record_id(self.bucket, self.key, self.version_id or self.etag)
-
-
 def listed_objects(s3: Any, bucket: str, prefix: str) -> Iterator[list[ExistingObject]]:
     """Pages of the objects under `prefix` (ListObjectsV2; ListObjectVersions' latest in a versioned bucket)."""
     versioned = s3.get_bucket_versioning(Bucket=bucket).get("Status") == "Enabled"
@@ -174,79 +184,115 @@ def inventory_objects(s3: Any, manifest: dict[str, Any], prefix: str) -> Iterato
         yield page
 
 
-def notification(region: str, found: ExistingObject) -> dict[str, Any]:
-    """The message S3 would have sent for this object: an ObjectCreated notification, one record.
-
-    No `sequencer`: S3 has none for an old object; the submit function orders by the event time
-    (the object's LastModified), as it does for any notification without one.
-    """
-    s3_object: dict[str, Any] = {"key": quote_plus(found.key, safe="/"), "size": found.size, "eTag": found.etag}
-    if found.version_id:
-        s3_object["versionId"] = found.version_id
-    return {
-        "Records": [
-            {
-                "eventVersion": "2.1",
-                "eventSource": "aws:s3",
-                "awsRegion": region,
-                "eventTime": found.last_modified.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "eventName": "ObjectCreated:Put",
-                "userIdentity": {"principalId": "xasync-backfill"},
-                "requestParameters": {"sourceIPAddress": "127.0.0.1"},
-                "responseElements": {},
-                "s3": {
-                    "s3SchemaVersion": "1.0",
-                    "configurationId": "xasync-backfill",
-                    "bucket": {"name": found.bucket, "arn": f"arn:aws:s3:::{found.bucket}"},
-                    "object": s3_object,
-                },
-            }
-        ]
-    }
+def engine_batches(
+    pages: Iterable[list[ExistingObject]], run: BackfillRun, source: str, bucket: str | None, prefix: str
+) -> Iterator[dict[str, Any]]:
+    """The events a Distributed Map's ItemBatcher hands the backfill function (MaxItemsPerBatch 100), made here
+    from the same listing: each object in its ItemReader's documented shape (`values.backfill`)."""
+    to_item = listing_item if source == LISTING else inventory_item
+    pending: list[dict[str, Any]] = []
+    for page in pages:
+        for found in page:
+            pending.append(to_item(found))
+            if len(pending) == MAX_ITEMS_PER_BATCH:
+                yield {"BatchInput": batch_input(run, source, bucket, prefix), "Items": pending}
+                pending = []
+    if pending:
+        yield {"BatchInput": batch_input(run, source, bucket, prefix), "Items": pending}
 
 
-@dataclass
-class BackfillOutcome:
-    listed: int = 0
-    sent: int = 0
-    already_known: int = 0  # an image item exists for this version already
+@dataclass(frozen=True)
+class HeldRetry:
+    """The state machine's Retry for BackfillHeld (statemachines/backfill.asl.json), which the local driver follows."""
+
+    interval: float
+    backoff: float
+    max_delay: float
+    max_attempts: int
+
+    @classmethod
+    def from_definition(cls, path: Path = BACKFILL_DEFINITION, scale: float = 1.0) -> HeldRetry:
+        """Read from the definition itself; `scale` shrinks the waits (tests, benchmarks)."""
+        definition = json.loads(path.read_text())
+        task = definition["States"]["FromListing"]["ItemProcessor"]["States"]["Enqueue"]
+        retry = next(each for each in task["Retry"] if each["ErrorEquals"] == ["BackfillHeld"])
+        return cls(
+            retry["IntervalSeconds"] * scale,
+            float(retry["BackoffRate"]),
+            retry.get("MaxDelaySeconds", 3600) * scale,
+            int(retry["MaxAttempts"]),
+        )
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max_delay, self.interval * self.backoff**attempt))
+
+
+def drive_backfill(
+    handler: Callable[[dict[str, Any]], dict[str, Any]],
+    batches: Iterable[dict[str, Any]],
+    retry: HeldRetry,
+    *,
+    is_held: Callable[[BaseException], bool],
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[dict[str, Any]], None] = lambda _: None,
+    stop_after: int | None = None,
+) -> BatchOutcome:
+    """What the Distributed Map does with the batches, one at a time (MaxConcurrency 1): invoke the function,
+    and retry a held batch after the definition's backoff (bounded by its MaxAttempts: then it raises).
+    `stop_after`: stop after that many batches, as a run stopped halfway (benchmarks)."""
+    total = BatchOutcome()
+    for number, event in enumerate(batches):
+        if stop_after is not None and number >= stop_after:
+            break
+        for attempt in range(retry.max_attempts + 1):
+            try:
+                answer = handler(event)
+                break
+            except Exception as error:
+                if not is_held(error) or attempt == retry.max_attempts:
+                    raise
+                sleep(retry.delay(attempt))
+        total.merge(
+            BatchOutcome(
+                answer.get("total", 0),
+                answer.get("enqueued", 0),
+                answer.get("already_known", 0),
+                answer.get("already_queued", 0),
+                answer.get("failed", 0),
+                list(answer.get("reasons", [])),
+            )
+        )
+        progress(answer)
+    return total
+
+
+def laptop_backfiller(
+    storage: Storage, sqs: Any, queue_url: str, region: str, input_bucket: str, watched: Sequence[WatchedPrefix]
+) -> Backfiller:
+    """The backfill function's service run here (the laptop path): no pacing (small prefixes, the local stack)."""
+    return Backfiller(
+        storage.images,
+        storage.control,
+        SqsSubmitQueue(sqs, queue_url),
+        region,
+        None,
+        0,
+        functools.partial(allowed, input_bucket=input_bucket, watched=watched),
+    )
 
 
 def backfill(
-    storage: Storage,
-    sqs: Any,
-    queue_url: str,
-    region: str,
+    backfiller: Backfiller,
+    run: BackfillRun,
     pages: Iterable[list[ExistingObject]],
     progress: Callable[[int], None] = lambda _: None,
-) -> BackfillOutcome:
-    """Send each listed object that has no image item for its version to the submit queue, as S3 would have.
-
-    Safe to run twice: the second run finds the items the first one caused (and the submit function's
-    claim makes a message sent twice harmless anyway).
-    """
-    outcome = BackfillOutcome()
+) -> BatchOutcome:
+    """Send each listed object that has no image item for its version (nor a fresh marker) to the submit queue,
+    as S3 would have: the backfill function's own rule (`Backfiller.run_batch`), 100 objects at a time."""
+    outcome = BatchOutcome()
     for page in pages:
-        for batch in chunks(page, BATCH_GET_SIZE):
-            outcome.listed += len(batch)
-            known = storage.queries.images_by_uri(
-                [identity.image_uri(o.bucket, o.key) for o in batch], consistent=False
-            )
-            new = [
-                o
-                for o in batch
-                if (image := known.get(identity.image_uri(o.bucket, o.key))) is None or image.record_id != o.record_id
-            ]
-            outcome.already_known += len(batch) - len(new)
-            for group in chunks(new, SQS_BATCH_SIZE):
-                entries = [
-                    {"Id": str(number), "MessageBody": json.dumps(notification(region, found))}
-                    for number, found in enumerate(group)
-                ]
-                answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-                if answer.get("Failed"):
-                    raise RuntimeError(f"SQS refused {len(answer['Failed'])} messages: {answer['Failed'][0]}")
-                outcome.sent += len(group)
+        for batch in chunks(page, MAX_ITEMS_PER_BATCH):
+            outcome.merge(backfiller.run_batch(Batch(run, list(batch))))
             progress(len(batch))
     return outcome
 

@@ -39,7 +39,7 @@ BOTOCORE_DATA = Path(botocore.__file__).parent / "data"
 # as API operations.
 OPERATIONS: Mapping[str, frozenset[str]] = {
     # The tables, through pynamodb (no transactions, no deletes: see docs/data-model.md).
-    "dynamodb": frozenset({"BatchGetItem", "GetItem", "PutItem", "Query", "UpdateItem"}),
+    "dynamodb": frozenset({"BatchGetItem", "DeleteItem", "GetItem", "PutItem", "Query", "UpdateItem"}),
     "events": frozenset({"PutEvents"}),
     "s3": frozenset(
         {
@@ -56,7 +56,7 @@ OPERATIONS: Mapping[str, frozenset[str]] = {
         }
     ),
     "secretsmanager": frozenset({"GetSecretValue"}),
-    "sqs": frozenset({"SendMessageBatch"}),
+    "sqs": frozenset({"GetQueueAttributes", "SendMessageBatch"}),
     "ssm": frozenset({"GetParameter"}),
     # Not the functions' (Lambda gives them credentials): botocore's credential providers, for the `xasync`
     # commands that build the services with a user's profile (assumed roles, web identity, SSO, `aws login`).

@@ -192,3 +192,14 @@ def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str,
         for logical_id, resource in template["Resources"].items()
         if resource["Type"] == resource_type
     }
+
+
+def created_functions(template: dict[str, Any], resolver: Resolver | None = None) -> dict[str, FunctionSpec]:
+    """The functions the template creates with these parameters: not those under a false `Condition`
+    (ExportFunction without ExportSchedule, BackfillFunction when switched off)."""
+    resolver = resolver or Resolver(template)
+    return {
+        logical_id: spec
+        for logical_id, spec in functions(template, resolver).items()
+        if (condition := template["Resources"][logical_id].get("Condition")) is None or resolver.condition(condition)
+    }

@@ -29,7 +29,7 @@ from xasync.lambda_rie import BuiltFunction, FunctionError, LambdaRuntime
 from xasync.local_stack import LocalStack
 from xasync.sample_images import png_bytes
 from xasync.servers import wait_for
-from xasync.template import functions, load_template
+from xasync.template import created_functions, load_template
 from ximilar_emulator import EmulatorControl
 
 PIDS = re.compile(r"^\s*Server pids\s+(.+)$")
@@ -76,10 +76,10 @@ def answers_of(local: LocalStack, function: str) -> list[Any]:
 
 def test_each_function_runs_from_the_build_in_a_runtime_process_of_its_own(local: LocalStack) -> None:
     # Given the stack up with --runtime lambda
-    specs = functions(local.template)
+    created = created_functions(local.template)
     # Then nothing was imported here: each function is an emulator of its own, serving its built folder
     assert not local.modules
-    assert set(local.lambda_functions) == set(specs)
+    assert set(local.lambda_functions) == set(created)
     for logical_id, function in local.lambda_functions.items():
         assert function.function.task_root == BUILD_DIR.resolve() / logical_id
         assert local.servers[logical_id].pid == function.pid
@@ -240,7 +240,7 @@ def test_sigterm_stops_up_with_every_emulator_and_runtime_it_started(tmp_path: P
             return dict((name, int(pid)) for name, pid in re.findall(r"(\w+) (\d+)", line)) if line else None
 
         pids = wait_for(started, timeout=90, interval=0.2, what="xasync up to be ready")
-        assert set(pids) == {"moto", "emulator", *functions(load_template())}
+        assert set(pids) == {"moto", "emulator", *created_functions(load_template())}
         # The sweeper's runtime, started by its emulator on the first scheduled event
         runtimes = wait_for(lambda: lambda_rie.children_of(pids["SweeperFunction"]), timeout=30, what="a runtime")
         assert (tmp_path / "logs" / "SweeperFunction.log").exists()

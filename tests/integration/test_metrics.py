@@ -18,6 +18,7 @@ from tests.support.events import load_event
 from tests.support.pipeline import Pipeline, start_pipeline
 from xasync.lambda_runtime import LocalLambdaContext
 from xasync.servers import wait_for
+from ximilar_async.services.errors import BackfillHeld
 
 Emitted = dict[str, list[float]]
 
@@ -122,6 +123,24 @@ def test_the_webhook_health_metric_moves_when_webhooks_stop(
     assert health(stopped) == 100 > limit
 
 
+def backfill_batch(pipeline: Pipeline, keys_: list[str], bucket: str | None = None) -> dict[str, Any]:
+    """A Distributed Map batch (events/backfill-listing-batch.json) over the stack's input bucket: each key's
+    ETag as S3 lists it when the object is there (an image item for that version makes it known)."""
+    batch = load_event("backfill-listing-batch.json")
+    bucket = bucket or pipeline.stack.bucket
+    batch["BatchInput"] |= {"bucket": bucket, "prefix": "incoming/", "source_uri": f"s3://{bucket}/incoming/"}
+    s3 = pipeline.stack.client("s3")
+
+    def etag(key: str) -> str:
+        try:
+            return str(s3.head_object(Bucket=bucket, Key=key)["ETag"])
+        except s3.exceptions.ClientError:
+            return f'"{key}"'
+
+    batch["Items"] = [{**batch["Items"][0], "Key": key, "Etag": etag(key)} for key in keys_]
+    return batch
+
+
 def test_every_metric_an_alarm_or_the_dashboard_watches_is_emitted(
     pipeline: Pipeline, template: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -139,8 +158,18 @@ def test_every_metric_an_alarm_or_the_dashboard_watches_is_emitted(
     control.fail_next(20, status=429, retry_after=0)  # Ximilar throttles the submission
     pipeline.upload("incoming/flows/throttled.png")
     control.clear_faults()
+    backfill = pipeline.cold_start("BackfillFunction")
+    known_and_new = backfill_batch(pipeline, ["incoming/flows/fine.png", "incoming/flows/old.png"])
+    done = backfill.lambda_handler(known_and_new, LocalLambdaContext())
+    elsewhere = backfill_batch(pipeline, ["incoming/x.png"], bucket="a-bucket-the-stack-does-not-watch")
+    refused = backfill.lambda_handler(elsewhere, LocalLambdaContext())
+    assert (done["already_known"], done["enqueued"], refused["failed"]) == (1, 1, 1)
+    (sent,) = pipeline.stack.receive_uploads(1)  # the one sent, taken off the queue here
+    assert "incoming/flows/old.png" in sent["body"]
     pipeline.storage.control.pause("metrics test", datetime.now(UTC))  # the spend guard holds
     pipeline.upload("incoming/flows/held.png")
+    with pytest.raises(BackfillHeld):  # the state machine's Retry waits for the resume
+        backfill.lambda_handler(backfill_batch(pipeline, ["incoming/flows/later.png"]), LocalLambdaContext())
 
     emitted = emf(capsys.readouterr().out, namespace, service)
     alarms = watched_by_alarms(template, namespace)

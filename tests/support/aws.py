@@ -69,6 +69,7 @@ class AwsStack:
                 "ResultsBucket": self.results_bucket,
                 "WebhookSigningKey": self.secret_arn,
                 "OutputsQueue": self.outputs_queue_url,
+                "SubmitQueue": self.queue_url,
             },
         )
         environment = functions(self.template, resolver)[logical_id].environment

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 
 import pytest
 
@@ -13,6 +13,7 @@ from ximilar_async.services.spend_guard import SpendGuard
 from ximilar_async.services.submitter import Submitter
 from ximilar_async.services.sweeper import Sweeper
 from ximilar_async.settings import SweeperSettings
+from ximilar_async.values.entities import SpendDay
 from ximilar_async.values.statuses import Status
 
 SMALL = b"\x89PNG\r\n\x1a\n" + bytes(40)
@@ -107,3 +108,60 @@ def test_without_a_pause_the_guard_reads_one_item_and_says_nothing(
     guard = SpendGuard(storage.control, replace(ximilar), limit, 0, clock)
     assert guard.check() is None and guard.paused() is None
     assert ("remaining_credits", "") not in ximilar.calls
+
+
+# --- the guard's one reading of its state, against a fake of its port (`ports.SpendLedger`) --------------
+@dataclass
+class FakeSpendLedger:
+    """The pause and each day's count in memory, with every read counted: the guard's rule, not DynamoDB's."""
+
+    pause: str | None = None
+    submitted: int = 0
+    resumed: bool = False
+    reads: list[str] = field(default_factory=list)
+
+    def pause_reason(self) -> str | None:
+        self.reads.append("pause")
+        return self.pause
+
+    def spend_day(self, day: date) -> SpendDay:
+        self.reads.append("day")
+        return SpendDay(day, self.submitted, self.resumed)
+
+    def reserve_submissions(self, day: date, images: int, limit: int, now: datetime) -> bool:
+        self.reads.append("reserve")
+        if not self.resumed and self.submitted + images > limit:
+            return False
+        self.submitted += images
+        return True
+
+
+@pytest.mark.parametrize(
+    ("ledger", "limit", "paused", "checked", "reads"),
+    [
+        (FakeSpendLedger(pause="audit"), 5, "submission paused by hand: audit", "submission paused by hand: audit", 1),
+        (FakeSpendLedger(submitted=5), 5, "daily submit limit of 5", None, 2),
+        (FakeSpendLedger(submitted=5, resumed=True), 5, None, None, 2),
+        (FakeSpendLedger(), 0, None, None, 1),
+    ],
+)
+def test_paused_and_check_read_the_pause_and_the_day_once_each_at_most(
+    ledger: FakeSpendLedger, limit: int, paused: str | None, checked: str | None, reads: int, clock: FakeClock
+) -> None:
+    guard = SpendGuard(ledger, FakeXimilar(), limit, 0, clock)
+
+    said = guard.paused()
+    assert (said or "").startswith(paused or "") and (said is None) == (paused is None)
+    assert len(ledger.reads) == reads
+    ledger.reads.clear()
+    # `check` leaves the daily limit to `reserve`, which counts and checks it in one write
+    assert guard.check() == checked
+    assert ledger.reads.count("pause") == 1 and ledger.reads.count("day") == 0
+
+
+def test_reserve_counts_what_fits_and_refuses_the_rest_with_the_reason(clock: FakeClock) -> None:
+    ledger = FakeSpendLedger(submitted=3)
+    guard = SpendGuard(ledger, FakeXimilar(), 5, 0, clock)
+
+    assert guard.reserve(2) is None and ledger.submitted == 5
+    assert (guard.reserve(1) or "").startswith("daily submit limit of 5") and ledger.submitted == 5

@@ -24,9 +24,10 @@ from ximilar_async.adapters.dynamodb import Storage, bind_tables
 from ximilar_async.adapters.eventbridge import EventBridgePublisher
 from ximilar_async.adapters.s3 import S3ArtifactCopier, S3ExportObjects, S3Objects
 from ximilar_async.adapters.secrets import SecretSigningKeys, SecretSources
-from ximilar_async.adapters.sqs import SqsOutputQueue
+from ximilar_async.adapters.sqs import SqsOutputQueue, SqsSubmitQueue
 from ximilar_async.adapters.ximilar import XimilarClient, make_session
 from ximilar_async.coldstart import aws_client, building
+from ximilar_async.services.backfiller import Backfiller
 from ximilar_async.services.completion_events import CompletionEvents
 from ximilar_async.services.exporter import Exporter
 from ximilar_async.services.output_copier import OutputCopier
@@ -39,6 +40,7 @@ from ximilar_async.services.webhook_auth import WebhookAuth
 from ximilar_async.services.webhook_receiver import WebhookReceiver
 from ximilar_async.settings import (
     CONNECT_TIMEOUT_SECONDS,
+    BackfillSettings,
     CommonSettings,
     ExportSettings,
     OutputSettings,
@@ -47,6 +49,7 @@ from ximilar_async.settings import (
     SweeperSettings,
     WebhookSettings,
 )
+from ximilar_async.values.backfill import allowed
 from ximilar_async.values.clock import Clock, utc_now
 from ximilar_async.values.export_layout import ExportLocation
 
@@ -184,6 +187,26 @@ def exporter(settings: ExportSettings, *, clock: Clock = utc_now) -> Exporter:
         storage(settings).queries,
         S3ExportObjects(aws_client("s3")),
         ExportLocation(settings.results_bucket, settings.export_prefix),
+        clock=clock,
+    )
+
+
+def backfiller(settings: BackfillSettings, *, clock: Clock = utc_now) -> Backfiller:
+    """The backfill function's service: the images table (reads), control items (markers, counters), the submit
+    queue. Its spend guard reads the pause and the daily limit only (no credits floor: that is the submit
+    function's, where images wait SUBMITTING), so the Ximilar client behind it is never called."""
+    store = storage(settings)
+    sqs = aws_client("sqs")
+    ximilar = ximilar_client(settings, SecretSources.create(lazy={"ssm", "secretsmanager"}))
+    guard = SpendGuard(store.control, ximilar, settings.daily_submit_limit, 0, clock)
+    return Backfiller(
+        store.images,
+        store.control,
+        SqsSubmitQueue(sqs, settings.submit_queue_url),
+        sqs.meta.region_name or "us-east-1",
+        guard,
+        settings.max_queue_depth,
+        functools.partial(allowed, input_bucket=settings.input_bucket, watched=settings.watched_buckets),
         clock=clock,
     )
 

@@ -304,3 +304,14 @@ class ExportSettings(CommonSettings):
         super()._check()
         if self.export_prefix.startswith("/") or (self.export_prefix and not self.export_prefix.endswith("/")):
             raise ValueError(f"EXPORT_PREFIX: {self.export_prefix!r} must end with / and not start with one")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackfillSettings(CommonSettings):
+    """The backfill function: one Distributed Map batch of existing objects into the submit queue, paced."""
+
+    submit_queue_url: str = env("SUBMIT_QUEUE_URL", _non_empty)
+    input_bucket: str = env("INPUT_BUCKET", _non_empty)
+    daily_submit_limit: int = env("DAILY_SUBMIT_LIMIT", _integer(0))  # the spend guard's, read to hold back
+    # Held back (BackfillHeld, retried by the state machine) while the submit queue holds more messages.
+    max_queue_depth: int = env("BACKFILL_MAX_QUEUE_DEPTH", _integer(0))

@@ -65,3 +65,33 @@ class SqsOutputQueue:
             if answer.get("Failed"):
                 codes = sorted({str(failure.get("Code")) for failure in answer["Failed"]})
                 raise RuntimeError(f"{len(answer['Failed'])} output jobs not queued: {codes}")
+
+
+@dataclass(frozen=True)
+class SqsSubmitQueue:
+    """`SubmitQueue` on a boto3 SQS client: what a backfill sends, and how deep the queue is."""
+
+    sqs: Any
+    queue_url: str
+
+    def depth(self) -> int:
+        """Messages waiting to be read (SQS's approximate count: no message is read)."""
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )
+        return int(attributes["Attributes"].get("ApproximateNumberOfMessages", 0))
+
+    def send(self, bodies: Sequence[str]) -> list[int]:
+        """SendMessageBatch of at most 10 bodies; the indexes SQS refused (botocore retries the call itself)."""
+        if len(bodies) > 10:
+            raise ValueError(f"{len(bodies)} messages: SendMessageBatch takes at most 10")
+        if not bodies:
+            return []
+        entries = [{"Id": str(number), "MessageBody": body} for number, body in enumerate(bodies)]
+        answer = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+        failed = answer.get("Failed", [])
+        for entry in failed:
+            logger.warning(
+                "SQS refused a message", extra={"code": entry.get("Code"), "sender_fault": entry.get("SenderFault")}
+            )
+        return sorted(int(entry["Id"]) for entry in failed)

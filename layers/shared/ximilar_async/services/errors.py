@@ -53,3 +53,11 @@ class ItemTooLarge(Exception):
 
 class ObjectGone(Exception):
     """The object was deleted (or overwritten) before it could be read."""
+
+
+class BackfillHeld(Exception):
+    """A backfill batch is held back, before any write: the submit queue is deep, or the spend guard paused.
+
+    Its name is what the state machine retries with backoff (statemachines/backfill.asl.json, `Retry`), and
+    what the local driver waits on the same way: the batch is sent again whole, later.
+    """

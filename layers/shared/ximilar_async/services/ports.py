@@ -19,6 +19,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
+from ximilar_async.values.backfill import BackfillRun, BatchOutcome
 from ximilar_async.values.entities import (
     Claim,
     DueScan,
@@ -248,4 +249,30 @@ class ImageEvents(Protocol):
 class SubmissionPause(Protocol):
     def paused(self) -> str | None:
         """Why submission is paused now (the spend guard's pause, daily limit or credits floor), or None."""
+        ...
+
+
+class KnownImages(Protocol):
+    """The image items of some uris (one BatchGetItem of at most 100), to skip what the pipeline knows."""
+
+    def images_by_uri(self, uris: Iterable[str], *, consistent: bool = True) -> dict[str, Image]: ...
+
+
+class BackfillLedger(Protocol):
+    """A backfill's markers (`control#queued#<record id>`: this version was sent) and its runs' counters."""
+
+    def mark_queued(self, record_ids: Sequence[str], run: str, now: datetime) -> set[str]: ...
+
+    def unmark_queued(self, record_ids: Sequence[str], run: str) -> None: ...
+
+    def count_backfill(self, run: BackfillRun, outcome: BatchOutcome, now: datetime) -> None: ...
+
+
+class SubmitQueue(Protocol):
+    """The submit queue, as a backfill fills it."""
+
+    def depth(self) -> int: ...
+
+    def send(self, bodies: Sequence[str]) -> list[int]:
+        """Send each body; the indexes of those SQS refused."""
         ...

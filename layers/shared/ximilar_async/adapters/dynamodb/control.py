@@ -1,4 +1,4 @@
-"""Control items in the requests table: the pause by hand, each day's spend, and the sweeper's own record.
+"""Control items in the requests table: the pause by hand, each day's spend, the sweeper's own record, backfills.
 
 Small items keyed `control#...` (never confused with a submission id, a UUID), each written by one
 conditional write or overwritten whole (the last sweep).
@@ -6,7 +6,8 @@ conditional write or overwritten whole (the last sweep).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final
@@ -15,15 +16,32 @@ from pynamodb.expressions.update import Action
 
 from ximilar_async.adapters.dynamodb import keys, writes
 from ximilar_async.adapters.dynamodb.models import Tables
+from ximilar_async.values.backfill import BackfillRun, BatchOutcome, RunProgress
 from ximilar_async.values.entities import DueScan, SpendDay
 
 PAUSE_KEY: Final = "control#pause"
 LAST_SWEEP_KEY: Final = "control#last-sweep"
 SPEND_DAY_RETENTION: Final = timedelta(days=7)  # a day's counter is kept a week, for `xasync status`
+BACKFILL_RUNS_KEY: Final = "control#backfill-runs"
+# A backfill's marker says "sent, not claimed yet" for this long: a new run sends it again after that (a lost
+# message, a run stopped between marker and send). The submit queue is kept shallow (the backfill's bound),
+# so a message sent is read within minutes; the image item then says it is known.
+MARKER_LEASE: Final = timedelta(hours=1)
+MARKER_TTL: Final = timedelta(days=2)  # DynamoDB's TTL removes spent markers (free)
+RUN_RETENTION: Final = timedelta(days=30)  # a run's counters, for `xasync status`
+MARKER_WRITERS: Final = 16  # conditional puts of one batch's markers at once (one client, 48 connections)
 
 
 def spend_key(day: date) -> str:
     return f"control#spend#{day.isoformat()}"
+
+
+def marker_key(record_id: str) -> str:
+    return f"control#queued#{record_id}"
+
+
+def run_key(name: str) -> str:
+    return f"control#backfill#{name}"
 
 
 @dataclass(frozen=True)
@@ -123,3 +141,78 @@ class ControlStore:
             full_from={int(shard): int(start) for shard, start in full.items()},
             full_started=None if item.due_full_at is None else int(item.due_full_at),
         )
+
+    # --- backfills ---------------------------------------------------------------------------------------
+    def mark_queued(self, record_ids: Sequence[str], run: str, now: datetime) -> set[str]:
+        """Write each version's marker where none is, where it is `run`'s own, or where it is older than
+        MARKER_LEASE; the record ids marked now (to be sent). One conditional PutItem each, MARKER_WRITERS at once."""
+        control = self.tables.control
+
+        def mark(record_id: str) -> bool:
+            item = control(marker_key(record_id), run=run, updated_at=now, expires_at=now + MARKER_TTL)
+            free = (
+                control.submission_id.does_not_exist()
+                | (control.run == run)
+                | (control.updated_at < now - MARKER_LEASE)
+            )
+            return writes.put(item, free)
+
+        if not record_ids:
+            return set()
+        with ThreadPoolExecutor(max_workers=min(MARKER_WRITERS, len(record_ids))) as pool:
+            return {
+                record_id for record_id, applied in zip(record_ids, pool.map(mark, record_ids), strict=True) if applied
+            }
+
+    def unmark_queued(self, record_ids: Sequence[str], run: str) -> None:
+        """Remove `run`'s markers of versions it could not send (a later run sends them)."""
+        control = self.tables.control
+        for record_id in record_ids:
+            writes.delete(control(marker_key(record_id)), control.run == run)
+
+    def count_backfill(self, run: BackfillRun, outcome: BatchOutcome, now: datetime) -> None:
+        """Add a batch's counts to its run's item (one ADD: a retry of an applied write never counts twice),
+        and the run's name to the set `xasync status` reads."""
+        control = self.tables.control
+        actions: list[Action] = [
+            control.total.add(outcome.total),
+            control.enqueued.add(outcome.enqueued),
+            control.already_known.add(outcome.already_known),
+            control.already_queued.add(outcome.already_queued),
+            control.failed.add(outcome.failed),
+            control.run.set(run.name),
+            control.engine_id.set(run.engine_id),
+            control.source.set(run.source),
+            control.started_at.set(control.started_at | now),
+            control.updated_at.set(now),
+            control.expires_at.set(now + RUN_RETENTION),
+        ]
+        if outcome.reasons:
+            actions.append(control.last_failure.set(outcome.reasons[-1][:500]))
+        writes.update(control(run_key(run.name)), actions, None)
+        writes.update(control(BACKFILL_RUNS_KEY), [control.runs.add({run.name}), control.updated_at.set(now)], None)
+
+    def backfill_runs(self, limit: int = 5) -> list[RunProgress]:
+        """The `limit` most recently started runs still kept, newest first."""
+        control = self.tables.control
+        try:
+            names = sorted(control.get(BACKFILL_RUNS_KEY, consistent_read=True).runs or ())
+        except control.DoesNotExist:
+            return []
+        runs = [
+            RunProgress(
+                item.run or "",
+                item.engine_id or "",
+                item.source or "",
+                item.started_at or item.updated_at,
+                item.updated_at,
+                int(item.total or 0),
+                int(item.enqueued or 0),
+                int(item.already_known or 0),
+                int(item.already_queued or 0),
+                int(item.failed or 0),
+                item.last_failure,
+            )
+            for item in control.batch_get([run_key(name) for name in names], consistent_read=True)
+        ]
+        return sorted(runs, key=lambda progress: progress.started_at, reverse=True)[:limit]

@@ -147,7 +147,10 @@ class ControlItem(Model):
     - `control#spend#<YYYY-MM-DD>`: images admitted for submission that UTC day (an atomic counter),
       and whether `xasync resume` lifted that day's limit;
     - `control#last-sweep`: what the last sweeper run did, for `xasync status`, and where its reading
-      of the due index got to, where the next run starts (`entities.DueScan`).
+      of the due index got to, where the next run starts (`entities.DueScan`);
+    - `control#queued#<record id>`: a backfill sent this object version (its run, when), until the submit
+      function's image item says so itself (kept MARKER_TTL, `control.py`);
+    - `control#backfill#<run>`: a backfill run's counters; `control#backfill-runs`: the set of run names.
     """
 
     class Meta:
@@ -162,6 +165,17 @@ class ControlItem(Model):
     due_passed = MapAttribute[str, Any](null=True)  # last sweep: request -> check time, passed inside the margin
     due_full_from = MapAttribute[str, Any](null=True)  # last sweep: shard -> where the full pass under way resumes
     due_full_at = NumberAttribute(null=True)  # last sweep: when the last full pass of the due index began
+    run = UnicodeAttribute(null=True)  # backfill marker and run: the run's name
+    engine_id = UnicodeAttribute(null=True)  # backfill run: the execution ARN (or local:/laptop: name)
+    source = UnicodeAttribute(null=True)  # backfill run: what it reads (s3:// prefix or manifest)
+    started_at = UTCDateTimeAttribute(null=True)  # backfill run: its first batch
+    total = NumberAttribute(null=True)  # backfill run: objects handed to it so far
+    enqueued = NumberAttribute(null=True)  # backfill run: sent to the submit queue
+    already_known = NumberAttribute(null=True)  # backfill run: an image item for that version existed
+    already_queued = NumberAttribute(null=True)  # backfill run: another run's fresh marker existed
+    failed = NumberAttribute(null=True)  # backfill run: unreadable, not allowed, or refused by SQS
+    last_failure = UnicodeAttribute(null=True)  # backfill run: why the last failure failed
+    runs = UnicodeSetAttribute(null=True)  # control#backfill-runs: every run's name
     updated_at = UTCDateTimeAttribute()
     expires_at = TTLAttribute(null=True)
     write_id = UnicodeAttribute(null=True)  # the token of the last conditional write (`writes`)
