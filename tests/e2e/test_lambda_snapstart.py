@@ -23,7 +23,7 @@ import os
 import subprocess
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -184,9 +184,14 @@ def runtime_api() -> Iterator[tuple[RuntimeApi, str]]:
 
 
 def snapstart_init(
-    function: lambda_rie.BuiltFunction, runtime_api: str, probe_dir: Path, environment: dict[str, str]
+    function: lambda_rie.BuiltFunction,
+    runtime_api: str,
+    probe_dir: Path,
+    environment: dict[str, str],
+    resumed: Callable[[], bool] = lambda: True,
 ) -> dict[str, Any]:
-    """awslambdaric's SnapStart init of the built function, watched by the probe; returns the probe's report."""
+    """awslambdaric's SnapStart init of the built function, watched by the probe; returns the probe's report
+    once `resumed` holds (the runtime asks for its first invocation a moment after the probe reports)."""
     runtime = lambda_rie.LambdaRuntime.locate(BUILD_DIR)
     report = probe_dir / "report.json"
     env = lambda_rie.runtime_environment(function, environment, runtime)
@@ -209,7 +214,9 @@ def snapstart_init(
         wait_for(lambda: report.exists() or process.poll() is not None, timeout=60, what="the probe's report")
         if not report.exists():
             raise AssertionError(f"the runtime exited with {process.returncode}:\n{process.communicate()[0]}")
-        return dict(json.loads(wait_for(lambda: report.read_text() or None, what="the whole report")))
+        written = dict(json.loads(wait_for(lambda: report.read_text() or None, what="the whole report")))
+        wait_for(lambda: resumed() or process.poll() is not None, timeout=30, what="the runtime to resume")
+        return written
     finally:
         process.kill()  # our own process, by its id (it waits for an event that never comes)
         process.wait(timeout=10)
@@ -254,7 +261,8 @@ def test_a_snapstart_init_opens_nothing_and_a_restore_reseeds_and_forgets(
     api, address = runtime_api
     environment = given_environment(logical_id, credentials, address)
     # When awslambdaric inits it for a snapshot, and resumes it
-    report = snapstart_init(built[logical_id], address, tmp_path, environment)
+    next_invocation = "/2018-06-01/runtime/invocation/next"
+    report = snapstart_init(built[logical_id], address, tmp_path, environment, lambda: next_invocation in api.asked)
     # Then the runtime went through the snapshot and the restore, without an error
     assert [path for path in api.asked if path.startswith("/2018-06-01/")] == [
         "/2018-06-01/runtime/restore/next",
