@@ -85,6 +85,30 @@ EVENTBRIDGE_SOURCE = "aws.s3"
 OBJECT_CREATED = "Object Created"
 
 
+def _upload(
+    message_id: str,
+    bucket: str,
+    key: str,
+    size: Any,
+    etag: str | None,
+    version_id: str | None,
+    sequencer: str | None,
+    event_time: str,
+) -> Upload:
+    """One object version as either shape of S3's event names it, read by the same rules, so that an upload
+    gets the same record id and the same order whichever way it arrives: the key URL-decoded ('+' for a
+    space), the ETag unquoted, the sequencer padded (or, where there is none, made from the event time)."""
+    return Upload(
+        message_id=message_id,
+        bucket=bucket,
+        key=unquote_plus(key),
+        size=int(size),
+        etag=(etag or "").strip('"'),
+        version_id=version_id or None,
+        sequencer=normalize_sequencer(sequencer or _sequencer_from_time(event_time)),
+    )
+
+
 def uploads_from_notification(message_id: str, body: str | dict[str, Any]) -> Iterator[Upload]:
     """The ObjectCreated uploads of one S3 notification; nothing for S3's `s3:TestEvent`."""
     try:
@@ -106,14 +130,15 @@ def uploads_from_notification(message_id: str, body: str | dict[str, Any]) -> It
             continue
         s3 = record["s3"]
         s3_object = s3.get("get_object") or s3["object"]  # IntelligentTiering events say get_object
-        yield Upload(
-            message_id=message_id,
-            bucket=s3["bucket"]["name"],
-            key=unquote_plus(s3_object["key"]),  # S3 sends keys URL-encoded, '+' for a space
-            size=int(s3_object["size"]),
-            etag=(s3_object.get("eTag") or "").strip('"'),
-            version_id=s3_object.get("versionId"),
-            sequencer=normalize_sequencer(s3_object.get("sequencer") or _sequencer_from_time(record["eventTime"])),
+        yield _upload(
+            message_id,
+            s3["bucket"]["name"],
+            s3_object["key"],
+            s3_object["size"],
+            s3_object.get("eTag"),
+            s3_object.get("versionId"),
+            s3_object.get("sequencer"),
+            record["eventTime"],
         )
 
 
@@ -131,14 +156,15 @@ def uploads_from_eventbridge(message_id: str, event: dict[str, Any]) -> Iterator
     try:
         detail = event["detail"]
         s3_object = detail["object"]
-        upload = Upload(
-            message_id=message_id,
-            bucket=detail["bucket"]["name"],
-            key=unquote_plus(s3_object["key"]),
-            size=int(s3_object["size"]),
-            etag=(s3_object.get("etag") or "").strip('"'),
-            version_id=s3_object.get("version-id") or None,
-            sequencer=normalize_sequencer(s3_object.get("sequencer") or _sequencer_from_time(event["time"])),
+        upload = _upload(
+            message_id,
+            detail["bucket"]["name"],
+            s3_object["key"],
+            s3_object["size"],
+            s3_object.get("etag"),
+            s3_object.get("version-id"),
+            s3_object.get("sequencer"),
+            event["time"],
         )
     except KeyError as error:
         raise NotAnS3Notification(f"S3 Object Created event without {error}") from None
