@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from ximilar_async.values.outputs import OutputJob
+from ximilar_async.values.submissions import chunks
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ def process_records(event: dict[str, Any], handle: Callable[[Record], None]) -> 
     return partial_batch_response([record["messageId"] for record in records], failed)
 
 
+SEND_BATCH_LIMIT: Final = 10  # SendMessageBatch's entries per call
+
+
 @dataclass(frozen=True)
 class SqsOutputQueue:
     """`OutputQueue` on a boto3 SQS client."""
@@ -55,9 +59,7 @@ class SqsOutputQueue:
     queue_url: str
 
     def send(self, jobs: Iterable[OutputJob]) -> None:
-        pending = list(jobs)
-        for start in range(0, len(pending), 10):
-            batch = pending[start : start + 10]
+        for batch in chunks(list(jobs), SEND_BATCH_LIMIT):
             answer = self.sqs.send_message_batch(
                 QueueUrl=self.queue_url,
                 Entries=[{"Id": str(number), "MessageBody": job.to_json()} for number, job in enumerate(batch)],
@@ -82,16 +84,14 @@ class SqsSubmitQueue:
         return int(attributes["Attributes"].get("ApproximateNumberOfMessages", 0))
 
     def send(self, bodies: Sequence[str]) -> list[int]:
-        """SendMessageBatch of at most 10 bodies; the indexes SQS refused (botocore retries the call itself)."""
-        if len(bodies) > 10:
-            raise ValueError(f"{len(bodies)} messages: SendMessageBatch takes at most 10")
-        if not bodies:
-            return []
-        entries = [{"Id": str(number), "MessageBody": body} for number, body in enumerate(bodies)]
-        answer = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
-        failed = answer.get("Failed", [])
-        for entry in failed:
-            logger.warning(
-                "SQS refused a message", extra={"code": entry.get("Code"), "sender_fault": entry.get("SenderFault")}
-            )
-        return sorted(int(entry["Id"]) for entry in failed)
+        """SendMessageBatch, 10 bodies a call; the indexes (in `bodies`) SQS refused (botocore retries a call)."""
+        refused: list[int] = []
+        for start in range(0, len(bodies), SEND_BATCH_LIMIT):
+            batch = bodies[start : start + SEND_BATCH_LIMIT]
+            entries = [{"Id": str(start + number), "MessageBody": body} for number, body in enumerate(batch)]
+            for entry in self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries).get("Failed", []):
+                logger.warning(
+                    "SQS refused a message", extra={"code": entry.get("Code"), "sender_fault": entry.get("SenderFault")}
+                )
+                refused.append(int(entry["Id"]))
+        return sorted(refused)

@@ -25,24 +25,20 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final
 
 from ximilar_async.services.errors import BackfillHeld
 from ximilar_async.services.ports import BackfillLedger, KnownImages, SubmissionPause, SubmitQueue
 from ximilar_async.values.backfill import (
     MAX_ITEMS_PER_BATCH,
+    MAX_REASONS,
     Batch,
     BatchOutcome,
     ExistingObject,
     notification,
 )
 from ximilar_async.values.clock import utc_now
-from ximilar_async.values.submissions import chunks
 
 logger = logging.getLogger(__name__)
-
-SQS_BATCH_SIZE: Final = 10  # SendMessageBatch's limit
-MAX_REASONS: Final = 5
 
 
 @dataclass(frozen=True)
@@ -105,12 +101,9 @@ class Backfiller:
         to_send = [found for found in new if found.record_id in marked]
         outcome.already_queued += len(new) - len(to_send)
         marks = self._now()
-        refused: list[ExistingObject] = []
-        for group in chunks(to_send, SQS_BATCH_SIZE):
-            bodies = [json.dumps(notification(self.region, found)) for found in group]
-            failed = set(self.queue.send(bodies))
-            refused += [found for number, found in enumerate(group) if number in failed]
-            outcome.enqueued += len(group) - len(failed)
+        failed = set(self.queue.send([json.dumps(notification(self.region, found)) for found in to_send]))
+        refused = [found for number, found in enumerate(to_send) if number in failed]
+        outcome.enqueued += len(to_send) - len(refused)
         if refused:
             self.ledger.unmark_queued([found.record_id for found in refused], batch.run.name)
             self._fail(outcome, len(refused), f"SQS refused {len(refused)} message(s) of this batch")

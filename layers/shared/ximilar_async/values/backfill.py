@@ -26,6 +26,7 @@ from ximilar_async.values.watched import WatchedPrefix
 MAX_ITEMS_PER_BATCH: Final = 100  # the ItemBatcher's MaxItemsPerBatch: one BatchGetItem (its limit) per batch
 LISTING: Final = "listing"  # BatchInput.source: the ItemReader listed a prefix (ListObjectsV2)
 INVENTORY: Final = "inventory"  # BatchInput.source: the ItemReader read an S3 Inventory manifest
+MAX_REASONS: Final = 5  # failure reasons a batch's (and a run's) outcome keeps
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ class BatchOutcome:
         self.already_known += other.already_known
         self.already_queued += other.already_queued
         self.failed += other.failed
-        self.reasons = (self.reasons + other.reasons)[:5]
+        self.reasons = (self.reasons + other.reasons)[:MAX_REASONS]
 
 
 @dataclass(frozen=True)
