@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote_plus, urlsplit
@@ -41,6 +41,7 @@ from ximilar_async.values.backfill import (
     inventory_item,
     listing_item,
 )
+from ximilar_async.values.clock import utc_now
 from ximilar_async.values.entities import Image
 from ximilar_async.values.request_types import parse_request_type
 from ximilar_async.values.statuses import TERMINAL_STATUSES, UNFINISHED, Status
@@ -57,10 +58,6 @@ QUEUE_ATTRIBUTES: Final = [
 BATCH_GET_SIZE: Final = 100  # DynamoDB's BatchGetItem limit
 SQS_BATCH_SIZE: Final = 10  # SendMessageBatch's limit
 BACKFILL_DEFINITION: Final = PROJECT_ROOT / "statemachines" / "backfill.asl.json"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 # --- status -------------------------------------------------------------------------------------------
