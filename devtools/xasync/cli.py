@@ -157,36 +157,11 @@ def up(
             log_dir=log_dir,
         ) as local,
     ):
-        local_stack.write_state(local)
-        sam_env = local_stack.write_sam_env_vars(local)
-        events = local_stack.write_signed_events()
-        console.print("[bold green]ximilar-async local stack is up[/]")
-        for name in ("InputBucketName", "ImagesTableName", "WebhookUrl", "SubmitQueueUrl", "OutputLocation"):
-            console.print(f"  {name:<18} {local.outputs[name]}")
-        console.print(f"  {'Ximilar API':<18} {local.ximilar_url}")
-        pids = ", ".join(f"{name} {server.pid}" for name, server in local.servers.items())
-        console.print(f"  {'Server pids':<18} {pids}", soft_wrap=True)  # one line, for scripts that read it
-        console.print(f"  {'Functions':<18} {runtime_line(local)}")
-        if local.lambda_functions:
-            console.print(f"  {'Runtime logs':<18} {log_dir}/<function>.log (START, END, REPORT, init reports)")
-        if local.dynamodb_faults is not None:
-            proxy = local.dynamodb_faults
-            console.print(f"  {'DynamoDB faults':<18} {proxy.faults.spec() or 'none'} (the functions' via {proxy.url})")
-        if not local_stack.fetches_local_urls(local.ximilar_url):
-            console.print(
-                f"  Images go inline as _base64 (InlineBase64MaxBytes={local.parameters['InlineBase64MaxBytes']}): "
-                f"{local.ximilar_url} cannot fetch presigned URLs of the local moto server."
-            )
-        console.print("\nPoint the AWS CLI at it:")
-        console.print(
-            f"  export AWS_ENDPOINT_URL={local.aws_endpoint} AWS_ACCESS_KEY_ID=local "
-            "AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1"
-        )
-        console.print(f"  aws s3 cp photo.jpg s3://{local.outputs['InputBucketName']}/incoming/")
-        console.print(f"\nWith Docker: sam local invoke SubmitFunction -e events/sqs-s3-put.json --env-vars {sam_env}")
-        console.print(f"  (webhook events with fresh tokens: {events}/webhook-done.json)")
-        console.print("\nCtrl-C (or SIGTERM) stops everything.")
-        try:
+        try:  # from here on, a signal is a stop, however early it comes (not click's "Aborted!")
+            local_stack.write_state(local)
+            sam_env = local_stack.write_sam_env_vars(local)
+            events = local_stack.write_signed_events()
+            print_ready(local, log_dir, sam_env, events)
             while True:
                 time.sleep(3600)  # the stack's threads do the work; this one waits for Ctrl-C
         except KeyboardInterrupt:
@@ -196,6 +171,36 @@ def up(
                 console.print(f"DynamoDB faults injected: {injected or 'none'}")
         finally:
             local_stack.STATE_FILE.unlink(missing_ok=True)
+
+
+def print_ready(local: local_stack.LocalStack, log_dir: Path, sam_env: Path, events: Path) -> None:
+    """What is up, where, and how to use it (the pid line is one line: scripts and tests read it)."""
+    console.print("[bold green]ximilar-async local stack is up[/]")
+    for name in ("InputBucketName", "ImagesTableName", "WebhookUrl", "SubmitQueueUrl", "OutputLocation"):
+        console.print(f"  {name:<18} {local.outputs[name]}")
+    console.print(f"  {'Ximilar API':<18} {local.ximilar_url}")
+    pids = ", ".join(f"{name} {server.pid}" for name, server in local.servers.items())
+    console.print(f"  {'Server pids':<18} {pids}", soft_wrap=True)  # one line, for scripts that read it
+    console.print(f"  {'Functions':<18} {runtime_line(local)}")
+    if local.lambda_functions:
+        console.print(f"  {'Runtime logs':<18} {log_dir}/<function>.log (START, END, REPORT, init reports)")
+    if local.dynamodb_faults is not None:
+        proxy = local.dynamodb_faults
+        console.print(f"  {'DynamoDB faults':<18} {proxy.faults.spec() or 'none'} (the functions' via {proxy.url})")
+    if not local_stack.fetches_local_urls(local.ximilar_url):
+        console.print(
+            f"  Images go inline as _base64 (InlineBase64MaxBytes={local.parameters['InlineBase64MaxBytes']}): "
+            f"{local.ximilar_url} cannot fetch presigned URLs of the local moto server."
+        )
+    console.print("\nPoint the AWS CLI at it:")
+    console.print(
+        f"  export AWS_ENDPOINT_URL={local.aws_endpoint} AWS_ACCESS_KEY_ID=local "
+        "AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION=us-east-1"
+    )
+    console.print(f"  aws s3 cp photo.jpg s3://{local.outputs['InputBucketName']}/incoming/")
+    console.print(f"\nWith Docker: sam local invoke SubmitFunction -e events/sqs-s3-put.json --env-vars {sam_env}")
+    console.print(f"  (webhook events with fresh tokens: {events}/webhook-done.json)")
+    console.print("\nCtrl-C (or SIGTERM) stops everything.")
 
 
 def runtime_line(local: local_stack.LocalStack) -> str:
