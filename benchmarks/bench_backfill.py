@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -32,6 +31,7 @@ from urllib.parse import unquote_plus
 from tests.support.aws import AwsStack, create_stack
 from xasync import ops
 from xasync.lambda_runtime import LocalLambdaContext, load_function
+from xasync.local_stack import use_local_credentials
 from xasync.servers import moto_server
 from xasync.template import load_template
 from ximilar_async.services.backfiller import Timings
@@ -169,9 +169,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--objects", type=int, default=100_000)
     args = parser.parse_args()
-    os.environ.update(
-        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    )
+    use_local_credentials()
     template = load_template()
     with moto_server() as endpoint:
         stack = create_stack(endpoint, template, "bench-token")

@@ -20,6 +20,7 @@ import time
 
 import boto3
 
+from xasync.local_stack import use_local_credentials
 from xasync.servers import emulator_process, moto_server
 
 TOKEN = "bench-token"  # noqa: S105 - the local emulator's token
@@ -59,15 +60,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megabytes", type=int, default=300)
     args = parser.parse_args()
-    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    os.environ.update(credentials)
+    use_local_credentials()
     with moto_server() as endpoint, emulator_process(TOKEN) as emulator_url:
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="bench-outputs")
         started = time.monotonic()
         child = subprocess.run(  # noqa: S603 - this interpreter, a fixed program
             [sys.executable, "-c", CHILD, f"{emulator_url}/_emulator/blob/{args.megabytes}.jpg", "bench-outputs"],
-            env={**os.environ, **credentials, "AWS_ENDPOINT_URL": endpoint},
+            env={**os.environ, "AWS_ENDPOINT_URL": endpoint},
             capture_output=True,
             text=True,
             check=False,

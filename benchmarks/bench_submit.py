@@ -10,7 +10,6 @@ the result: wall times on this machine are printed for orientation only.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ from typing import Any
 
 from tests.support.aws import AwsStack, count_dynamodb_calls, create_stack
 from xasync.lambda_runtime import LocalLambdaContext, load_function
+from xasync.local_stack import use_local_credentials
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server
 from xasync.template import load_template
@@ -114,9 +114,7 @@ def main() -> int:
         help="SubmitConcurrency values to run, comma-separated (default: the template's)",
     )
     args = parser.parse_args()
-    os.environ.update(
-        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    )
+    use_local_credentials()
     template = load_template()
     batch_size = int(template["Parameters"]["SubmitBatchSize"]["Default"])
     fast = ["--created-delay-seconds", "0.01", "--processing-delay-seconds", "0.01"]

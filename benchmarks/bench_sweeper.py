@@ -9,7 +9,6 @@ The table holds `--filler` finished request items (not due) and N requests whose
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import Counter
@@ -17,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from tests.support.aws import count_dynamodb_calls, create_stack, time_shifted
 from xasync.lambda_runtime import LocalLambdaContext, load_function
+from xasync.local_stack import use_local_credentials
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server, wait_for
 from xasync.template import load_template
@@ -30,9 +30,7 @@ def main() -> int:
     parser.add_argument("--due", type=int, default=50)
     parser.add_argument("--filler", type=int, default=100_000)
     args = parser.parse_args()
-    os.environ.update(
-        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    )
+    use_local_credentials()
     template = load_template()
     fast = ["--created-delay-seconds", "0.01", "--processing-delay-seconds", "0.01", "--webhook-drop-rate", "1"]
     with moto_server() as endpoint, emulator_process(TOKEN, *fast) as emulator_url:

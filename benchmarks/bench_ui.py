@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -27,6 +26,7 @@ from botocore.config import Config
 
 from tests.support.aws import create_stack
 from xasync import ui
+from xasync.local_stack import use_local_credentials
 from xasync.sample_images import png_bytes
 from xasync.servers import moto_server, wait_for
 from xasync.template import load_template
@@ -131,9 +131,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    os.environ.update(
-        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    )
+    use_local_credentials()
     template = load_template()
     shards = int(template["Parameters"]["IndexShards"]["Default"])
     with moto_server() as endpoint:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import statistics
 import sys
 import time
@@ -23,6 +22,7 @@ import requests
 
 from tests.support.aws import count_dynamodb_calls, create_stack, is_test_event
 from xasync.lambda_runtime import LocalLambdaContext, load_function
+from xasync.local_stack import use_local_credentials
 from xasync.sample_images import png_bytes
 from xasync.servers import emulator_process, moto_server, wait_for
 from xasync.template import load_template
@@ -53,9 +53,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=50)
     args = parser.parse_args()
-    os.environ.update(
-        {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    )
+    use_local_credentials()
     template = load_template()
     fast = ["--created-delay-seconds", "0.01", "--processing-delay-seconds", "0.01", "--webhook-drop-rate", "1"]
     with moto_server() as endpoint, emulator_process(TOKEN, *fast) as emulator_url:
