@@ -172,6 +172,9 @@ def test_the_settings_route_watched_prefixes_and_refuse_outputs_into_a_watched_b
     outputs = {**watching, "REGENERATE_OUTPUTS_FOR": "upscaler", "OUTPUTS_MAX_RECEIVE_COUNT": "5"}
     with pytest.raises(SettingsError, match="'archive' is watched: outputs never go there"):
         OutputsSettings.from_env({**outputs, "OUTPUT_BUCKET_NAME": "archive"})
+    # The webhook and the sweeper name that location too (in an image's PENDING output): the same refusal.
+    with pytest.raises(SettingsError, match="'archive' is watched: outputs never go there"):
+        SweeperSettings.from_env({**watching, "OUTPUT_BUCKET_NAME": "archive"})
     with pytest.raises(SettingsError, match="WATCHED_BUCKETS: Value error"):
         SweeperSettings.from_env({**environment, "WATCHED_BUCKETS": "archive"})
 

@@ -51,7 +51,6 @@ from ximilar_async.settings import (
 )
 from ximilar_async.values.backfill import allowed
 from ximilar_async.values.clock import Clock, utc_now
-from ximilar_async.values.export_layout import ExportLocation
 
 # A copy holds at most PART_BYTES x COPY_CONCURRENCY of the artifact in memory, whatever its size
 # (benchmarks/bench_outputs.py measures it); 8 MB parts reach S3's 10,000-part limit at 80 GB.
@@ -186,7 +185,7 @@ def exporter(settings: ExportSettings, *, clock: Clock = utc_now) -> Exporter:
     return Exporter(
         storage(settings).queries,
         S3ExportObjects(aws_client("s3")),
-        ExportLocation(settings.results_bucket, settings.export_prefix),
+        settings.export_location,
         clock=clock,
     )
 

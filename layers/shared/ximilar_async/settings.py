@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Self
 
+from ximilar_async.values.export_layout import ExportLocation
 from ximilar_async.values.outputs import OutputLocation
 from ximilar_async.values.request_types import RequestType, parse_request_type, records_per_request
 from ximilar_async.values.routing import Route, parse_routes
@@ -240,7 +241,7 @@ class OutputSettings(CommonSettings):
         try:
             self.output_location.check()
         except ValueError as error:
-            raise ValueError(f"OUTPUT_BUCKET_NAME, OUTPUT_PREFIX: {error}") from None
+            raise ValueError(f"OUTPUT_BUCKET_NAME, OUTPUT_PREFIX, WATCHED_BUCKETS: {error}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,13 +286,6 @@ class OutputsSettings(SubmitSettings, OutputSettings):
     regenerate_outputs_for: frozenset[RequestType] = env("REGENERATE_OUTPUTS_FOR", _parse_types)
     outputs_max_receive_count: int = env("OUTPUTS_MAX_RECEIVE_COUNT", _integer(1))
 
-    def _check(self) -> None:
-        super()._check()
-        # The copier writes: never into a bucket the stack only reads (a watched prefix would submit it again).
-        if self.output_location.bucket in {each.bucket for each in self.watched_buckets}:
-            watched = self.output_location.bucket
-            raise ValueError(f"OUTPUT_BUCKET_NAME, WATCHED_BUCKETS: {watched!r} is watched: outputs never go there")
-
 
 @dataclass(frozen=True, kw_only=True)
 class ExportSettings(CommonSettings):
@@ -300,10 +294,16 @@ class ExportSettings(CommonSettings):
     results_bucket: str = env("RESULTS_BUCKET", _non_empty)
     export_prefix: str = env("EXPORT_PREFIX", _any_text)  # under the results bucket; ends with /
 
+    @property
+    def export_location(self) -> ExportLocation:
+        return ExportLocation(self.results_bucket, self.export_prefix)
+
     def _check(self) -> None:
         super()._check()
-        if self.export_prefix.startswith("/") or (self.export_prefix and not self.export_prefix.endswith("/")):
-            raise ValueError(f"EXPORT_PREFIX: {self.export_prefix!r} must end with / and not start with one")
+        try:
+            self.export_location  # noqa: B018 - built to be checked
+        except ValueError as error:
+            raise ValueError(f"EXPORT_PREFIX: {error}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

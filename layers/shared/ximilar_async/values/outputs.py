@@ -93,7 +93,8 @@ class OutputLocation:
     watched_buckets: frozenset[str] = frozenset()
 
     def check(self, input_bucket_prefix: str = "xasync-in-") -> None:
-        """Refuse a location inside the input bucket (the template refuses it too; this is the cold start's check).
+        """Refuse a location inside the input bucket or a watched one (the template refuses the input bucket too;
+        this is the cold start's check).
 
         Every input bucket is named `xasync-in-<account>-<stack id part>`: a copy there under
         InputPrefix would be submitted again, and again.
@@ -105,6 +106,8 @@ class OutputLocation:
             )
         if self.prefix.startswith("/") or not self.prefix.endswith("/"):
             raise OutputLocationError(f"output prefix {self.prefix!r} must end with / and not start with one")
+        if self.bucket in self.watched_buckets:  # a bucket the stack only reads: a watched prefix would submit it
+            raise OutputLocationError(f"{self.bucket!r} is watched: outputs never go there")
 
     def key(self, input_bucket: str, input_key: str, artifact: str, extension: str) -> str:
         if input_bucket in self.watched_buckets:
