@@ -148,7 +148,7 @@ class FakeSpendLedger:
 def test_paused_and_check_read_the_pause_and_the_day_once_each_at_most(
     ledger: FakeSpendLedger, limit: int, paused: str | None, checked: str | None, reads: int, clock: FakeClock
 ) -> None:
-    guard = SpendGuard(ledger, FakeXimilar(), limit, 0, clock)
+    guard = SpendGuard(ledger, None, limit, 0, clock)  # as the backfill function's: no floor, no Ximilar client
 
     said = guard.paused()
     assert (said or "").startswith(paused or "") and (said is None) == (paused is None)
@@ -165,3 +165,8 @@ def test_reserve_counts_what_fits_and_refuses_the_rest_with_the_reason(clock: Fa
 
     assert guard.reserve(2) is None and ledger.submitted == 5
     assert (guard.reserve(1) or "").startswith("daily submit limit of 5") and ledger.submitted == 5
+
+
+def test_a_credits_floor_needs_the_ximilar_client_that_reads_the_credits(clock: FakeClock) -> None:
+    with pytest.raises(ValueError, match="a credits floor needs the Ximilar client"):
+        SpendGuard(FakeSpendLedger(), None, 0, 100, clock)

@@ -193,11 +193,10 @@ def exporter(settings: ExportSettings, *, clock: Clock = utc_now) -> Exporter:
 def backfiller(settings: BackfillSettings, *, clock: Clock = utc_now) -> Backfiller:
     """The backfill function's service: the images table (reads), control items (markers, counters), the submit
     queue. Its spend guard reads the pause and the daily limit only (no credits floor: that is the submit
-    function's, where images wait SUBMITTING), so the Ximilar client behind it is never called."""
+    function's, where images wait SUBMITTING), so it has no Ximilar client (nor a token to build one)."""
     store = storage(settings)
     sqs = aws_client("sqs")
-    ximilar = ximilar_client(settings, SecretSources.create(lazy={"ssm", "secretsmanager"}))
-    guard = SpendGuard(store.control, ximilar, settings.daily_submit_limit, 0, clock)
+    guard = SpendGuard(store.control, None, settings.daily_submit_limit, 0, clock)
     return Backfiller(
         store.images,
         store.control,

@@ -30,11 +30,15 @@ CREDITS_MAX_AGE_SECONDS: Final = 60.0  # a warm function asks Ximilar for its cr
 @dataclass
 class SpendGuard:
     ledger: SpendLedger  # the pause and each day's count (`dynamodb.ControlStore`)
-    ximilar: XimilarApi
+    ximilar: XimilarApi | None  # asked for the credits left; None only without a credits floor
     daily_limit: int  # images per UTC day; 0: no limit
     credits_floor: int  # pause when fewer credits remain; 0: never asked
     clock: Callable[[], datetime]
     _credits: tuple[float, int] | None = field(default=None, init=False)  # (monotonic time read, credits)
+
+    def __post_init__(self) -> None:
+        if self.credits_floor and self.ximilar is None:
+            raise ValueError("a credits floor needs the Ximilar client that reads the credits left")
 
     def paused(self) -> str | None:
         """Why submission is paused now, or None; reads only (the sweeper and `xasync status` ask this)."""
@@ -74,7 +78,7 @@ class SpendGuard:
         return f"daily submit limit of {self.daily_limit} images reached (until the next UTC day or `xasync resume`)"
 
     def _credits_reason(self) -> str | None:
-        if not self.credits_floor:
+        if not self.credits_floor or self.ximilar is None:  # no floor (__post_init__: a floor has its client)
             return None
         if self._credits is None or time.monotonic() - self._credits[0] > CREDITS_MAX_AGE_SECONDS:
             try:
