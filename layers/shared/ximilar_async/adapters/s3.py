@@ -12,7 +12,8 @@ from ximilar_async.services.errors import ObjectGone
 from ximilar_async.values.entities import ObjectLocation
 from ximilar_async.values.outputs import GONE_STATUSES, ArtifactGone, CopiedArtifact, extension_of
 
-GONE_CODES: Final = frozenset({"NoSuchKey", "NoSuchVersion", "404"})
+# What S3 answers for an object (or version) that is not there: GetObject's codes, and HeadObject's (no body).
+GONE_CODES: Final = frozenset({"NoSuchKey", "NoSuchVersion", "404", "NotFound"})
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,6 @@ class _CountingReader:
         return chunk
 
 
-NOT_MISSING_CODES: Final = frozenset({"NoSuchKey", "404", "NotFound"})
-
-
 @dataclass(frozen=True)
 class S3ExportObjects:
     """`exporter.ExportObjects` on a boto3 S3 client: the export's parts and state, results and output sizes."""
@@ -102,12 +100,9 @@ class S3ExportObjects:
 
     def get(self, bucket: str, key: str) -> bytes | None:
         try:
-            body: bytes = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as error:
-            if error.response["Error"]["Code"] in NOT_MISSING_CODES:
-                return None
-            raise
-        return body
+            return S3Objects(self.s3).read(ObjectLocation(bucket, key))
+        except ObjectGone:
+            return None
 
     def put(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
         self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
@@ -120,6 +115,6 @@ class S3ExportObjects:
             return int(self.s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
         except ClientError as error:
             # An output bucket the caller may not list answers 403 for an object deleted since: unknown too.
-            if error.response["Error"]["Code"] in NOT_MISSING_CODES | {"403", "AccessDenied"}:
+            if error.response["Error"]["Code"] in GONE_CODES | {"403", "AccessDenied"}:
                 return None
             raise

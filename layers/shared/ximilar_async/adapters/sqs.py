@@ -86,9 +86,9 @@ class SqsSubmitQueue:
     def send(self, bodies: Sequence[str]) -> list[int]:
         """SendMessageBatch, 10 bodies a call; the indexes (in `bodies`) SQS refused (botocore retries a call)."""
         refused: list[int] = []
-        for start in range(0, len(bodies), SEND_BATCH_LIMIT):
-            batch = bodies[start : start + SEND_BATCH_LIMIT]
-            entries = [{"Id": str(start + number), "MessageBody": body} for number, body in enumerate(batch)]
+        for number, batch in enumerate(chunks(bodies, SEND_BATCH_LIMIT)):
+            start = number * SEND_BATCH_LIMIT  # entry ids are indexes in `bodies`
+            entries = [{"Id": str(start + place), "MessageBody": body} for place, body in enumerate(batch)]
             for entry in self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries).get("Failed", []):
                 logger.warning(
                     "SQS refused a message", extra={"code": entry.get("Code"), "sender_fault": entry.get("SenderFault")}

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -45,6 +45,7 @@ from ximilar_async.values.entities import Image, OutputState
 from ximilar_async.values.export_layout import ExportLocation, export_row, finished_day, part_body
 from ximilar_async.values.outputs import split_s3_uri
 from ximilar_async.values.statuses import TERMINAL_STATUSES
+from ximilar_async.values.submissions import chunks
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class Exporter:
     def _rows_of(self, day: date, uris: list[str], outcome: ExportOutcome) -> Iterator[tuple[dict[str, Any], bool]]:
         """The day's rows in URI order, each with whether an output of its image is PENDING: each batch of
         items read (and its S3 reads made) in a worker."""
-        batches = [uris[at : at + BATCH] for at in range(0, len(uris), BATCH)]
+        batches = list(chunks(uris, BATCH))
         window = self.workers * 4  # batches in flight: memory stays bounded whatever the day's size
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             for at in range(0, len(batches), window):
@@ -225,7 +226,7 @@ class Exporter:
                     outcome.outputs_sized += sized
                     yield from rows
 
-    def _batch_rows(self, day: date, uris: list[str]) -> tuple[list[tuple[dict[str, Any], bool]], int, int]:
+    def _batch_rows(self, day: date, uris: Sequence[str]) -> tuple[list[tuple[dict[str, Any], bool]], int, int]:
         found = self.source.images_by_uri(uris, consistent=False)
         rows: list[tuple[dict[str, Any], bool]] = []
         from_s3 = sized = 0
