@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import urlsplit
 
 from xasync.template import PROJECT_ROOT
 from ximilar_async.adapters.dynamodb import Storage
@@ -38,6 +38,7 @@ from ximilar_async.values.backfill import (
     ExistingObject,
     allowed,
     batch_input,
+    from_inventory,
     inventory_item,
     listing_item,
 )
@@ -159,26 +160,8 @@ def inventory_objects(s3: Any, manifest: dict[str, Any], prefix: str) -> Iterato
     for data_file in manifest["files"]:
         body = s3.get_object(Bucket=destination, Key=data_file["key"])["Body"].read()
         rows = csv.reader(io.StringIO(gzip.decompress(body).decode()))
-        page: list[ExistingObject] = []
-        for row in rows:
-            entry = dict(zip(columns, row, strict=False))
-            key = unquote_plus(entry["Key"])  # inventories URL-encode keys
-            if not key.startswith(prefix) or entry.get("IsLatest", "true") == "false":
-                continue
-            if entry.get("IsDeleteMarker") == "true":
-                continue
-            modified = entry.get("LastModifiedDate") or utc_now().isoformat()
-            page.append(
-                ExistingObject(
-                    entry["Bucket"],
-                    key,
-                    int(entry.get("Size") or 0),
-                    entry.get("ETag", "").strip('"'),
-                    entry.get("VersionId") or None,
-                    datetime.fromisoformat(modified.replace("Z", "+00:00")),
-                )
-            )
-        yield page
+        found = (from_inventory(dict(zip(columns, row, strict=False))) for row in rows)
+        yield [each for each in found if each is not None and each.key.startswith(prefix)]
 
 
 def engine_batches(

@@ -23,11 +23,13 @@ from ximilar_async.values.backfill import (
     ExistingObject,
     allowed,
     batch_input,
+    from_inventory,
     inventory_item,
     listing_item,
     parse_batch,
 )
 from ximilar_async.values.entities import Image
+from ximilar_async.values.uploads import Upload
 from ximilar_async.values.watched import WatchedPrefix
 
 NOW = datetime(2026, 12, 7, 7, 0, tzinfo=UTC)
@@ -137,6 +139,16 @@ def test_items_round_trip_through_both_shapes() -> None:
     inventory = parse_batch({"BatchInput": batch_input(RUN, "inventory", None, ""), "Items": [inventory_item(found)]})
     assert listing.objects[0].key == inventory.objects[0].key == found.key
     assert inventory.objects[0].record_id == found.record_id
+
+
+def test_an_inventory_row_is_read_one_way_on_both_paths_and_names_the_uploads_version() -> None:
+    row = {"Bucket": "in", "Key": "incoming/a+b.png", "Size": "5", "ETag": '"e"', "VersionId": "v1"}
+    found = from_inventory({**row, "IsLatest": "TRUE", "IsDeleteMarker": "False"})
+    assert found is not None and found.key == "incoming/a b.png"
+    upload = Upload("m", "in", "incoming/a b.png", 5, "e", "v1", "0")
+    assert (found.record_id, found.uri) == (upload.record_id, upload.uri)  # the submit path's dedupe finds it
+    assert from_inventory({**row, "IsLatest": "FALSE"}) is None  # an older version, however the report spells it
+    assert from_inventory({**row, "IsDeleteMarker": "TRUE"}) is None
 
 
 def test_a_malformed_batch_or_item_is_refused_with_its_reason() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -111,13 +111,6 @@ class Backfiller:
         self.ledger.count_backfill(batch.run, outcome, now)
         self._measure(started, read, marks, sent, self._now())
         return outcome
-
-    def run(self, batches: Iterable[Batch]) -> BatchOutcome:
-        """Every batch in turn (the laptop path: no engine around it, so a hold is raised to the caller)."""
-        total = BatchOutcome()
-        for batch in batches:
-            total.merge(self.run_batch(batch))
-        return total
 
     def _fail(self, outcome: BatchOutcome, count: int, reason: str) -> None:
         outcome.failed += count

@@ -21,6 +21,7 @@ from typing import Any, Final
 from urllib.parse import quote_plus, unquote_plus
 
 from ximilar_async.values import identity
+from ximilar_async.values.clock import utc_now
 from ximilar_async.values.watched import WatchedPrefix
 
 MAX_ITEMS_PER_BATCH: Final = 100  # the ItemBatcher's MaxItemsPerBatch: one BatchGetItem (its limit) per batch
@@ -43,7 +44,7 @@ class ExistingObject:
     @property
     def record_id(self) -> str:
         """The record id its upload would have had: the same version, the same id (the submit path's dedupe)."""
-        return identity.record_id(self.bucket, self.key, self.version_id or self.etag)
+        return identity.record_id(self.bucket, self.key, identity.version(self.version_id, self.etag))
 
     @property
     def uri(self) -> str:
@@ -97,8 +98,9 @@ def _from_listing(bucket: str, item: Mapping[str, Any]) -> ExistingObject:
     )
 
 
-def _from_inventory(item: Mapping[str, Any]) -> ExistingObject | None:
-    """None for what is no current object: an older version, a delete marker."""
+def from_inventory(item: Mapping[str, Any]) -> ExistingObject | None:
+    """A row of an S3 Inventory (its columns by name, as the MANIFEST ItemReader hands it, and as `xasync backfill
+    --inventory` reads the CSV on a laptop); None for what is no current object: an older version, a delete marker."""
     if str(item.get("IsLatest", "true")).lower() == "false" or str(item.get("IsDeleteMarker", "")).lower() == "true":
         return None
     modified = item.get("LastModifiedDate")
@@ -108,7 +110,7 @@ def _from_inventory(item: Mapping[str, Any]) -> ExistingObject | None:
         int(item.get("Size") or 0),
         str(item.get("ETag") or "").strip('"'),
         str(item.get("VersionId") or "") or None,
-        _time(modified) if modified else datetime.now(UTC),
+        _time(modified) if modified else utc_now(),  # a report without the column: sent as uploaded now
     )
 
 
@@ -131,7 +133,7 @@ def parse_batch(event: Mapping[str, Any]) -> Batch:
     rejected: list[Rejected] = []
     for item in items:
         try:
-            found = _from_listing(bucket, item) if source == LISTING else _from_inventory(item)
+            found = _from_listing(bucket, item) if source == LISTING else from_inventory(item)
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             rejected.append(Rejected(str(item)[:200], f"unreadable item: {error!r}"))
             continue

@@ -14,6 +14,11 @@ def image_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
+def version(version_id: str | None, etag: str) -> str:
+    """Which version of an object a record id names: its version id, or its ETag in an unversioned bucket."""
+    return version_id or etag
+
+
 def record_id(bucket: str, key: str, version: str) -> str:
     """The `_id` sent to Ximilar for one version (version id, or ETag when unversioned) of one object.
 

@@ -51,7 +51,7 @@ class Upload:
 
     @property
     def version(self) -> str:
-        return self.version_id or self.etag
+        return identity.version(self.version_id, self.etag)
 
     @property
     def location(self) -> ObjectLocation:
