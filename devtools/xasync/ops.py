@@ -368,10 +368,8 @@ def redrive(sqs: Any, dead_letter_url: str, queue_url: str, limit: int | None = 
         ).get("Messages", [])
         if not messages:
             break
-        entries = [{"Id": str(n), "MessageBody": m["Body"]} for n, m in enumerate(messages)]
-        answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-        sent = {int(entry["Id"]) for entry in answer.get("Successful", [])}
-        done = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages) if n in sent]
+        refused = set(SqsSubmitQueue(sqs, queue_url).send([m["Body"] for m in messages]))
+        done = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages) if n not in refused]
         if done:
             sqs.delete_message_batch(QueueUrl=dead_letter_url, Entries=done)
         moved += len(done)

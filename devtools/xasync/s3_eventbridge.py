@@ -17,25 +17,22 @@ import json
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote_plus
 
+from ximilar_async.adapters.sqs import SqsSubmitQueue
+from ximilar_async.values.clock import parse_time
+from ximilar_async.values.uploads import sequencer_at
+
 S3_SOURCE = "aws.s3"
 RELAY_SUFFIX = "-s3-events"
-
-
-def _moment(value: Any) -> datetime:
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def documented(event: dict[str, Any]) -> dict[str, Any]:
     """moto's S3 EventBridge event as AWS documents the event (Object Created; other types unchanged)."""
     if event.get("source") != S3_SOURCE or event.get("detail-type") != "Object Created":
         return event
-    moment = _moment(event["time"])
+    moment = parse_time(event["time"])
     detail, s3_object = event["detail"], event["detail"]["object"]
     documented_object: dict[str, Any] = {
         "key": quote_plus(s3_object["key"], safe="/"),  # as S3 encodes keys in its notifications
@@ -44,7 +41,7 @@ def documented(event: dict[str, Any]) -> dict[str, Any]:
     }
     if s3_object.get("version-id"):
         documented_object["version-id"] = s3_object["version-id"]
-    documented_object["sequencer"] = f"{int(moment.timestamp() * 1_000_000):016X}"
+    documented_object["sequencer"] = sequencer_at(moment)
     return {
         "version": "0",
         "id": str(uuid.uuid4()),
@@ -96,18 +93,15 @@ class S3EventRelay:
             )
             if not messages:
                 continue
-            self.sqs.send_message_batch(
-                QueueUrl=self.target_url,
-                Entries=[
-                    {"Id": str(n), "MessageBody": json.dumps(documented(json.loads(m["Body"])))}
-                    for n, m in enumerate(messages)
-                ],
-            )
-            self.sqs.delete_message_batch(
-                QueueUrl=self.relay_url,
-                Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)],
-            )
-            self.relayed += len(messages)
+            bodies = [json.dumps(documented(json.loads(m["Body"]))) for m in messages]
+            refused = set(SqsSubmitQueue(self.sqs, self.target_url).send(bodies))
+            sent = [m for n, m in enumerate(messages) if n not in refused]  # a refused one is received again
+            if sent:
+                self.sqs.delete_message_batch(
+                    QueueUrl=self.relay_url,
+                    Entries=[{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(sent)],
+                )
+            self.relayed += len(sent)
 
 
 def relay_s3_rules(

@@ -21,7 +21,7 @@ from typing import Any, Final
 from urllib.parse import quote_plus, unquote_plus
 
 from ximilar_async.values import identity
-from ximilar_async.values.clock import utc_now
+from ximilar_async.values.clock import parse_time, utc_now
 from ximilar_async.values.watched import WatchedPrefix
 
 MAX_ITEMS_PER_BATCH: Final = 100  # the ItemBatcher's MaxItemsPerBatch: one BatchGetItem (its limit) per batch
@@ -79,14 +79,6 @@ class BadBatch(ValueError):
     """The batch itself is malformed (no BatchInput, no Items list): nothing of it can be counted."""
 
 
-def _time(value: Any) -> datetime:
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
-    text = str(value)
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def _from_listing(bucket: str, item: Mapping[str, Any]) -> ExistingObject:
     return ExistingObject(
         bucket,
@@ -94,7 +86,7 @@ def _from_listing(bucket: str, item: Mapping[str, Any]) -> ExistingObject:
         int(item.get("Size") or 0),
         str(item.get("Etag") or item.get("ETag") or "").strip('"'),
         None,
-        _time(item["LastModified"]),
+        parse_time(item["LastModified"]),
     )
 
 
@@ -110,7 +102,7 @@ def from_inventory(item: Mapping[str, Any]) -> ExistingObject | None:
         int(item.get("Size") or 0),
         str(item.get("ETag") or "").strip('"'),
         str(item.get("VersionId") or "") or None,
-        _time(modified) if modified else utc_now(),  # a report without the column: sent as uploaded now
+        parse_time(modified) if modified else utc_now(),  # a report without the column: sent as uploaded now
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from ximilar_async.values import identity
+from ximilar_async.values.clock import parse_time
 from ximilar_async.values.entities import Image, ObjectLocation
 from ximilar_async.values.routing import Route, route_for
 
@@ -71,9 +72,8 @@ def normalize_sequencer(sequencer: str) -> str:
     return sequencer.upper().ljust(SEQUENCER_WIDTH, "0")
 
 
-def _sequencer_from_time(event_time: str) -> str:
+def sequencer_at(moment: datetime) -> str:
     """S3 always sends a sequencer for PUTs; emulators may not: order by event time, in hex, then."""
-    moment = datetime.fromisoformat(event_time.replace("Z", "+00:00"))
     return f"{int(moment.timestamp() * 1_000_000):016X}"
 
 
@@ -105,7 +105,7 @@ def _upload(
         size=int(size),
         etag=(etag or "").strip('"'),
         version_id=version_id or None,
-        sequencer=normalize_sequencer(sequencer or _sequencer_from_time(event_time)),
+        sequencer=normalize_sequencer(sequencer or sequencer_at(parse_time(event_time))),
     )
 
 
