@@ -42,6 +42,8 @@ def summary(outcome: ExportOutcome, location: ExportLocation) -> str:
         f"{kind}: {outcome.rows} rows in {len(outcome.days)} day(s), {outcome.parts_written} part(s) written, "
         f"{outcome.parts_deleted} deleted, {outcome.seconds:.1f} s ({outcome.rows_per_second:.0f} rows/s)",
         f"table: {location.table_uri} (dt=YYYY-MM-DD/part-NNNNN.json.gz)",
+        f"read from S3: {outcome.results_read_from_s3} result(s) too large for their item, "
+        f"{outcome.outputs_sized} copy size(s) the copier had not kept",
     ]
     if outcome.days_removed:
         lines.append(f"days with no row left, removed: {', '.join(outcome.days_removed)}")

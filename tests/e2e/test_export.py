@@ -78,8 +78,9 @@ def local() -> Iterator[LocalStack]:
 
 
 def seed_through_the_models(local: LocalStack, now: datetime) -> dict[str, Any]:
-    """Finished images the pipeline cannot date in the past: failures 2 and 3 days ago, and a card graded 9.5
-    today whose result is in S3 (`result_s3_uri`). Returns what the queries should find of them."""
+    """Finished images the pipeline cannot date in the past: failures 2 and 3 days ago, a card graded 9.5
+    today whose result is in S3 (`result_s3_uri`), and an upscaled copy stored before the copier kept its
+    size (the export asks S3 for it). Returns what the queries should find of them."""
     bucket, results_bucket = local.outputs["InputBucketName"], local.outputs["ResultsBucketName"]
     shards = int(local.environments["SweeperFunction"]["INDEX_SHARDS"])
     tables = bind_tables(local.outputs["ImagesTableName"], local.outputs["RequestsTableName"], host=local.aws_endpoint)
@@ -118,9 +119,33 @@ def seed_through_the_models(local: LocalStack, now: datetime) -> dict[str, Any]:
             created_at=when,
             updated_at=when,
         ).save()
+    unsized, copy = "incoming/photos/unsized.png", b"an upscaled copy stored before sizes were kept"
+    copy_uri = f"s3://{results_bucket}/outputs/photos/unsized.upscaled.jpg"
+    local.client("s3").put_object(Bucket=results_bucket, Key=copy_uri.split("/", 3)[3], Body=copy)
+    uri = identity.image_uri(bucket, unsized)
+    tables.images(
+        uri,
+        bucket=bucket,
+        key=unsized,
+        version="v1",
+        sequencer="0" * 16,
+        size_bytes=100,
+        record_id=identity.record_id(bucket, unsized, "v1"),
+        status=Status.DONE.value,
+        status_shard=keys.status_shard(Status.DONE, uri, shards),
+        request_type="upscaler",
+        endpoint="upscale_2x",
+        request_id="req-unsized",
+        result={"_upscaled_width": 900, "_upscaled_height": 700},
+        outputs={"upscaled": {"uri": copy_uri, "state": "STORED"}},  # no size_bytes
+        created_at=now,
+        updated_at=now,
+    ).save()
     return {
         "failures": Counter(((now - timedelta(days=d)).date().isoformat(), s.value, r) for d, _, s, r in failures),
         "graded": (big, 9.5),
+        "upscaled": ((900, 700), len(copy)),
+        "rows": len(seeded) + 1,
     }
 
 
@@ -168,6 +193,9 @@ def test_the_three_queries_answer_from_the_export_of_the_scheduled_function_and_
         output_bucket, output_key = output_uri.removeprefix("s3://").split("/", 1)
         upscaled[(2 * width, 2 * height)] += 1
         stored_bytes[(2 * width, 2 * height)] += s3.head_object(Bucket=output_bucket, Key=output_key)["ContentLength"]
+    seeded_size, seeded_bytes = seeded["upscaled"]
+    upscaled[seeded_size] += 1
+    stored_bytes[seeded_size] += seeded_bytes
     today = now.date().isoformat()
     failures = seeded["failures"] + Counter(
         (today, item_value(items[key], "status"), item_value(items[key], "status_reason")) for key in (EMPTY, TEXT)
@@ -203,6 +231,8 @@ def test_the_three_queries_answer_from_the_export_of_the_scheduled_function_and_
     result = CliRunner().invoke(export_command, ["--full", "--download", str(cli_export)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "full export:" in result.output
+    # (S3 is asked only for the sizes the copier did not keep: the seeded copy's; and the one result in S3)
+    assert "read from S3: 1 result(s) too large for their item, 1 copy size(s) the copier had not kept" in result.output
 
     # Then the three queries answer from the files
     assert graded(cli_export) == [(key, grade) for key, grade in high]
@@ -210,7 +240,7 @@ def test_the_three_queries_answer_from_the_export_of_the_scheduled_function_and_
     assert by_size(cli_export) == expected_upscaled
     # And each image is one row, with no presigned URL in it
     rows = query(cli_export, "SELECT uri, result FROM images")
-    assert len(rows) == len({uri for uri, _ in rows}) == len(uploads) + 5
+    assert len(rows) == len({uri for uri, _ in rows}) == len(uploads) + seeded["rows"]
     assert not any("X-Amz-" in (result or "") for _, result in rows)
     assert local.invocations.errors.get("ExportFunction", []) == []
     assert any(answer["rows"] for answer in local.invocations.answers["ExportFunction"])

@@ -361,7 +361,7 @@ def test_an_output_leaves_pending_once(storage: Storage) -> None:
     claim(storage, upload, "submission-1")
     pending = {"upscaled": Output("s3://output/photo.png", OutputState.PENDING)}
     storage.images.record_image_result(a_result(upload, outputs=pending), at(minutes=1))
-    stored = Output("s3://output/photo.png", OutputState.STORED)
+    stored = Output("s3://output/photo.png", OutputState.STORED, size_bytes=2048)
 
     # When its copy is recorded, then recorded again; and an output it does not have, and another upload's
     first = storage.images.set_output(upload.uri, upload.record_id, "upscaled", stored, at(minutes=2))

@@ -218,6 +218,7 @@ def test_a_copied_output_is_stored_with_its_source_named_and_a_repeat_is_harmles
     uri = "s3://results-bucket/outputs/cats/cat.upscaled.jpg"
     assert (first.stored, again.stored, again.skipped) == (["upscaled"], [], "no output is pending (a repeated job)")
     assert image_of(storage, upload).outputs["upscaled"].state is OutputState.STORED
+    assert image_of(storage, upload).outputs["upscaled"].size_bytes == len(b"\xff\xd8 jpeg bytes")  # for the export
     body, content_type, metadata = artifacts.stored[uri]
     assert body == b"\xff\xd8 jpeg bytes"
     assert content_type == "image/jpeg"

@@ -132,7 +132,7 @@ class ExportOutcome:
     parts_deleted: int = 0
     index_items_read: int = 0
     results_read_from_s3: int = 0
-    outputs_sized: int = 0
+    outputs_sized: int = 0  # HeadObjects: STORED outputs the copier did not size (stored before it kept sizes)
     days_left: list[str] = field(default_factory=list)  # not reached before the deadline (the next run does them)
     seconds: float = 0.0
 
@@ -243,7 +243,9 @@ class Exporter:
                 from_s3 += 1
             sizes: dict[str, int | None] = {}
             for name, output in image.outputs.items():
-                if output.state is OutputState.STORED:
+                if output.state is OutputState.STORED and output.size_bytes is not None:
+                    sizes[name] = output.size_bytes  # counted by the copier as it wrote the copy
+                elif output.state is OutputState.STORED:  # stored before the copier kept sizes: S3 knows
                     sizes[name] = self.objects.size(*split_s3_uri(output.uri))
                     sized += 1
             pending = any(output.state is OutputState.PENDING for output in image.outputs.values())

@@ -96,7 +96,7 @@ class OutputCopier:
                 reason = clip(f"not copied after {attempt} attempts: {type(error).__name__}: {error}")
                 self._finish(image, name, Output(image.outputs[name].uri, OutputState.FAILED, reason), result)
                 continue
-            self._finish(image, name, Output(copied.uri, OutputState.STORED), result)
+            self._finish(image, name, Output(copied.uri, OutputState.STORED, size_bytes=copied.size_bytes), result)
             logger.info("output stored", extra={**context, "output": name, "size_bytes": copied.size_bytes})
         return result
 

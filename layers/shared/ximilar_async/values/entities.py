@@ -45,6 +45,7 @@ class Output:
     uri: str  # s3://bucket/key of the copy (where it is or will be)
     state: OutputState
     reason: str | None = None
+    size_bytes: int | None = None  # of the copy, counted as it was written (None: not STORED, or stored unsized)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -47,15 +47,22 @@ def to_image(item: ImageItem) -> Image:
 
 def to_outputs(stored: dict[str, Any]) -> dict[str, Output]:
     return {
-        name: Output(uri=str(value["uri"]), state=OutputState(value["state"]), reason=value.get("reason"))
+        name: Output(
+            uri=str(value["uri"]),
+            state=OutputState(value["state"]),
+            reason=value.get("reason"),
+            size_bytes=int(value["size_bytes"]) if value.get("size_bytes") is not None else None,
+        )
         for name, value in stored.items()
     }
 
 
-def output_value(output: Output) -> dict[str, str]:
-    value = {"uri": output.uri, "state": output.state.value}
+def output_value(output: Output) -> dict[str, Any]:
+    value: dict[str, Any] = {"uri": output.uri, "state": output.state.value}
     if output.reason:
         value["reason"] = output.reason
+    if output.size_bytes is not None:
+        value["size_bytes"] = output.size_bytes
     return value
 
 

@@ -89,7 +89,7 @@ class ImageItem(Model):
     request_id = UnicodeAttribute(null=True)
     result = MapAttribute[str, Any](null=True)  # the record as Ximilar answered it
     result_s3_uri = UnicodeAttribute(null=True)  # where the record is when too large for an item
-    outputs = MapAttribute[str, Any](null=True)  # artifact name -> {uri, state, reason}: copies of Ximilar's files
+    outputs = MapAttribute[str, Any](null=True)  # name -> {uri, state, reason, size_bytes}: copies of Ximilar's files
     output_regenerations = NumberAttribute(null=True)  # resubmissions because an artifact expired before its copy
     attempts = NumberAttribute(default=0)  # submissions of this version to Ximilar
     lease_until = NumberAttribute(null=True)  # epoch seconds: a SUBMITTING claim is held until then
