@@ -3,7 +3,7 @@
 - `images.ImageStore`: image items (claims, results, outputs);
 - `requests.RequestStore`: request items (lifecycle, outcomes, the due index);
 - `control.ControlStore`: control items (pause, spend days, the last sweep);
-- `queries.ResultQueries`: the read side for people (the CLI, the page), never the Lambda path.
+- `queries.ResultQueries`: the read side for people (the CLI, the page, the export), off the pipeline's path.
 
 Each domain service receives only the store it uses, through a narrow port (`ports`).
 """

@@ -1,9 +1,10 @@
 """The read side for people: result pages, counts, images in flight, failure reasons.
 
-The CLI (`xasync results`, `status`, `reconcile`), the results page and the benchmarks read here; no
-Lambda function does (the pipeline's own reads are in `images`, `requests` and `control`). Reads are
-eventually consistent where a moment's lag only shows a status a moment late, and every query is
-bounded by the index it reads: a page costs about `limit` index items per shard, whatever the table holds.
+The CLI (`xasync results`, `status`, `reconcile`, `export`), the results page, the benchmarks and the export
+function read here; the pipeline's own functions do not (their reads are in `images`, `requests` and
+`control`). Reads are eventually consistent where a moment's lag only shows a status a moment late, and
+every query is bounded by the index it reads: a page costs about `limit` index items per shard, whatever
+the table holds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any, Final, TypeVar
 
 from ximilar_async.adapters.dynamodb import keys
@@ -34,9 +36,13 @@ class ResultQueries:
     tables: Tables
     shards: int
 
-    @property
+    @cached_property
     def _images(self) -> ImageStore:
         return ImageStore(self.tables, self.shards)
+
+    @cached_property
+    def _control(self) -> ControlStore:
+        return ControlStore(self.tables, self.shards)
 
     def image(self, uri: str) -> Image | None:
         return self._images.image(uri)
@@ -92,7 +98,7 @@ class ResultQueries:
         webhook recorded their images and left them there), and then none of their images waits.
         """
         requests = self.tables.requests
-        scan = ControlStore(self.tables, self.shards).due_scan()
+        scan = self._control.due_scan()
         ids = [
             entry.submission_id
             for shard in range(self.shards)
