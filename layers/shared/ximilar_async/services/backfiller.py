@@ -41,16 +41,6 @@ from ximilar_async.values.clock import utc_now
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Timings:
-    """Where a batch's time went (seconds), for benchmarks: the reads, the markers, the sends, the counters."""
-
-    read: float = 0.0
-    mark: float = 0.0
-    send: float = 0.0
-    count: float = 0.0
-
-
 @dataclass
 class Backfiller:
     images: KnownImages
@@ -61,8 +51,6 @@ class Backfiller:
     max_queue_depth: int  # held while the submit queue holds more; 0: never held by the queue
     allowed: Callable[[ExistingObject], str | None]  # why an object may not be backfilled, or None
     clock: Callable[[], datetime] = utc_now
-    timer: Callable[[], float] | None = None  # time.perf_counter to fill `timings`; None: not measured
-    timings: Timings = Timings()
 
     def hold_reason(self) -> str | None:
         """Why a batch must wait now, or None: the spend guard's pause or limit, or a deep submit queue."""
@@ -89,27 +77,22 @@ class Backfiller:
                 wanted.append(found)
             else:
                 self._fail(outcome, 1, refusal)
-        started = self._now()
         known = self.images.images_by_uri(dict.fromkeys(found.uri for found in wanted), consistent=False)
         new = [
             found for found in wanted if (image := known.get(found.uri)) is None or image.record_id != found.record_id
         ]
         outcome.already_known += len(wanted) - len(new)
-        read = self._now()
         now = self.clock()
         marked = self.ledger.mark_queued([found.record_id for found in new], batch.run.name, now)
         to_send = [found for found in new if found.record_id in marked]
         outcome.already_queued += len(new) - len(to_send)
-        marks = self._now()
         failed = set(self.queue.send([json.dumps(notification(self.region, found)) for found in to_send]))
         refused = [found for number, found in enumerate(to_send) if number in failed]
         outcome.enqueued += len(to_send) - len(refused)
         if refused:
             self.ledger.unmark_queued([found.record_id for found in refused], batch.run.name)
             self._fail(outcome, len(refused), f"SQS refused {len(refused)} message(s) of this batch")
-        sent = self._now()
         self.ledger.count_backfill(batch.run, outcome, now)
-        self._measure(started, read, marks, sent, self._now())
         return outcome
 
     def _fail(self, outcome: BatchOutcome, count: int, reason: str) -> None:
@@ -117,16 +100,3 @@ class Backfiller:
         if len(outcome.reasons) < MAX_REASONS:
             outcome.reasons.append(reason)
         logger.warning("object not backfilled", extra={"reason": reason})
-
-    def _now(self) -> float:
-        return self.timer() if self.timer is not None else 0.0
-
-    def _measure(self, started: float, read: float, marks: float, sent: float, counted: float) -> None:
-        if self.timer is None:
-            return
-        self.timings = Timings(
-            self.timings.read + read - started,
-            self.timings.mark + marks - read,
-            self.timings.send + sent - marks,
-            self.timings.count + counted - sent,
-        )
