@@ -38,7 +38,7 @@ from xasync.target import Target, target_for
 from xasync.template import PROJECT_ROOT, load_template
 from ximilar_async.adapters.ximilar import XimilarClient
 from ximilar_async.values import identity
-from ximilar_async.values.backfill import BackfillRun, BatchOutcome
+from ximilar_async.values.backfill import BackfillRun, BatchOutcome, ExistingObject
 from ximilar_async.values.entities import OutputState
 from ximilar_async.values.outputs import split_s3_uri
 from ximilar_async.values.statuses import TERMINAL_STATUSES, Status
@@ -568,6 +568,16 @@ def start_backfill_in_aws(
     return name, str(answer["executionArn"])
 
 
+def objects_to_backfill(
+    s3: Any, bucket: str, prefix: str, inventory: Path | None
+) -> tuple[Iterable[list[ExistingObject]], str]:
+    """The objects under `prefix`, page by page, from an inventory's manifest file or a listing of `bucket`;
+    and where they come from, for the run's progress."""
+    if inventory is not None:
+        return ops.inventory_objects(s3, json.loads(inventory.read_text()), prefix), str(inventory)
+    return ops.listed_objects(s3, bucket, prefix), f"s3://{bucket}/{prefix}"
+
+
 def backfill_locally(
     target: Target,
     bucket: str,
@@ -580,15 +590,11 @@ def backfill_locally(
 ) -> tuple[BackfillRun, BatchOutcome]:
     """The local stack's backfill: the Distributed Map's batches, made here from the same listing (or inventory),
     handed to BackfillFunction's own handler (a cold start of it, as `xasync invoke` does)."""
-    s3 = target.client("s3")
+    pages, source_uri = objects_to_backfill(target.client("s3"), bucket, prefix, inventory)
     name = new_run_name()
-    if inventory is not None:
-        run = BackfillRun(name, f"local:{name}", str(inventory))
-        pages = ops.inventory_objects(s3, json.loads(inventory.read_text()), prefix)
-        batches = ops.engine_batches(pages, run, "inventory", None, prefix)
-    else:
-        run = BackfillRun(name, f"local:{name}", f"s3://{bucket}/{prefix}")
-        batches = ops.engine_batches(ops.listed_objects(s3, bucket, prefix), run, "listing", bucket, prefix)
+    run = BackfillRun(name, f"local:{name}", source_uri)
+    source, listed_bucket = ("inventory", None) if inventory is not None else ("listing", bucket)
+    batches = ops.engine_batches(pages, run, source, listed_bucket, prefix)
     module = load_function(load_template(), "BackfillFunction", target.environments["BackfillFunction"])
 
     def handler(event: dict[str, Any]) -> dict[str, Any]:
@@ -646,11 +652,7 @@ def backfill(
         task = progress.add_task(f"backfilling {prefix or bucket}", total=None)
         if laptop:
             s3 = target.client("s3")
-            pages = (
-                ops.inventory_objects(s3, json.loads(manifest.read_text()), prefix)
-                if manifest is not None
-                else ops.listed_objects(s3, bucket, prefix)
-            )
+            pages, source_uri = objects_to_backfill(s3, bucket, prefix, manifest)
             name = new_run_name()
             backfiller = ops.laptop_backfiller(
                 target.storage(),
@@ -660,7 +662,7 @@ def backfill(
                 target.outputs["InputBucketName"],
                 parse_watched_buckets(target.environment("SubmitFunction").get("WATCHED_BUCKETS", "")),
             )
-            run = BackfillRun(name, f"laptop:{name}", str(manifest or f"s3://{bucket}/{prefix}"))
+            run = BackfillRun(name, f"laptop:{name}", source_uri)
             outcome = ops.backfill(backfiller, run, pages, lambda done: progress.advance(task, done))
         else:
             run, outcome = backfill_locally(
