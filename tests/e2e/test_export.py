@@ -95,12 +95,9 @@ def seed_through_the_models(local: LocalStack, now: datetime) -> dict[str, Any]:
     result_key = f"results/{record_id}/{request_id}.json"
     record = {"_id": record_id, "_width": 600, "_height": 800, "grades": {"final": 9.5, "condition": "Mint"}}
     local.client("s3").put_object(Bucket=results_bucket, Key=result_key, Body=json.dumps(record).encode())
-    seeded: list[tuple[int, str, Status, str | None, str | None]] = [
-        (days, key, status, reason, None) for days, key, status, reason in failures
-    ]
-    seeded.append((0, big, Status.DONE, None, f"s3://{results_bucket}/{result_key}"))
-    for days, key, status, reason, result_s3_uri in seeded:
-        uri, when = identity.image_uri(bucket, key), now - timedelta(days=days)
+
+    def put_image(key: str, status: Status, when: datetime, **fields: Any) -> None:
+        uri = identity.image_uri(bucket, key)
         tables.images(
             uri,
             bucket=bucket,
@@ -110,42 +107,34 @@ def seed_through_the_models(local: LocalStack, now: datetime) -> dict[str, Any]:
             size_bytes=100,
             record_id=identity.record_id(bucket, key, "v1"),
             status=status.value,
-            status_reason=reason,
             status_shard=keys.status_shard(status, uri, shards),
-            request_type="card-grader" if status is Status.DONE else None,
-            endpoint="grade" if status is Status.DONE else None,
-            request_id=request_id if status is Status.DONE else None,
-            result_s3_uri=result_s3_uri,
             created_at=when,
             updated_at=when,
+            **fields,
         ).save()
+
+    for days, key, status, reason in failures:
+        put_image(key, status, now - timedelta(days=days), status_reason=reason)
+    graded = {"request_type": "card-grader", "endpoint": "grade", "request_id": request_id}
+    put_image(big, Status.DONE, now, result_s3_uri=f"s3://{results_bucket}/{result_key}", **graded)
     unsized, copy = "incoming/photos/unsized.png", b"an upscaled copy stored before sizes were kept"
     copy_uri = f"s3://{results_bucket}/outputs/photos/unsized.upscaled.jpg"
     local.client("s3").put_object(Bucket=results_bucket, Key=copy_uri.split("/", 3)[3], Body=copy)
-    uri = identity.image_uri(bucket, unsized)
-    tables.images(
-        uri,
-        bucket=bucket,
-        key=unsized,
-        version="v1",
-        sequencer="0" * 16,
-        size_bytes=100,
-        record_id=identity.record_id(bucket, unsized, "v1"),
-        status=Status.DONE.value,
-        status_shard=keys.status_shard(Status.DONE, uri, shards),
+    put_image(
+        unsized,
+        Status.DONE,
+        now,
         request_type="upscaler",
         endpoint="upscale_2x",
         request_id="req-unsized",
         result={"_upscaled_width": 900, "_upscaled_height": 700},
         outputs={"upscaled": {"uri": copy_uri, "state": "STORED"}},  # no size_bytes
-        created_at=now,
-        updated_at=now,
-    ).save()
+    )
     return {
         "failures": Counter(((now - timedelta(days=d)).date().isoformat(), s.value, r) for d, _, s, r in failures),
         "graded": (big, 9.5),
         "upscaled": ((900, 700), len(copy)),
-        "rows": len(seeded) + 1,
+        "rows": len(failures) + 2,
     }
 
 
